@@ -1,0 +1,209 @@
+//! Files under an image: [`ImageFile`] for positioned reads that name the file and the structure
+//! on error, and [`OutputFile`] for outputs written under a temporary name and renamed on success.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// A read-only image file with its path and length, read by position (thread-safe, no seek state).
+#[derive(Debug)]
+pub struct ImageFile {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl ImageFile {
+    /// Opens `path` for reading.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        if meta.is_dir() {
+            return Err(Error::io(
+                "open",
+                path,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "is a directory"),
+            ));
+        }
+        Ok(ImageFile {
+            file,
+            path: path.to_path_buf(),
+            len: meta.len(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes, as it was when opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Returns true if and only if the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Bytes the file occupies on disk (`st_blocks * 512`).
+    pub fn allocated_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`; `what` names the structure being read, so a
+    /// short file gives "truncated ... reading L1 table at 0x...".
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.len) {
+            return Err(Error::io(
+                "read",
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file is truncated: {what} at offset {offset:#x} ({} bytes) ends past the end of the file ({} bytes)",
+                        buf.len(),
+                        self.len
+                    ),
+                ),
+            ));
+        }
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| Error::io("read", &self.path, e))
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`, zero-filling what lies past the end of the file.
+    pub fn read_at_zero_fill(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let avail = self.len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        if avail > 0 {
+            self.file
+                .read_exact_at(&mut buf[..avail], offset)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+        }
+        buf[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Reads `len` bytes at `offset` into a new vector, refusing lengths over `limit` (a sanity
+    /// bound the caller names) before allocating.
+    pub fn read_vec(&self, offset: u64, len: u64, limit: u64, what: &str) -> Result<Vec<u8>> {
+        if len > limit {
+            return Err(Error::io(
+                "read",
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{what} at offset {offset:#x} is {len} bytes, over the limit of {limit}"
+                    ),
+                ),
+            ));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.read_exact_at(&mut v, offset, what)?;
+        Ok(v)
+    }
+}
+
+/// An output file written under a temporary name in its destination directory and renamed into
+/// place by [`OutputFile::commit`]; dropped without commit, the temporary file is removed.
+#[derive(Debug)]
+pub struct OutputFile {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl OutputFile {
+    /// Creates a temporary file beside `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)
+            .map_err(|e| Error::io("create", path, e))?;
+        Ok(OutputFile {
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file being written.
+    pub fn file(&self) -> &File {
+        self.tmp.as_file()
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.file()
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    /// Sets the file's length (extending with a hole).
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        self.file()
+            .set_len(len)
+            .map_err(|e| Error::io("truncate", &self.path, e))
+    }
+
+    /// Appends `buf` at the current position of the sequential write cursor.
+    pub fn append(&mut self, buf: &[u8]) -> Result<()> {
+        self.tmp
+            .as_file_mut()
+            .write_all(buf)
+            .map_err(|e| Error::io("write", &self.path, e))
+    }
+
+    /// The current position of the sequential write cursor.
+    pub fn position(&mut self) -> Result<u64> {
+        self.tmp
+            .as_file_mut()
+            .stream_position()
+            .map_err(|e| Error::io("seek", &self.path, e))
+    }
+
+    /// Moves the sequential write cursor.
+    pub fn seek(&mut self, pos: u64) -> Result<()> {
+        self.tmp
+            .as_file_mut()
+            .seek(SeekFrom::Start(pos))
+            .map(|_| ())
+            .map_err(|e| Error::io("seek", &self.path, e))
+    }
+
+    /// Flushes the data to disk and renames the file into place.
+    pub fn commit(self) -> Result<()> {
+        let OutputFile { tmp, path } = self;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io("sync", &path, e))?;
+        tmp.persist(&path)
+            .map_err(|e| Error::io("rename into place", &path, e.error))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+//! ova tests.
+
+#[allow(unused_imports)]
+use super::common::*;

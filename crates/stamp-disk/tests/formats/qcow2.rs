@@ -1,0 +1,4 @@
+//! qcow2 tests.
+
+#[allow(unused_imports)]
+use super::common::*;

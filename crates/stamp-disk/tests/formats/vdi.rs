@@ -1,0 +1,4 @@
+//! vdi tests.
+
+#[allow(unused_imports)]
+use super::common::*;

@@ -1,0 +1,4 @@
+//! vhd tests.
+
+#[allow(unused_imports)]
+use super::common::*;

@@ -1,0 +1,4 @@
+//! vhdx tests.
+
+#[allow(unused_imports)]
+use super::common::*;

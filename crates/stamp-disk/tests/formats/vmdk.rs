@@ -1,0 +1,4 @@
+//! vmdk tests.
+
+#[allow(unused_imports)]
+use super::common::*;
