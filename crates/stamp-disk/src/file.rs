@@ -5,14 +5,19 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
 /// A read-only image file with its path and length, read by position (thread-safe, no seek state).
-#[derive(Debug)]
+///
+/// It may also be a window onto part of a larger file (a disk inside an OVA tar): offsets are
+/// then relative to the window's start and reads never leave it.
+#[derive(Debug, Clone)]
 pub struct ImageFile {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
+    base: u64,
     len: u64,
 }
 
@@ -29,10 +34,41 @@ impl ImageFile {
             ));
         }
         Ok(ImageFile {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
+            base: 0,
             len: meta.len(),
         })
+    }
+
+    /// A window of `len` bytes at `offset` of this file, named `name` in errors (for example
+    /// `appliance.ova/disk1.vmdk`). Fails if the window does not lie within this file.
+    pub fn window(&self, offset: u64, len: u64, name: PathBuf) -> Result<ImageFile> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(Error::io(
+                "read",
+                &self.path,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file is truncated: {} at offset {offset:#x} ({len} bytes) ends past the end of the file ({} bytes)",
+                        name.display(),
+                        self.len
+                    ),
+                ),
+            ));
+        }
+        Ok(ImageFile {
+            file: self.file.clone(),
+            path: name,
+            base: self.base + offset,
+            len,
+        })
+    }
+
+    /// Where this file (or window) starts in the underlying file: 0 unless it is a window.
+    pub fn base(&self) -> u64 {
+        self.base
     }
 
     /// The file's path.
@@ -55,9 +91,12 @@ impl ImageFile {
         &self.file
     }
 
-    /// Bytes the file occupies on disk (`st_blocks * 512`).
+    /// Bytes the file occupies on disk (`st_blocks * 512`; the window's length for a window).
     pub fn allocated_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
+        if self.base != 0 {
+            return self.len;
+        }
         self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
     }
 
@@ -80,7 +119,7 @@ impl ImageFile {
             ));
         }
         self.file
-            .read_exact_at(buf, offset)
+            .read_exact_at(buf, self.base + offset)
             .map_err(|e| Error::io("read", &self.path, e))
     }
 
@@ -89,7 +128,7 @@ impl ImageFile {
         let avail = self.len.saturating_sub(offset).min(buf.len() as u64) as usize;
         if avail > 0 {
             self.file
-                .read_exact_at(&mut buf[..avail], offset)
+                .read_exact_at(&mut buf[..avail], self.base + offset)
                 .map_err(|e| Error::io("read", &self.path, e))?;
         }
         buf[avail..].fill(0);

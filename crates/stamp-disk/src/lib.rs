@@ -73,6 +73,12 @@ pub fn open(path: &Path, format: Option<Format>) -> Result<Box<dyn DiskReader>> 
 
 /// Opens the image at `path` with `opts`.
 pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskReader>> {
+    check_depth(path, opts)?;
+    open_file(ImageFile::open(path)?, opts)
+}
+
+/// Refuses chains deeper than [`MAX_CHAIN_DEPTH`].
+fn check_depth(path: &Path, opts: &OpenOptions) -> Result<()> {
     if opts.depth > MAX_CHAIN_DEPTH {
         return Err(Error::Unsupported {
             path: path.to_path_buf(),
@@ -82,7 +88,11 @@ pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Box<dyn DiskReader>>
             ),
         });
     }
-    let file = ImageFile::open(path)?;
+    Ok(())
+}
+
+/// Opens an already open image file (or a window of one, such as a disk inside an OVA).
+pub fn open_file(file: ImageFile, opts: &OpenOptions) -> Result<Box<dyn DiskReader>> {
     let format = match opts.format {
         Some(f) => f,
         None => detect(&file)?,

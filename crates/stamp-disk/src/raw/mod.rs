@@ -33,6 +33,10 @@ impl RawReader {
 pub fn data_ranges(file: &ImageFile) -> Vec<Range<u64>> {
     use rustix::fs::{SeekFrom, seek};
     let len = file.len();
+    if file.base() != 0 {
+        // A window inside a larger file: the filesystem's map is of the whole file.
+        return vec![0..len];
+    }
     let fd = file.file();
     let mut out = Vec::new();
     let mut pos = 0u64;
