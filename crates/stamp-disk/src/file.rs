@@ -175,9 +175,11 @@ impl OutputFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(|e| Error::io("create", path, e))?;
         Ok(OutputFile {
