@@ -237,12 +237,12 @@ impl OutputFile {
             .map_err(|e| Error::io("seek", &self.path, e))
     }
 
-    /// Flushes the data to disk and renames the file into place.
+    /// Renames the file into place.
+    ///
+    /// The data is not forced to stable storage first (as with cp and qemu-img, the page cache
+    /// writes it back): the rename protects against interruption and errors, not power loss.
     pub fn commit(self) -> Result<()> {
         let OutputFile { tmp, path } = self;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io("sync", &path, e))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("rename into place", &path, e.error))?;
         Ok(())
