@@ -82,7 +82,7 @@ pub struct Bat {
 
 /// Reads the BAT at `region` for `geo` (no sector bitmaps: the disk has no parent).
 pub fn read_bat(view: &View, ctx: &Ctx, region: &Region, geo: Geometry) -> Result<Bat> {
-    let bytes = geo.bat_entries.checked_mul(8).unwrap_or(u64::MAX);
+    let bytes = geo.bat_entries.saturating_mul(8);
     if bytes > u64::from(region.length) {
         return Err(ctx.corrupt(
             "BAT",
@@ -215,6 +215,7 @@ pub fn entry(state: u64, file_offset: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -302,6 +302,7 @@ pub fn region_table_bytes(t: &RegionTable) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

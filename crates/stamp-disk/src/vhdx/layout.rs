@@ -167,6 +167,7 @@ pub fn seal(buf: &mut [u8], at: usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -57,6 +57,11 @@ impl View {
         self.len
     }
 
+    /// Returns true if and only if the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Log entries replayed (0 when there was no log to replay).
     pub fn replayed_entries(&self) -> usize {
         self.entries
@@ -438,6 +443,7 @@ pub fn build_entry(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -247,6 +247,7 @@ impl DiskWriter for VhdxWriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
