@@ -407,3 +407,92 @@ proptest! {
         prop_assert!(qemu_read(&img, None) == disk);
     }
 }
+
+/// Reads `len` bytes at `off` of a plain file.
+fn read_file_at(path: &Path, off: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut b = vec![0u8; len];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, off)
+        .unwrap();
+    b
+}
+
+#[test]
+fn vhdx_skips_sector_bitmap_entries_past_the_first_chunk() {
+    // With 1 MiB blocks and 512-byte sectors a chunk is 4096 blocks: block 4096 and later have
+    // a sector bitmap entry before them in the BAT.
+    use std::os::unix::fs::FileExt;
+    let d = tmp();
+    let raw = d.path().join("big.raw");
+    let size = 4 * 1024 * MIB + 8 * MIB;
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    let marks = [
+        0u64,
+        4095 * MIB + 7,
+        4096 * MIB,
+        4097 * MIB + 512,
+        size - 4096,
+    ];
+    for (i, m) in marks.iter().enumerate() {
+        f.write_all_at(&[i as u8 + 1; 4096][..(size - m).min(4096) as usize], *m)
+            .unwrap();
+    }
+    drop(f);
+    let check = |img: &Path| {
+        let r = stamp_disk::open(img, None).unwrap();
+        assert_eq!(r.virtual_size(), size);
+        let alloc = r.allocation().unwrap();
+        let total: u64 = alloc.iter().map(|a| a.end - a.start).sum();
+        assert!(total <= 8 * MIB, "{alloc:?}");
+        for m in marks {
+            let start = m / MIB * MIB;
+            let len = MIB.min(size - start) as usize;
+            let mut got = vec![0u8; len];
+            r.read_at(&mut got, start).unwrap();
+            assert!(got == read_file_at(&raw, start, len), "block at {start:#x}");
+        }
+    };
+    let q = d.path().join("q.vhdx");
+    qemu_convert(&raw, &q, "vhdx", "block_size=1M", false);
+    check(&q);
+    let s = d.path().join("s.vhdx");
+    stamp_convert(&raw, &s, Format::Vhdx, "block_size=1M", false);
+    assert_qemu_check_clean(&s);
+    check(&s);
+    // qemu reads stamp's image the same (converted back to a sparse raw).
+    let back = d.path().join("back.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        s.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    for m in marks {
+        let start = m / MIB * MIB;
+        let len = MIB.min(size - start) as usize;
+        assert!(read_file_at(&back, start, len) == read_file_at(&raw, start, len));
+    }
+}
+
+#[test]
+fn vhdx_reads_4k_logical_sectors_which_qemu_refuses() {
+    let d = tmp();
+    let raw = d.path().join("src.raw");
+    random_sparse_raw(&raw, 6 * MIB, 10, 17);
+    let img = d.path().join("4k.vhdx");
+    qemu_convert(&raw, &img, "vhdx", "block_size=1M", false);
+    let want = qemu_read(&img, None);
+    // The logical sector size item of qemu's layout: metadata region at 3 MiB, items at 64 KiB.
+    let item = 3 * MIB + 0x10000 + 32;
+    assert_eq!(read_u64(&img, item) & 0xffff_ffff, 512);
+    patch(&img, item, &4096u32.to_le_bytes());
+    let (code, _) = qemu_img_status(&["info", img.to_str().unwrap()]);
+    assert_ne!(code, 0, "qemu 10 refuses 4 KiB logical sectors");
+    let r = stamp_disk::open(&img, None).unwrap();
+    assert_eq!(r.info().details["logical_sector_size"], "4096");
+    assert!(read_all(r.as_ref()) == want);
+}
