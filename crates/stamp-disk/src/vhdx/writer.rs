@@ -23,6 +23,8 @@ const METADATA_LENGTH: u64 = MIB;
 /// Namespace of the UUIDs the writer derives (the disk's identity is a function of its shape
 /// and of SOURCE_DATE_EPOCH, so the same input gives the same bytes).
 const GUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d1b_7c2e_4a3f_4e8b_9c61_0a7e_3b2d_1f90);
+/// BAT entries written at a time at finish (1 MiB of table).
+const BAT_CHUNK_ENTRIES: u64 = 128 * 1024;
 /// What the file identifier says made the file.
 const CREATOR: &str = "stamp";
 
@@ -169,18 +171,37 @@ impl VhdxWriter {
         Ok(())
     }
 
-    fn bat_bytes(&self) -> Vec<u8> {
-        let mut bat = vec![0u8; (self.geo.bat_entries * 8) as usize];
-        for (b, &off) in self.blocks.iter().enumerate() {
-            let i = self.geo.bat_index(b as u64) as usize;
-            let e = if off == 0 {
-                entry(PAYLOAD_NOT_PRESENT, 0)
-            } else {
-                entry(PAYLOAD_FULLY_PRESENT, off)
-            };
-            put(&mut bat, i * 8, &e.to_le_bytes());
+    /// Writes the BAT in pieces of [`BAT_CHUNK_ENTRIES`] entries (sector bitmap entries stay
+    /// zero: not present).
+    fn write_bat(&self) -> Result<()> {
+        let total = self.geo.bat_entries;
+        let mut first = 0u64;
+        while first < total {
+            let n = BAT_CHUNK_ENTRIES.min(total - first);
+            let mut buf = vec![0u8; (n * 8) as usize];
+            // Payload blocks whose entries fall in [first, first + n).
+            let b0 = first - first / (self.geo.chunk_ratio + 1);
+            for b in b0..self.geo.data_blocks {
+                let i = self.geo.bat_index(b);
+                if i >= first + n {
+                    break;
+                }
+                if i < first {
+                    continue;
+                }
+                let off = self.blocks.get(b as usize).copied().unwrap_or(0);
+                let e = if off == 0 {
+                    entry(PAYLOAD_NOT_PRESENT, 0)
+                } else {
+                    entry(PAYLOAD_FULLY_PRESENT, off)
+                };
+                put(&mut buf, ((i - first) * 8) as usize, &e.to_le_bytes());
+            }
+            self.out
+                .write_all_at(&buf, self.bat_region.offset + first * 8)?;
+            first += n;
         }
-        bat
+        Ok(())
     }
 }
 
@@ -231,7 +252,7 @@ impl DiskWriter for VhdxWriter {
         });
         w.out.write_all_at(&rt, REGION_TABLE1_OFFSET)?;
         w.out.write_all_at(&rt, REGION_TABLE2_OFFSET)?;
-        w.out.write_all_at(&w.bat_bytes(), w.bat_region.offset)?;
+        w.write_bat()?;
         w.out
             .write_all_at(&metadata_bytes(&w.meta), w.metadata_region.offset)?;
         let path = w.out.path().to_path_buf();

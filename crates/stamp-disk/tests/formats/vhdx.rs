@@ -496,3 +496,49 @@ fn vhdx_reads_4k_logical_sectors_which_qemu_refuses() {
     assert_eq!(r.info().details["logical_sector_size"], "4096");
     assert!(read_all(r.as_ref()) == want);
 }
+
+#[test]
+fn vhdx_writes_a_large_sparse_disk_whose_bat_spans_several_chunks() {
+    // 160 GiB in 1 MiB blocks: 163840 blocks, a BAT written in several pieces.
+    let d = tmp();
+    let img = d.path().join("large.vhdx");
+    let size = 160u64 << 30;
+    let o = stamp_disk::CreateOptions::parse("block_size=1M").unwrap();
+    let mut w = stamp_disk::create(&img, Format::Vhdx, size, &o).unwrap();
+    let blocks = [3u64, 131_071, 131_073, 150_000, 163_839];
+    for b in blocks {
+        w.write_extent(stamp_disk::Extent::Data {
+            offset: b * MIB + 4096,
+            bytes: vec![(b % 251) as u8 + 1; 8192].into(),
+        })
+        .unwrap();
+    }
+    w.finish().unwrap();
+    assert_qemu_check_clean(&img);
+    let r = stamp_disk::open(&img, None).unwrap();
+    let alloc = r.allocation().unwrap();
+    assert_eq!(alloc.len(), blocks.len(), "{alloc:?}");
+    for b in blocks {
+        // qemu-img dd reads one block out of the image (its count counts from the start).
+        let out = d.path().join("blk.raw");
+        let _ = std::fs::remove_file(&out);
+        qemu_img(&[
+            "dd",
+            "-f",
+            "vhdx",
+            "-O",
+            "raw",
+            "bs=1M",
+            &format!("skip={b}"),
+            &format!("count={}", b + 1),
+            &format!("if={}", img.display()),
+            &format!("of={}", out.display()),
+        ]);
+        let q = std::fs::read(&out).unwrap();
+        let mut s = vec![0u8; MIB as usize];
+        r.read_at(&mut s, b * MIB).unwrap();
+        assert!(q == s, "block {b}");
+        assert_eq!(s[4096], (b % 251) as u8 + 1);
+        assert_eq!(s[4095], 0);
+    }
+}
