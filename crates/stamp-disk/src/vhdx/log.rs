@@ -335,6 +335,17 @@ pub fn replay(file: &ImageFile, ctx: &Ctx, header: &Header, header_off: u64) -> 
              read-write in Hyper-V or run `qemu-img check -r all` on it first"
         )));
     }
+    if header.log_offset.saturating_add(len) > file.len() {
+        return Err(ctx.corrupt(
+            "header",
+            header_off + 72,
+            format!(
+                "log at {:#x} ({len} bytes) ends past the end of the file ({} bytes)",
+                header.log_offset,
+                file.len()
+            ),
+        ));
+    }
     let log = file.read_vec(header.log_offset, len, MAX_LOG_LENGTH, "VHDX log")?;
     let entries = active_sequence(&log, &header.log_guid);
     let mut view = View::plain(file.clone());

@@ -381,6 +381,40 @@ fn vhdx_survives_mutations() {
     }
 }
 
+#[test]
+fn vhdx_survives_mutated_log_entries_with_valid_checksums() {
+    let d = tmp();
+    let raw = d.path().join("src.raw");
+    random_sparse_raw(&raw, 2 * MIB, 8, 18);
+    let img = d.path().join("log.vhdx");
+    stamp_convert(&raw, &img, Format::Vhdx, "block_size=1M", false);
+    add_pending_log(&img);
+    let orig = std::fs::read(&img).unwrap();
+    // The entry is one descriptor sector and one data sector at the start of the log.
+    let entry = MIB as usize..MIB as usize + 8192;
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for case in 0..200 {
+        let mut data = orig.clone();
+        for _ in 0..rng.random_range(1..4) {
+            // Mostly the header and descriptor fields, sometimes the data sector's.
+            let i = if case % 4 == 0 {
+                entry.start + 4096 + [0, 4, 4092][rng.random_range(0..3)]
+            } else {
+                entry.start + rng.random_range(8..96)
+            };
+            data[i] = match rng.random_range(0..3) {
+                0 => rng.random(),
+                1 => 0xff,
+                _ => 0,
+            };
+        }
+        // Re-seal the checksum so the parser looks past it.
+        stamp_disk::vhdx::layout::seal(&mut data[entry.clone()], 4);
+        exercise(d.path(), "mlog.vhdx", &data);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 20, ..ProptestConfig::default() })]
 
