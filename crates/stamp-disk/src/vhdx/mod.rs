@@ -23,7 +23,10 @@ pub use reader::VhdxReader;
 pub use writer::VhdxWriter;
 
 /// Opens a VHDX image.
-pub fn open(file: ImageFile, _opts: &OpenOptions) -> Result<Box<dyn DiskReader>> {
+pub fn open(file: ImageFile, opts: &OpenOptions) -> Result<Box<dyn DiskReader>> {
+    if opts.for_check {
+        return Ok(Box::new(VhdxReader::open_for_check(file)?));
+    }
     Ok(Box::new(VhdxReader::open(file)?))
 }
 
