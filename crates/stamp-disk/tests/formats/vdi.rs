@@ -130,20 +130,14 @@ fn vdi_check_agrees_with_qemu() {
     let vdi = d.path().join("x.vdi");
     stamp_convert(&raw, &vdi, Format::Vdi, "", false);
     let clean = std::fs::read(&vdi).unwrap();
-    let entry = |b: &mut Vec<u8>, i: usize, v: u32| {
-        b[0x200 + 4 * i..0x200 + 4 * i + 4].copy_from_slice(&v.to_le_bytes())
-    };
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
-        ("duplicate", Box::new(|b: &mut Vec<u8>| entry(b, 1, 0))),
-        ("too large", Box::new(|b: &mut Vec<u8>| entry(b, 2, 77))),
-        (
-            "count",
-            Box::new(|b: &mut Vec<u8>| b[0x184..0x188].copy_from_slice(&9u32.to_le_bytes())),
-        ),
-    ];
-    for (what, f) in cases {
+    // (what, field offset, value): entry 1 -> block 0, entry 2 -> block 77, allocated count 9.
+    for (what, at, val) in [
+        ("duplicate", 0x204usize, 0u32),
+        ("too large", 0x208, 77),
+        ("count", 0x184, 9),
+    ] {
         let mut b = clean.clone();
-        f(&mut b);
+        b[at..at + 4].copy_from_slice(&val.to_le_bytes());
         let p = d.path().join(format!("bad-{}.vdi", what.replace(' ', "_")));
         std::fs::write(&p, &b).unwrap();
         let (code, n) = qemu_check_errors(&p);
@@ -154,7 +148,7 @@ fn vdi_check_agrees_with_qemu() {
     }
     // Reading a block whose entry points past the image is refused, naming the entry.
     let mut b = clean.clone();
-    entry(&mut b, 2, 77);
+    b[0x208..0x20c].copy_from_slice(&77u32.to_le_bytes());
     let p = d.path().join("bad-read.vdi");
     std::fs::write(&p, &b).unwrap();
     let r = stamp_disk::open(&p, None).unwrap();
