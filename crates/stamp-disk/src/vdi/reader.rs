@@ -193,9 +193,23 @@ impl DiskReader for VdiReader {
         while done < buf.len() {
             let pos = offset + done as u64;
             let inb = pos % bs;
-            let n = ((bs - inb) as usize).min(buf.len() - done);
+            let mut n = ((bs - inb) as usize).min(buf.len() - done);
+            let entry = self.entry(pos / bs)?;
+            // Blocks stored one after the other are read (or zeroed) in one go.
+            while done + n < buf.len() {
+                let next = self.entry((pos + n as u64) / bs)?;
+                let follows = match (entry, next) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => u64::from(b) == u64::from(a) + (inb + n as u64) / bs,
+                    _ => false,
+                };
+                if !follows {
+                    break;
+                }
+                n += (bs as usize).min(buf.len() - done - n);
+            }
             let chunk = &mut buf[done..done + n];
-            match self.entry(pos / bs)? {
+            match entry {
                 None => chunk.fill(0),
                 // Like qemu, what lies past the end of a truncated file reads as zeros.
                 Some(e) => self

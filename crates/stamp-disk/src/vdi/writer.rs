@@ -26,9 +26,11 @@ pub struct VdiWriter {
     bmap: Vec<u32>,
     offset_data: u32,
     allocated: u32,
-    /// The block being filled and its index.
+    /// The block being filled, its index, and how many of its bytes are valid (the rest is
+    /// stale and zeroed when needed).
     buf: Vec<u8>,
     cur: Option<u64>,
+    filled: usize,
     id: ContentId,
     data_bytes: u64,
 }
@@ -66,26 +68,72 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<VdiWriter>
         allocated: 0,
         buf: vec![0u8; BLOCK_SIZE as usize],
         cur: None,
+        filled: 0,
         id: ContentId::new("vdi dynamic", vsize),
         data_bytes: 0,
     })
 }
 
 impl VdiWriter {
-    /// Appends the block in the buffer if it holds any non-zero byte, and empties the buffer.
+    /// Appends block `idx` holding `data` if it is not all zeros, and records it in the map.
+    fn store(
+        out: &mut OutputFile,
+        id: &mut ContentId,
+        (bmap, allocated): (&mut [u32], &mut u32),
+        idx: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        if is_zero(data) {
+            return Ok(());
+        }
+        if let Some(e) = bmap.get_mut(idx as usize) {
+            *e = *allocated;
+        }
+        *allocated += 1;
+        id.feed(idx * u64::from(BLOCK_SIZE), data);
+        out.append(data)
+    }
+
+    /// Writes the block in the buffer if it holds any non-zero byte, and empties the buffer.
     fn flush_block(&mut self) -> Result<()> {
         let Some(idx) = self.cur.take() else {
             return Ok(());
         };
-        if !is_zero(&self.buf) {
-            if let Some(e) = self.bmap.get_mut(idx as usize) {
-                *e = self.allocated;
+        self.buf[self.filled..].fill(0);
+        let VdiWriter {
+            out,
+            id,
+            bmap,
+            allocated,
+            buf,
+            ..
+        } = self;
+        Self::store(out, id, (bmap, allocated), idx, buf)
+    }
+
+    /// Adds `data` at `inb` of block `idx`: a whole block is written straight from `data`, a part
+    /// is gathered in the block buffer.
+    fn put(&mut self, idx: u64, inb: usize, data: &[u8]) -> Result<()> {
+        if self.cur != Some(idx) {
+            self.flush_block()?;
+            if inb == 0 && data.len() == BLOCK_SIZE as usize {
+                let VdiWriter {
+                    out,
+                    id,
+                    bmap,
+                    allocated,
+                    ..
+                } = self;
+                return Self::store(out, id, (bmap, allocated), idx, data);
             }
-            self.allocated += 1;
-            self.id.feed(idx * u64::from(BLOCK_SIZE), &self.buf);
-            self.out.append(&self.buf)?;
+            self.cur = Some(idx);
+            self.filled = 0;
         }
-        self.buf.fill(0);
+        if inb > self.filled {
+            self.buf[self.filled..inb].fill(0);
+        }
+        self.buf[inb..inb + data.len()].copy_from_slice(data);
+        self.filled = self.filled.max(inb + data.len());
         Ok(())
     }
 }
@@ -104,11 +152,7 @@ impl DiskWriter for VdiWriter {
             let idx = pos / bs;
             let inb = (pos % bs) as usize;
             let n = (bs as usize - inb).min(bytes.len() - done);
-            if self.cur != Some(idx) {
-                self.flush_block()?;
-                self.cur = Some(idx);
-            }
-            self.buf[inb..inb + n].copy_from_slice(&bytes[done..done + n]);
+            self.put(idx, inb, &bytes[done..done + n])?;
             done += n;
         }
         Ok(())

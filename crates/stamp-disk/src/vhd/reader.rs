@@ -385,38 +385,43 @@ impl VhdReader {
     }
 }
 
-/// Finds the footer: the copy at offset 0 of dynamic disks, else the last 512 bytes, else the
-/// last 511 (old Virtual PC). Returns (footer bytes padded to 512, where, file offset).
+/// Finds the footer: a fixed disk's footer at the end (so a fixed disk whose data starts like a
+/// VHD is still read as fixed), else the copy at offset 0 of a dynamic disk, else the last 512
+/// bytes, else the last 511 (old Virtual PC). Returns (footer bytes padded to 512, where, file
+/// offset).
 fn find_footer(file: &ImageFile, ctx: &Ctx) -> Result<([u8; FOOTER_LEN], FooterAt, u64)> {
     let len = file.len();
+    let is_footer = |b: &[u8]| b.starts_with(footer::COOKIE);
+    let fixed = |b: &[u8]| footer::be32(b, 60) == DiskType::Fixed.code();
     let mut head = [0u8; FOOTER_LEN];
-    if len >= FOOTER_LEN as u64 {
-        file.read_exact_at(&mut head, 0, "footer copy")?;
-        if head.starts_with(footer::COOKIE) && footer::be32(&head, 60) != DiskType::Fixed.code() {
-            return Ok((head, FooterAt::Start, 0));
-        }
-    }
     let mut tail = [0u8; FOOTER_LEN];
-    if len >= FOOTER_LEN as u64 {
+    if len < FOOTER_LEN as u64 {
+        let mut f = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut f[..FOOTER_LEN - 1], 0, "footer")?;
+        if is_footer(&f) {
+            return Ok((f, FooterAt::End511, 0));
+        }
+    } else {
         let at = len - FOOTER_LEN as u64;
+        file.read_exact_at(&mut head, 0, "footer copy")?;
         file.read_exact_at(&mut tail, at, "footer")?;
-        if tail.starts_with(footer::COOKIE) {
+        if is_footer(&tail) && fixed(&tail) && Footer::checksum_ok(&tail) {
             return Ok((tail, FooterAt::End, at));
         }
-        if tail[1..].starts_with(footer::COOKIE) {
+        if is_footer(&head) && !fixed(&head) {
+            return Ok((head, FooterAt::Start, 0));
+        }
+        if is_footer(&tail) {
+            return Ok((tail, FooterAt::End, at));
+        }
+        if is_footer(&tail[1..]) {
             let mut f = [0u8; FOOTER_LEN];
             f[..FOOTER_LEN - 1].copy_from_slice(&tail[1..]);
             return Ok((f, FooterAt::End511, at + 1));
         }
-    } else {
-        let mut f = [0u8; FOOTER_LEN];
-        file.read_exact_at(&mut f[..FOOTER_LEN - 1], 0, "footer")?;
-        if f.starts_with(footer::COOKIE) {
-            return Ok((f, FooterAt::End511, 0));
+        if is_footer(&head) {
+            return Ok((head, FooterAt::Start, 0));
         }
-    }
-    if head.starts_with(footer::COOKIE) {
-        return Ok((head, FooterAt::Start, 0));
     }
     Err(ctx.corrupt(
         "footer",

@@ -18,6 +18,35 @@ const BAT_OFFSET: u64 = (FOOTER_LEN + HEADER_LEN) as u64;
 /// Bytes of sector bitmap before each 2 MiB block (4096 sectors, one bit each, padded to 512).
 const BITMAP_LEN: usize = 512;
 
+/// The sector bitmap of every block written: all sectors present.
+static ALL_ONES: [u8; BITMAP_LEN] = [0xff; BITMAP_LEN];
+
+/// Appends block `idx` (`bitmap` then `data`) if its data is not all zeros, and records it in
+/// the BAT.
+fn store_block(
+    out: &mut OutputFile,
+    id: &mut ContentId,
+    (bat, next_sector): (&mut [u32], &mut u64),
+    idx: u64,
+    bitmap: &[u8],
+    data: &[u8],
+) -> Result<()> {
+    if is_zero(data) {
+        return Ok(());
+    }
+    let sector = u32::try_from(*next_sector).map_err(|_| {
+        Error::InvalidOption("vhd file would exceed 2 TiB, the limit of its BAT".into())
+    })?;
+    if let Some(e) = bat.get_mut(idx as usize) {
+        *e = sector;
+    }
+    id.feed(idx * u64::from(DEFAULT_BLOCK_SIZE), data);
+    out.append(bitmap)?;
+    out.append(data)?;
+    *next_sector += ((bitmap.len() + data.len()) / 512) as u64;
+    Ok(())
+}
+
 /// The geometry, size and creator of a new disk, as qemu-img would make it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
@@ -89,6 +118,8 @@ struct DynamicState {
     buf: Vec<u8>,
     /// Index of the block in `buf`, if any.
     cur: Option<u64>,
+    /// Bytes of the block in `buf` that are valid (data or zeros); the rest is stale.
+    filled: usize,
     /// Next free sector of the file (where the next block goes).
     next_sector: u64,
 }
@@ -146,6 +177,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<VhdWriter>
             bat: vec![u32::MAX; entries as usize],
             buf,
             cur: None,
+            filled: 0,
             next_sector: start / 512,
         })
     };
@@ -169,19 +201,47 @@ impl VhdWriter {
         let Some(idx) = d.cur.take() else {
             return Ok(());
         };
-        let data = &d.buf[BITMAP_LEN..];
-        if !is_zero(data) {
-            let sector = u32::try_from(d.next_sector).map_err(|_| {
-                Error::InvalidOption("vhd file would exceed 2 TiB, the limit of its BAT".into())
-            })?;
-            if let Some(e) = d.bat.get_mut(idx as usize) {
-                *e = sector;
+        d.buf[BITMAP_LEN + d.filled..].fill(0);
+        let VhdWriter { out, id, .. } = self;
+        let (bitmap, data) = d.buf.split_at(BITMAP_LEN);
+        store_block(out, id, (&mut d.bat, &mut d.next_sector), idx, bitmap, data)
+    }
+
+    /// Adds `data` at `inb` of block `idx`: a whole block is written straight from `data`,
+    /// a part is gathered in the block buffer.
+    fn put(&mut self, idx: u64, inb: usize, data: &[u8]) -> Result<()> {
+        let cur = self.dynamic.as_ref().and_then(|d| d.cur);
+        if cur != Some(idx) {
+            self.flush_block()?;
+            if inb == 0 && data.len() == DEFAULT_BLOCK_SIZE as usize {
+                let VhdWriter {
+                    out, id, dynamic, ..
+                } = self;
+                if let Some(d) = dynamic.as_mut() {
+                    store_block(
+                        out,
+                        id,
+                        (&mut d.bat, &mut d.next_sector),
+                        idx,
+                        &ALL_ONES,
+                        data,
+                    )?;
+                }
+                return Ok(());
             }
-            self.id.feed(idx * u64::from(DEFAULT_BLOCK_SIZE), data);
-            self.out.append(&d.buf)?;
-            d.next_sector += (d.buf.len() / 512) as u64;
         }
-        d.buf[BITMAP_LEN..].fill(0);
+        if let Some(d) = self.dynamic.as_mut() {
+            if d.cur != Some(idx) {
+                d.cur = Some(idx);
+                d.filled = 0;
+            }
+            // Only what was not written since the last flush is zeroed.
+            if inb > d.filled {
+                d.buf[BITMAP_LEN + d.filled..BITMAP_LEN + inb].fill(0);
+            }
+            d.buf[BITMAP_LEN + inb..BITMAP_LEN + inb + data.len()].copy_from_slice(data);
+            d.filled = d.filled.max(inb + data.len());
+        }
         Ok(())
     }
 
@@ -229,17 +289,9 @@ impl DiskWriter for VhdWriter {
         let mut done = 0usize;
         while done < bytes.len() {
             let pos = offset + done as u64;
-            let idx = pos / bs;
             let inb = (pos % bs) as usize;
             let n = (bs as usize - inb).min(bytes.len() - done);
-            if self.dynamic.as_ref().is_some_and(|d| d.cur != Some(idx)) {
-                self.flush_block()?;
-            }
-            if let Some(d) = self.dynamic.as_mut() {
-                d.cur = Some(idx);
-                d.buf[BITMAP_LEN + inb..BITMAP_LEN + inb + n]
-                    .copy_from_slice(&bytes[done..done + n]);
-            }
+            self.put(pos / bs, inb, &bytes[done..done + n])?;
             done += n;
         }
         Ok(())

@@ -297,6 +297,29 @@ fn vhd_511_byte_footer_is_read() {
     assert_eq!(i.subformat.as_deref(), Some("fixed"));
 }
 
+/// A fixed disk whose data starts like a dynamic VHD (a VHD stored in a VHD) is read as the
+/// fixed disk it is, from its footer at the end.
+#[test]
+fn vhd_fixed_disk_holding_a_vhd_is_read_as_fixed() {
+    let d = tmp();
+    let inner_raw = d.path().join("inner.raw");
+    random_sparse_raw(&inner_raw, 2 << 20, 4, 8);
+    let inner = d.path().join("inner.vhd");
+    stamp_convert(&inner_raw, &inner, Format::Vhd, "force_size=on", false);
+    let mut outer_data = std::fs::read(&inner).unwrap();
+    outer_data.resize(6 << 20, 0);
+    let outer = d.path().join("outer.vhd");
+    let r = write_direct(
+        &outer,
+        6 << 20,
+        &[(0, outer_data.clone())],
+        "subformat=fixed,force_size=on",
+    );
+    assert!(read_all(r.as_ref()) == outer_data);
+    let i = stamp_disk::info(&outer, None).unwrap();
+    assert_eq!(i.subformat.as_deref(), Some("fixed"));
+}
+
 /// Big-endian field helpers for building VHDs by hand.
 fn put_be(b: &mut [u8], at: usize, v: &[u8]) {
     b[at..at + v.len()].copy_from_slice(v);
@@ -581,5 +604,64 @@ proptest! {
             want[*off as usize..*off as usize + data.len()].copy_from_slice(data);
         }
         prop_assert!(back == want);
+    }
+}
+
+/// Speed against qemu-img (run by hand: `cargo test --release -p stamp-disk --test formats
+/// vhd_speed -- --ignored --nocapture`): raw to vhd dynamic and fixed, and to vdi.
+#[test]
+#[ignore]
+fn vhd_speed_against_qemu() {
+    use std::io::Write;
+    use std::time::Instant;
+    let d = tmp();
+    let raw = d.path().join("big.raw");
+    let size: u64 = std::env::var("STAMP_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024)
+        << 20;
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&raw).unwrap());
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut chunk = vec![0u8; 1 << 20];
+        for i in 0..size >> 20 {
+            if i % 3 == 2 {
+                f.flush().unwrap();
+                f.get_mut().set_len((i + 1) << 20).unwrap();
+                use std::io::Seek;
+                f.seek(std::io::SeekFrom::Start((i + 1) << 20)).unwrap();
+                continue;
+            }
+            rng.fill(&mut chunk[..]);
+            f.write_all(&chunk).unwrap();
+        }
+        f.flush().unwrap();
+        f.get_mut().set_len(size).unwrap();
+    }
+    for (fmt, qfmt, opts) in [
+        (Format::Vhd, "vpc", ""),
+        (Format::Vhd, "vpc", "subformat=fixed"),
+        (Format::Vdi, "vdi", ""),
+    ] {
+        let ours = d.path().join("ours.img");
+        let theirs = d.path().join("theirs.img");
+        // Best of three, alternating, each after a sync: the disk is shared and noisy.
+        let (mut ts, mut tq) = (std::time::Duration::MAX, std::time::Duration::MAX);
+        for _ in 0..3 {
+            let _ = std::process::Command::new("sync").status();
+            let t = Instant::now();
+            stamp_convert(&raw, &ours, fmt, opts, false);
+            ts = ts.min(t.elapsed());
+            let _ = std::process::Command::new("sync").status();
+            let t = Instant::now();
+            qemu_convert(&raw, &theirs, qfmt, opts, false);
+            // stamp's output is fsynced before it is renamed into place; qemu-img's is not.
+            let _ = std::process::Command::new("sync").arg(&theirs).status();
+            tq = tq.min(t.elapsed());
+            std::fs::remove_file(&theirs).unwrap();
+        }
+        eprintln!("{qfmt} {opts}: stamp {ts:?}, qemu-img + sync {tq:?}");
+        std::fs::remove_file(&ours).unwrap();
     }
 }
