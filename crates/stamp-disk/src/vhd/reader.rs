@@ -620,14 +620,12 @@ impl DiskReader for VhdReader {
             if l.data_length > 0 {
                 used.push((
                     l.data_offset,
-                    l.data_offset + u64::from(l.data_length),
+                    l.data_offset.saturating_add(u64::from(l.data_length)),
                     format!("{} parent locator", l.platform_name()),
                 ));
             }
         }
-        if self.footer_at != FooterAt::Start || len >= FOOTER_LEN as u64 {
-            used.push((len - FOOTER_LEN as u64, len, "footer".into()));
-        }
+        used.push((len.saturating_sub(FOOTER_LEN as u64), len, "footer".into()));
         for (i, e) in b.bat.iter().enumerate() {
             if *e != UNALLOCATED {
                 rep.allocated_clusters += 1;
