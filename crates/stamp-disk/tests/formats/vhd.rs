@@ -130,6 +130,56 @@ fn vhd_fixture_differencing_without_parent_describes_but_refuses_reads() {
     assert!(matches!(r.allocation(), Err(Error::Missing { .. })));
 }
 
+/// The Windows-made differencing fixture over a parent made here with the UUID it expects:
+/// sectors whose bitmap bit is set read as the child (as qemu reads the child's blocks), the
+/// others as the parent.
+#[test]
+fn vhd_fixture_differencing_reads_over_its_parent() {
+    let fx = fixtures_unpacked();
+    let child = fx.path().join("vhd/win10-differencing-fat.vhd");
+    let cb = std::fs::read(&child).unwrap();
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let puuid: [u8; 16] = cb[512 + 40..512 + 56].try_into().unwrap();
+    // The parent: 4 MiB of random data as a dynamic VHD, its UUID set to the one the child wants.
+    let raw = fx.path().join("vhd/parent.raw");
+    random_sparse_raw(&raw, 4 << 20, 30, 12);
+    let parent = fx.path().join("vhd/fat-parent.vhd");
+    stamp_convert(&raw, &parent, Format::Vhd, "force_size=on", false);
+    let mut pb = std::fs::read(&parent).unwrap();
+    let n = pb.len();
+    for at in [0, n - 512] {
+        pb[at + 68..at + 84].copy_from_slice(&puuid);
+        let sum = vhd_checksum(&pb[at..at + 512], 64);
+        pb[at + 64..at + 68].copy_from_slice(&sum.to_be_bytes());
+    }
+    std::fs::write(&parent, &pb).unwrap();
+    let from_parent = qemu_read_vpc(&parent);
+    let child_alone = qemu_read_vpc(&child);
+    let got = stamp_read(&child);
+    assert_eq!(got.len(), 4 << 20);
+    let bat_off = be64(&cb, 512 + 16) as usize;
+    let mut set = 0;
+    for s in 0..(4usize << 20) / 512 {
+        let entry = be32(&cb, bat_off + 4 * (s / 4096));
+        let bit = entry != u32::MAX && {
+            let bm = entry as usize * 512;
+            cb[bm + (s % 4096) / 8] & (0x80 >> (s % 8)) != 0
+        };
+        set += bit as usize;
+        let r = s * 512..(s + 1) * 512;
+        let want = if bit {
+            &child_alone[r.clone()]
+        } else {
+            &from_parent[r.clone()]
+        };
+        assert!(got[r] == *want, "sector {s} (bit {bit})");
+    }
+    assert!(set > 0);
+    let i = stamp_disk::info(&child, None).unwrap();
+    assert_eq!(i.backing_chain.len(), 1);
+}
+
 /// qemu-img-made VHDs of every kind stamp reads byte for byte.
 #[test]
 fn vhd_qemu_made_images_read_identically() {
