@@ -10,7 +10,7 @@ use super::header::{
 };
 use crate::convert::merge_ranges;
 use crate::file::ImageFile;
-use crate::vhd::mapping::FileData;
+use crate::mapping::FileData;
 use crate::{CheckReport, Ctx, DiskReader, Error, Format, ImageInfo, Result};
 
 /// A VDI image opened for reading.

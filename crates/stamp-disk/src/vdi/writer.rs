@@ -9,7 +9,7 @@ use super::header::{
     VERSION_1_1,
 };
 use crate::file::OutputFile;
-use crate::vhd::content_id::ContentId;
+use crate::content_id::ContentId;
 use crate::{
     CreateOptions, DiskSummary, DiskWriter, Error, Extent, ExtentOrder, Format, Result, is_zero,
 };

@@ -12,10 +12,8 @@ use std::path::Path;
 use crate::file::ImageFile;
 use crate::{CreateOptions, DiskReader, DiskWriter, OpenOptions, Result};
 
-pub(crate) mod content_id;
 pub mod footer;
 pub mod header;
-pub(crate) mod mapping;
 pub mod parent;
 pub mod reader;
 pub mod writer;

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use super::footer::{self, DiskType, FOOTER_LEN, Footer, MAX_SECTORS};
 use super::header::{self, DynamicHeader, HEADER_LEN};
-use super::mapping::FileData;
+use crate::mapping::FileData;
 use super::parent::{MAX_LOCATOR_LEN, Parent, ParentName, decode_header_name, decode_locator};
 use crate::convert::merge_ranges;
 use crate::file::ImageFile;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::content_id::ContentId;
+use crate::content_id::ContentId;
 use super::footer::{self, DiskType, FOOTER_LEN, Footer, MAX_GEOMETRY, MAX_SECTORS};
 use super::header::{DEFAULT_BLOCK_SIZE, DynamicHeader, HEADER_LEN};
 use crate::file::OutputFile;

@@ -1,6 +1,6 @@
 //! Where a block-mapped image's data really is: the file's data ranges (SEEK_DATA/SEEK_HOLE)
 //! mapped back to virtual disk ranges, so unwritten parts of allocated blocks are skipped too.
-//! Shared by the VHD and VDI readers.
+//! Used by the block-mapped readers (VHD, VDI).
 
 use std::ops::Range;
 

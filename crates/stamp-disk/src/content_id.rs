@@ -1,6 +1,6 @@
 //! Deterministic image UUIDs derived from a disk's contents, so the same input always gives the
 //! same bytes and different disks get different UUIDs (VirtualBox refuses two media with one
-//! UUID). Shared by the VHD and VDI writers.
+//! UUID). Used by the VHD and VDI writers.
 
 use sha1::{Digest, Sha1};
 
