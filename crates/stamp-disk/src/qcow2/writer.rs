@@ -3,7 +3,10 @@
 //! back to back), and at `finish` the L2 tables, the L1 table, the refcount table and refcount
 //! blocks, then the final header.
 
+use std::io::IoSlice;
 use std::path::Path;
+
+use bytes::Bytes;
 
 use super::header::{
     Header, INCOMPAT_COMPRESSION, MAX_BACKING_NAME, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS,
@@ -21,6 +24,8 @@ use crate::{
 pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
 /// Bytes of uncompressed data clusters gathered before one write.
 const WRITE_BATCH: usize = 8 << 20;
+/// Most buffers handed to one pwritev (Linux's IOV_MAX).
+const MAX_IOV: usize = 1024;
 /// Bytes of clusters gathered before one parallel compression batch.
 const COMPRESS_BATCH: usize = 16 << 20;
 /// Refcount order written: 16-bit refcounts, as qemu's default.
@@ -38,11 +43,12 @@ pub struct Qcow2Writer {
     cur: Option<u64>,
     cur_buf: Vec<u8>,
     cur_covered: Vec<(usize, usize)>,
-    /// Uncompressed clusters waiting to be written at `wbuf_at`.
-    wbuf: Vec<u8>,
+    /// Uncompressed clusters waiting to be written at `wbuf_at`, without copying them.
+    wbuf: Vec<Bytes>,
+    wbuf_len: usize,
     wbuf_at: u64,
     /// Clusters waiting to be compressed: (guest cluster, bytes).
-    batch: Vec<(u64, Vec<u8>)>,
+    batch: Vec<(u64, Bytes)>,
     batch_bytes: usize,
     /// Next free byte of the file (compressed data packs at byte granularity).
     next: u64,
@@ -175,6 +181,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Qcow2Write
         cur_buf: vec![0u8; cs as usize],
         cur_covered: Vec::new(),
         wbuf: Vec::new(),
+        wbuf_len: 0,
         wbuf_at: cs,
         batch: Vec::new(),
         batch_bytes: 0,
@@ -216,20 +223,53 @@ impl Qcow2Writer {
         Ok(())
     }
 
-    /// Writes out the gathered uncompressed clusters.
+    /// Writes out the gathered uncompressed clusters with as few pwritev calls as it takes.
     fn flush_wbuf(&mut self) -> Result<()> {
-        if !self.wbuf.is_empty() {
-            self.out.write_all_at(&self.wbuf, self.wbuf_at)?;
-            self.wbuf_at += self.wbuf.len() as u64;
-            self.wbuf.clear();
+        let mut at = self.wbuf_at;
+        let (mut idx, mut skip) = (0usize, 0usize);
+        while idx < self.wbuf.len() {
+            let end = (idx + MAX_IOV).min(self.wbuf.len());
+            let slices: Vec<IoSlice<'_>> = self.wbuf[idx..end]
+                .iter()
+                .enumerate()
+                .map(|(k, b)| IoSlice::new(if k == 0 { &b[skip..] } else { b }))
+                .collect();
+            let n = match rustix::io::pwritev(self.out.file(), &slices, at) {
+                Ok(0) => {
+                    return Err(Error::io(
+                        "write",
+                        self.out.path(),
+                        std::io::ErrorKind::WriteZero.into(),
+                    ));
+                }
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(Error::io("write", self.out.path(), e.into())),
+            };
+            at += n as u64;
+            let mut left = n;
+            while left > 0 && idx < self.wbuf.len() {
+                let rem = self.wbuf[idx].len() - skip;
+                if left >= rem {
+                    left -= rem;
+                    idx += 1;
+                    skip = 0;
+                } else {
+                    skip += left;
+                    left = 0;
+                }
+            }
         }
+        self.wbuf_at = at;
+        self.wbuf.clear();
+        self.wbuf_len = 0;
         Ok(())
     }
 
     /// Stores the full cluster `data` for guest cluster `idx`. `explicit` says an extent covered
     /// it (with a backing file, an all-zero cluster must then hide the backing file's data).
-    fn store(&mut self, idx: u64, data: &[u8], explicit: bool) -> Result<()> {
-        if is_zero(data) {
+    fn store(&mut self, idx: u64, data: Bytes, explicit: bool) -> Result<()> {
+        if is_zero(&data) {
             if self.backing.is_some() && explicit {
                 if self.header.version >= 3 {
                     self.set_l2(idx, OFLAG_ZERO);
@@ -240,19 +280,20 @@ impl Qcow2Writer {
             }
         }
         if self.codec.is_some() {
-            self.batch.push((idx, data.to_vec()));
             self.batch_bytes += data.len();
+            self.batch.push((idx, data));
             if self.batch_bytes >= COMPRESS_BATCH {
                 self.flush_batch()?;
             }
             return Ok(());
         }
         let host = self.next;
-        self.wbuf.extend_from_slice(data);
+        self.wbuf_len += data.len();
+        self.wbuf.push(data);
         self.next += self.geo.cluster_size;
         self.add_refs(host, self.geo.cluster_size)?;
         self.set_l2(idx, host | OFLAG_COPIED);
-        if self.wbuf.len() >= WRITE_BATCH {
+        if self.wbuf_len >= WRITE_BATCH || self.wbuf.len() >= MAX_IOV {
             self.flush_wbuf()?;
         }
         Ok(())
@@ -269,7 +310,7 @@ impl Qcow2Writer {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let blocks: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_slice()).collect();
+        let blocks: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_ref()).collect();
         let packed = compress::compress_batch(codec, &blocks);
         let cs = self.geo.cluster_size;
         let start = self.next;
@@ -328,7 +369,7 @@ impl Qcow2Writer {
                 }
             }
         }
-        let r = self.store(idx, &buf, true);
+        let r = self.store(idx, Bytes::copy_from_slice(&buf), true);
         buf.fill(0);
         self.cur_buf = buf;
         self.cur_covered.clear();
@@ -336,7 +377,7 @@ impl Qcow2Writer {
     }
 
     /// Takes `len` bytes at guest `offset`: `Some(data)` or zeros.
-    fn take(&mut self, mut offset: u64, data: Option<&[u8]>, len: u64) -> Result<()> {
+    fn take(&mut self, mut offset: u64, data: Option<&Bytes>, len: u64) -> Result<()> {
         let cs = self.geo.cluster_size;
         let end = offset + len;
         while offset < end {
@@ -344,17 +385,16 @@ impl Qcow2Writer {
             let within = (offset % cs) as usize;
             let n = (cs - within as u64).min(end - offset) as usize;
             let at = (len - (end - offset)) as usize;
-            let piece = data.and_then(|d| d.get(at..at + n));
+            let piece = data
+                .filter(|d| at + n <= d.len())
+                .map(|d| d.slice(at..at + n));
             if within == 0 && n as u64 == cs && self.cur != Some(idx) {
                 // A whole cluster: no gathering needed.
                 self.flush_cluster()?;
                 match piece {
                     Some(p) => self.store(idx, p, true)?,
                     None if self.backing.is_some() => {
-                        let zeros = std::mem::take(&mut self.cur_buf);
-                        let r = self.store(idx, &zeros, true);
-                        self.cur_buf = zeros;
-                        r?;
+                        self.store(idx, Bytes::from(vec![0u8; n]), true)?;
                     }
                     None => {}
                 }
@@ -364,7 +404,7 @@ impl Qcow2Writer {
                     self.cur = Some(idx);
                 }
                 if let Some(p) = piece {
-                    self.cur_buf[within..within + n].copy_from_slice(p);
+                    self.cur_buf[within..within + n].copy_from_slice(&p);
                 }
                 self.cur_covered.push((within, within + n));
             }
@@ -456,7 +496,8 @@ impl DiskWriter for Qcow2Writer {
         match e {
             Extent::Data { offset, bytes } => {
                 self.data_bytes += bytes.len() as u64;
-                self.take(offset, Some(&bytes), bytes.len() as u64)
+                let len = bytes.len() as u64;
+                self.take(offset, Some(&bytes), len)
             }
             // Without a backing file, zeros are what unwritten clusters read as.
             Extent::Zero { offset, len } if self.backing.is_some() => self.take(offset, None, len),

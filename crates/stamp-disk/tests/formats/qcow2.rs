@@ -116,7 +116,7 @@ fn fixtures_read_like_qemu() {
 #[test]
 fn qemu_made_images_read_like_qemu() {
     let d = tmp();
-    let src = source(d.path(), 12 << 20, 7);
+    let src = source(d.path(), 6 << 20, 7);
     let want = std::fs::read(&src).unwrap();
     let cases: &[(&str, bool, &str, u64)] = &[
         ("compat=0.10", false, "", 65536),
@@ -357,7 +357,7 @@ const WRITER_CASES: &[(&str, bool, &str, u64, &str)] = &[
 #[test]
 fn stamp_written_images_pass_qemu_check_and_compare() {
     let d = tmp();
-    let src = source(d.path(), 24 << 20, 21);
+    let src = source(d.path(), 12 << 20, 21);
     for (i, &(opts, compress, compat, cs, ctype)) in WRITER_CASES.iter().enumerate() {
         let out = d.path().join(format!("w{i}.qcow2"));
         stamp_convert(&src, &out, Format::Qcow2, opts, compress);
