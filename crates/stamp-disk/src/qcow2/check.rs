@@ -20,9 +20,15 @@ const MAX_BITMAP_DIR: u64 = 64 << 20;
 /// Largest bitmap table in entries (qemu's limit: 0x4000000).
 const MAX_BITMAP_TABLE: u64 = 0x400_0000;
 
+/// Most L2 entries one check walks, over the active table and all snapshots (a bound on the
+/// time a crafted image can make it take; a 1 TiB disk with 64 KiB clusters and 60 snapshots
+/// stays under it).
+const MAX_CHECK_L2_ENTRIES: u64 = 1 << 30;
+
 /// A running count of references to each host cluster.
 struct Counter<'a> {
     refs: Vec<u32>,
+    walked: u64,
     cs: u64,
     flen: u64,
     report: &'a mut CheckReport,
@@ -151,6 +157,12 @@ fn walk_l1(
             continue;
         }
         c.inc(off, cs, "L2 table");
+        c.walked += r.geo.l2_entries;
+        if c.walked > MAX_CHECK_L2_ENTRIES {
+            return Err(r.ctx.unsupported(format!(
+                "checking over {MAX_CHECK_L2_ENTRIES} L2 entries (L1 tables referring to the same L2 tables many times?)"
+            )));
+        }
         if active {
             copied.push(Copied {
                 what: "L2 table",
@@ -377,6 +389,7 @@ pub fn check(r: &Qcow2Reader) -> Result<CheckReport> {
     let mut copied = Vec::new();
     let mut c = Counter {
         refs: vec![0u32; n as usize],
+        walked: 0,
         cs,
         flen,
         report: &mut report,

@@ -424,6 +424,7 @@ impl Qcow2Reader {
         let size = self.header.size;
         let cs = self.geo.cluster_size;
         let sub = self.geo.subcluster_size();
+        let mut seen = std::collections::HashSet::new();
         for i in 0..self.l1.len() as u64 {
             let base = i * self.geo.l2_span();
             if base >= size {
@@ -432,6 +433,17 @@ impl Qcow2Reader {
             let Some(off) = self.l2_offset(i)? else {
                 continue;
             };
+            // Each L2 table serves one L1 entry; a shared one would also make this walk's cost
+            // unbounded by the file size.
+            if !seen.insert(off) {
+                return Err(self.ctx.corrupt(
+                    "L1 table",
+                    self.header.l1_table_offset + i * 8,
+                    format!(
+                        "entry {i} points to the L2 table at {off:#x}, which another entry uses too"
+                    ),
+                ));
+            }
             let t = self.read_l2(off)?;
             for j in 0..self.geo.l2_entries {
                 let start = base + j * cs;
@@ -467,10 +479,14 @@ impl Qcow2Reader {
 
     /// Returns true if and only if the active tables hold at least one compressed cluster.
     fn has_compressed(&self) -> bool {
+        let mut seen = std::collections::HashSet::new();
         for i in 0..self.l1.len() as u64 {
             let Ok(Some(off)) = self.l2_offset(i) else {
                 continue;
             };
+            if !seen.insert(off) {
+                continue;
+            }
             let Ok(t) = self.read_l2(off) else {
                 continue;
             };

@@ -132,9 +132,17 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Qcow2Write
                 "backing file name must be 1 to {MAX_BACKING_NAME} bytes long"
             )));
         }
+        let resolved = crate::resolve_relative(path, name);
+        if !resolved.exists() {
+            return Err(Error::Missing {
+                path: path.to_path_buf(),
+                what: "backing file",
+                missing: resolved,
+            });
+        }
         let fmt = match opts.backing_fmt {
             Some(f) => f,
-            None => crate::detect_path(&crate::resolve_relative(path, name))?,
+            None => crate::detect_path(&resolved)?,
         };
         let r = crate::open_backing(path, name, Some(fmt), 0, "backing file")?;
         if size == 0 {

@@ -612,3 +612,48 @@ mod props {
         }
     }
 }
+
+#[test]
+fn snapshots_and_bitmaps_are_counted_by_check() {
+    let d = tmp();
+    let img = d.path().join("snap.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "8M"]);
+    qemu_io(&img, "write -P 1 0 1M");
+    qemu_img(&["snapshot", "-c", "s1", img.to_str().unwrap()]);
+    qemu_io(&img, "write -P 2 512K 1M");
+    qemu_img(&["bitmap", "--add", img.to_str().unwrap(), "b0"]);
+    qemu_io(&img, "write -P 3 4M 64K");
+    assert_reads_like_qemu(&img);
+    let r = stamp_disk::open(&img, None).unwrap();
+    let rep = r.check().unwrap();
+    assert_eq!(rep.exit_code(), qemu_check_code(&img), "{rep:?}");
+    assert_eq!(rep.exit_code(), 0, "{rep:?}");
+}
+
+#[test]
+fn backing_loops_are_refused() {
+    let d = tmp();
+    let x = d.path().join("x.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", x.to_str().unwrap(), "1M"]);
+    let z = d.path().join("z.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", z.to_str().unwrap(), "1M"]);
+    let y = overlay(d.path(), "y.qcow2", "z.qcow2", "qcow2", Some("1M"));
+    std::fs::remove_file(&z).unwrap();
+    let Err(e) = stamp_disk::open(&y, None) else {
+        panic!("a missing backing file opened");
+    };
+    assert!(e.to_string().contains("z.qcow2"), "{e}");
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-b",
+        "x.qcow2",
+        "-F",
+        "qcow2",
+        x.to_str().unwrap(),
+    ]);
+    let Err(e) = stamp_disk::open(&x, None) else {
+        panic!("a backing loop opened");
+    };
+    assert!(e.to_string().contains("loop"), "{e}");
+}
