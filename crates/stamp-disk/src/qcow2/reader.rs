@@ -3,6 +3,7 @@
 //! backing file.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -86,7 +87,12 @@ pub fn open(file: ImageFile, opts: &OpenOptions) -> Result<Qcow2Reader> {
     };
     let data = match &header.data_file {
         Some(name) => {
-            let p = crate::resolve_relative(file.path(), name);
+            // Relative to the image's directory; qemu-img takes it relative to its working
+            // directory, so that is tried second.
+            let mut p = crate::resolve_relative(file.path(), name);
+            if !p.exists() && Path::new(name).exists() {
+                p = Path::new(name).to_path_buf();
+            }
             if !p.exists() {
                 return Err(Error::Missing {
                     path: file.path().to_path_buf(),

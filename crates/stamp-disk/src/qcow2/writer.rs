@@ -161,7 +161,8 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Qcow2Write
             "qcow2 virtual size {size} is over 2^61 bytes"
         )));
     }
-    header.size = size;
+    // qemu reads sizes in whole 512-byte sectors (and rounds sizes up on create): so do we.
+    header.size = size.div_ceil(512) * 512;
     let geo = Geometry::new(&header);
     let l1_entries = header.l1_entries_needed().max(1);
     if l1_entries * 8 > super::header::MAX_L1_BYTES {
