@@ -185,6 +185,23 @@ fn zero_clusters_and_subclusters_read_like_qemu() {
         );
         std::fs::remove_file(&img).unwrap();
     }
+    // Preallocated metadata: allocated clusters that were never written.
+    let img = d.path().join("pre.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "preallocation=metadata",
+        img.to_str().unwrap(),
+        "8M",
+    ]);
+    qemu_io(&img, "write -P 0x19 1M 100K");
+    qemu_io(&img, "write -z 4M 64K");
+    assert_reads_like_qemu(&img);
+    let r = stamp_disk::open(&img, None).unwrap();
+    assert_eq!(r.check().unwrap().exit_code(), qemu_check_code(&img));
 }
 
 #[test]
