@@ -39,6 +39,8 @@ pub struct Qcow2Writer {
     geo: Geometry,
     codec: Option<Codec>,
     backing: Option<Box<dyn DiskReader>>,
+    /// Where the backing file may have data (sorted): elsewhere, zeros need not be stored.
+    backing_alloc: Vec<std::ops::Range<u64>>,
     /// Guest cluster being gathered, its bytes and the parts of it that extents covered.
     cur: Option<u64>,
     cur_buf: Vec<u8>,
@@ -119,6 +121,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Qcow2Write
         header.compression_type = 1;
     }
     let mut backing = None;
+    let mut backing_alloc = Vec::new();
     let mut size = size;
     if let Some(b) = &opts.backing_file {
         let name = b.to_str().ok_or_else(|| {
@@ -150,6 +153,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Qcow2Write
         }
         header.backing_file = Some(name.to_string());
         header.backing_format = Some(fmt.qemu_name().unwrap_or(fmt.name()).to_string());
+        backing_alloc = crate::convert::merge_ranges(r.allocation()?);
         backing = Some(r);
     } else if opts.backing_fmt.is_some() {
         return Err(Error::InvalidOption(
@@ -186,6 +190,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Qcow2Write
         geo,
         codec,
         backing,
+        backing_alloc,
         cur: None,
         cur_buf: vec![0u8; cs as usize],
         cur_covered: Vec::new(),
@@ -275,11 +280,19 @@ impl Qcow2Writer {
         Ok(())
     }
 
+    /// Returns true if and only if the backing file may have data in guest cluster `idx`.
+    fn backing_has_data(&self, idx: u64) -> bool {
+        let cs = self.geo.cluster_size;
+        let (start, end) = (idx * cs, (idx + 1) * cs);
+        let i = self.backing_alloc.partition_point(|r| r.end <= start);
+        self.backing_alloc.get(i).is_some_and(|r| r.start < end)
+    }
+
     /// Stores the full cluster `data` for guest cluster `idx`. `explicit` says an extent covered
     /// it (with a backing file, an all-zero cluster must then hide the backing file's data).
     fn store(&mut self, idx: u64, data: Bytes, explicit: bool) -> Result<()> {
         if is_zero(&data) {
-            if self.backing.is_some() && explicit {
+            if self.backing.is_some() && explicit && self.backing_has_data(idx) {
                 if self.header.version >= 3 {
                     self.set_l2(idx, OFLAG_ZERO);
                     return Ok(());
@@ -353,7 +366,8 @@ impl Qcow2Writer {
         };
         let cs = self.geo.cluster_size as usize;
         let mut buf = std::mem::take(&mut self.cur_buf);
-        if let Some(b) = &self.backing {
+        let shows_through = self.backing_has_data(idx);
+        if let Some(b) = self.backing.as_ref().filter(|_| shows_through) {
             // Copy-on-write: the parts no extent covered keep the backing file's contents.
             let mut covered = std::mem::take(&mut self.cur_covered);
             covered.sort_unstable();
@@ -402,7 +416,7 @@ impl Qcow2Writer {
                 self.flush_cluster()?;
                 match piece {
                     Some(p) => self.store(idx, p, true)?,
-                    None if self.backing.is_some() => {
+                    None if self.backing.is_some() && self.backing_has_data(idx) => {
                         self.store(idx, Bytes::from(vec![0u8; n]), true)?;
                     }
                     None => {}
