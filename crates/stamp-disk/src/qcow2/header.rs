@@ -227,6 +227,11 @@ impl Header {
                 h.refcount_order = be32(&fixed, 96);
                 h.header_length = be32(&fixed, 100);
             }
+            1 => {
+                return Err(ctx.unsupported(
+                    "qcow version 1 (the predecessor of qcow2); convert it with qemu-img first",
+                ));
+            }
             v => {
                 return Err(
                     ctx.unsupported(format!("qcow2 version {v} (only versions 2 and 3 exist)"))
