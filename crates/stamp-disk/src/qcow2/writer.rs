@@ -340,6 +340,11 @@ impl Qcow2Writer {
         for ((idx, raw), c) in batch.iter().zip(&packed) {
             if !c.is_empty() && (c.len() as u64) < cs {
                 let at = self.next;
+                if at > self.geo.coffset_mask {
+                    return Err(Error::InvalidOption(format!(
+                        "compressed data at {at:#x} is past what a qcow2 compressed cluster descriptor can address with {cs}-byte clusters"
+                    )));
+                }
                 self.set_l2(*idx, self.geo.encode_compressed(at, c.len() as u64));
                 let end = (at + c.len() as u64).div_ceil(SECTOR) * SECTOR;
                 self.add_refs(at, end - at)?;
@@ -364,39 +369,56 @@ impl Qcow2Writer {
         let Some(idx) = self.cur.take() else {
             return Ok(());
         };
-        let cs = self.geo.cluster_size as usize;
         let mut buf = std::mem::take(&mut self.cur_buf);
-        let shows_through = self.backing_has_data(idx);
-        if let Some(b) = self.backing.as_ref().filter(|_| shows_through) {
-            // Copy-on-write: the parts no extent covered keep the backing file's contents.
-            let mut covered = std::mem::take(&mut self.cur_covered);
-            covered.sort_unstable();
-            let mut gaps = Vec::new();
-            let mut pos = 0usize;
-            for &(s, e) in &covered {
-                if s > pos {
-                    gaps.push((pos, s));
-                }
-                pos = pos.max(e);
-            }
-            if pos < cs {
-                gaps.push((pos, cs));
-            }
-            let base = idx * cs as u64;
-            let limit = b.virtual_size().min(self.header.size);
-            for (s, e) in gaps {
-                let g0 = base + s as u64;
-                let n = limit.saturating_sub(g0).min((e - s) as u64) as usize;
-                if n > 0 {
-                    b.read_at(&mut buf[s..s + n], g0)?;
-                }
-            }
-        }
-        let r = self.store(idx, Bytes::copy_from_slice(&buf), true);
+        let mut covered = std::mem::take(&mut self.cur_covered);
+        let r = self
+            .fill_from_backing(idx, &mut buf, &mut covered)
+            .and_then(|()| self.store(idx, Bytes::copy_from_slice(&buf), true));
+        // Whatever happened, the gathering buffer is ready for the next cluster.
         buf.fill(0);
         self.cur_buf = buf;
-        self.cur_covered.clear();
+        covered.clear();
+        self.cur_covered = covered;
         r
+    }
+
+    /// Copy-on-write: fills the parts of guest cluster `idx` that no extent covered with the
+    /// backing file's contents, where it has data.
+    fn fill_from_backing(
+        &self,
+        idx: u64,
+        buf: &mut [u8],
+        covered: &mut [(usize, usize)],
+    ) -> Result<()> {
+        let Some(b) = self.backing.as_ref() else {
+            return Ok(());
+        };
+        if !self.backing_has_data(idx) {
+            return Ok(());
+        }
+        let cs = buf.len();
+        covered.sort_unstable();
+        let mut gaps = Vec::new();
+        let mut pos = 0usize;
+        for &(s, e) in covered.iter() {
+            if s > pos {
+                gaps.push((pos, s));
+            }
+            pos = pos.max(e);
+        }
+        if pos < cs {
+            gaps.push((pos, cs));
+        }
+        let base = idx * cs as u64;
+        let limit = b.virtual_size().min(self.header.size);
+        for (s, e) in gaps {
+            let g0 = base + s as u64;
+            let n = limit.saturating_sub(g0).min((e - s) as u64) as usize;
+            if n > 0 {
+                b.read_at(&mut buf[s..s + n], g0)?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes `len` bytes at guest `offset`: `Some(data)` or zeros.
