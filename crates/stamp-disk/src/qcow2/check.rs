@@ -6,7 +6,8 @@
 use super::header::{AUTOCLEAR_BITMAPS, MAX_L1_BYTES};
 use super::reader::Qcow2Reader;
 use super::table::{
-    ClusterKind, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, REFTABLE_OFFSET_MASK, parse_be_u64,
+    ClusterKind, L1E_RESERVED_MASK, L2E_STD_RESERVED_MASK, OFFSET_MASK, OFLAG_COMPRESSED,
+    OFLAG_COPIED, REFTABLE_OFFSET_MASK, REFTABLE_RESERVED_MASK, parse_be_u64,
 };
 use crate::{CheckReport, Result};
 
@@ -145,11 +146,16 @@ fn walk_l1(
     let cs = r.geo.cluster_size;
     let mut allocated = 0u64;
     for (i, e) in l1.iter().enumerate() {
+        let at = l1_at + i as u64 * 8;
+        if *e != 0 && e & L1E_RESERVED_MASK != 0 {
+            c.report.corruptions.push(format!(
+                "L1 entry {i} at {at:#x}: reserved bits are set ({e:#x})"
+            ));
+        }
         let off = e & OFFSET_MASK;
         if off == 0 {
             continue;
         }
-        let at = l1_at + i as u64 * 8;
         if off % cs != 0 || off.checked_add(cs).is_none_or(|end| end > r.file.len()) {
             c.report.corruptions.push(format!(
                 "L1 entry {i} at {at:#x}: L2 table offset {off:#x} is unaligned or past the end of the file"
@@ -181,6 +187,11 @@ fn walk_l1(
                 0
             };
             let eat = off + j * 8 * stride;
+            if entry & OFLAG_COMPRESSED == 0 && entry & L2E_STD_RESERVED_MASK != 0 {
+                c.report.corruptions.push(format!(
+                    "L2 entry {j} at {eat:#x}: reserved bits are set ({entry:#x})"
+                ));
+            }
             let kind = match r.geo.classify(entry, bitmap) {
                 Ok(k) => k,
                 Err(d) => {
@@ -418,6 +429,11 @@ pub fn check(r: &Qcow2Reader) -> Result<CheckReport> {
                 "refcount table",
             )?);
             for (i, e) in table.iter().enumerate() {
+                if e & REFTABLE_RESERVED_MASK != 0 {
+                    c.report.corruptions.push(format!(
+                        "refcount table entry {i}: reserved bits are set ({e:#x})"
+                    ));
+                }
                 let off = e & REFTABLE_OFFSET_MASK;
                 if off == 0 {
                     continue;

@@ -13,6 +13,12 @@ pub const OFLAG_COPIED: u64 = 1 << 63;
 pub const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// Bit 0 of standard L2 entries: the cluster reads as zeros (v3).
 pub const OFLAG_ZERO: u64 = 1;
+/// Reserved bits of an L1 entry (same mask as qemu).
+pub const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+/// Reserved bits of a standard (not compressed) L2 entry (same mask as qemu).
+pub const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
+/// Reserved bits of a refcount table entry.
+pub const REFTABLE_RESERVED_MASK: u64 = 0x1ff;
 /// Bits 9-63 of a refcount table entry: the refcount block's offset.
 pub const REFTABLE_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 /// Compressed data is counted in 512-byte sectors.

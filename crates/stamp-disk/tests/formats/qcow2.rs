@@ -695,3 +695,53 @@ fn odd_sizes_round_up_to_sectors_like_qemu() {
     assert_qemu_identical(&ours, &theirs);
     assert_reads_like_qemu(&ours);
 }
+
+/// stamp's check exit code for `path`, with qemu-img's 1 for an image that cannot be checked.
+fn stamp_check_code(path: &Path) -> i32 {
+    match stamp_disk::open(path, None).map(|r| r.check()) {
+        Ok(Ok(rep)) => rep.exit_code(),
+        _ => 1,
+    }
+}
+
+#[test]
+fn check_agrees_with_qemu_on_mutated_metadata() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let d = tmp();
+    let src = source(d.path(), 4 << 20, 81);
+    let theirs = d.path().join("theirs.qcow2");
+    qemu_convert(&src, &theirs, "qcow2", "cluster_size=4K", false);
+    let ours = d.path().join("ours.qcow2");
+    stamp_convert(&src, &ours, Format::Qcow2, "cluster_size=4K", true);
+    let mut rng = StdRng::seed_from_u64(5);
+    // qemu-img puts its metadata after the header, stamp at the end of the file.
+    for (img, at_end) in [(&theirs, false), (&ours, true)] {
+        let orig = std::fs::read(img).unwrap();
+        let len = orig.len();
+        let (lo, hi) = if at_end {
+            (len.saturating_sub(3 * 4096), len)
+        } else {
+            (4096, 10 * 4096)
+        };
+        let mut seen = std::collections::BTreeMap::new();
+        for case in 0..40 {
+            let mut m = orig.clone();
+            for _ in 0..rng.random_range(1..=3) {
+                let i = rng.random_range(lo..hi);
+                m[i] = match rng.random_range(0..4) {
+                    0 => 0,
+                    1 => 0xff,
+                    2 => m[i] ^ 1,
+                    _ => rng.random(),
+                };
+            }
+            let p = d.path().join("m.qcow2");
+            std::fs::write(&p, &m).unwrap();
+            let q = qemu_check_code(&p);
+            assert_eq!(stamp_check_code(&p), q, "case {case} of {}", img.display());
+            *seen.entry(q).or_insert(0) += 1;
+        }
+        // The mutations found both clean and corrupt images.
+        assert!(seen.contains_key(&0) && seen.contains_key(&2), "{seen:?}");
+    }
+}
