@@ -5,6 +5,11 @@
 //! files; encrypted images and unknown incompatible features are refused by name. Writing
 //! streams v2 or v3 images, optionally compressed in parallel batches, optionally as an overlay
 //! over a backing file. `check` rebuilds the refcounts as `qemu-img check` does.
+//!
+//! Where stamp and qemu differ on purpose: a data cluster that starts past the end of the file
+//! is refused as corrupt (qemu reads zeros); a relative external data file name is looked up
+//! beside the image first, then from the working directory (qemu only uses the latter); written
+//! images have their virtual size rounded up to whole 512-byte sectors, as qemu's are.
 
 pub mod check;
 pub mod header;
