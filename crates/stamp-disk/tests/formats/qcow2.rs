@@ -130,6 +130,8 @@ fn qemu_made_images_read_like_qemu() {
         ("cluster_size=512", false, "", 512),
         ("cluster_size=512", true, "zlib", 512),
         ("cluster_size=4K", false, "", 4096),
+        ("cluster_size=4K,refcount_bits=1", false, "", 4096),
+        ("refcount_bits=64", true, "zlib", 65536),
         ("cluster_size=2M", false, "", 2 << 20),
         (
             "cluster_size=2M,compression_type=zstd",
