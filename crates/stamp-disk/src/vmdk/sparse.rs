@@ -40,6 +40,23 @@ const MAX_CACHED_GTS: usize = 4096;
 /// Most bytes read at once for a run of compressed grains.
 const MAX_COMPRESSED_RUN: u64 = 32 << 20;
 
+thread_local! {
+    /// A libdeflate decompressor per thread (it holds about 8 KiB of tables).
+    static INFLATER: std::cell::RefCell<libdeflater::Decompressor> =
+        std::cell::RefCell::new(libdeflater::Decompressor::new());
+}
+
+/// Decompresses a zlib grain into exactly `dst`: libdeflate (about twice as fast as zlib) for a
+/// stream that fills `dst` exactly, otherwise the shared path, which also accepts trailing bytes
+/// and grains that decompress past `dst` and explains what is wrong.
+fn inflate(data: &[u8], dst: &mut [u8]) -> Result<(), String> {
+    let fast = INFLATER.with(|d| d.borrow_mut().zlib_decompress(data, dst));
+    match fast {
+        Ok(n) if n == dst.len() => Ok(()),
+        _ => decompress_into(Codec::Zlib, data, dst),
+    }
+}
+
 /// What a grain table entry says about a grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Grain {
@@ -647,10 +664,10 @@ impl SparseExtent {
                 .corrupt("compressed grain", off, format!("grain {}: {e}", p.index))
         };
         if p.in_grain == 0 && out.len() == usable {
-            return decompress_into(Codec::Zlib, data, out).map_err(err);
+            return inflate(data, out).map_err(err);
         }
         let mut tmp = vec![0u8; usable];
-        decompress_into(Codec::Zlib, data, &mut tmp).map_err(err)?;
+        inflate(data, &mut tmp).map_err(err)?;
         let a = p.in_grain as usize;
         let src = tmp
             .get(a..a + p.len)

@@ -219,6 +219,86 @@ fn vmdk_broken_descriptors_are_refused() {
     assert!(all[6144..].iter().all(|b| *b == 7));
 }
 
+/// Writes a `COWD` (ESX vmfsSparse) delta of `sectors` sectors with 4 KiB grains, holding
+/// `grains` (grain index, fill byte) and one zeroed-by-parent hole elsewhere.
+fn write_cowd(path: &Path, sectors: u32, grains: &[(u32, u8)]) {
+    let gran = 8u32;
+    let per_gt = 4096u32;
+    let gd_entries = sectors.div_ceil(gran * per_gt);
+    let gd_sector = 1u32;
+    let gt_sector = 2u32;
+    let gt_sectors = gd_entries * per_gt * 4 / 512;
+    let mut next = gt_sector + gt_sectors;
+    let mut f = vec![0u8; (next * 512) as usize];
+    f[0..4].copy_from_slice(b"COWD");
+    for (i, v) in [1u32, 3, sectors, gran, gd_sector, gd_entries, 0]
+        .iter()
+        .enumerate()
+    {
+        f[4 + i * 4..8 + i * 4].copy_from_slice(&v.to_le_bytes());
+    }
+    for t in 0..gd_entries {
+        let at = (gd_sector * 512 + t * 4) as usize;
+        f[at..at + 4].copy_from_slice(&(gt_sector + t * per_gt * 4 / 512).to_le_bytes());
+    }
+    for &(g, fill) in grains {
+        let at = (gt_sector * 512 + g * 4) as usize;
+        f[at..at + 4].copy_from_slice(&next.to_le_bytes());
+        f.extend(std::iter::repeat_n(fill, (gran * 512) as usize));
+        next += gran;
+    }
+    let fs = next;
+    f[28..32].copy_from_slice(&fs.to_le_bytes());
+    std::fs::write(path, f).unwrap();
+}
+
+#[test]
+fn vmdk_vmfs_sparse_snapshot_reads_like_qemu() {
+    let d = tmp();
+    let flat = d.path().join("base-flat.vmdk");
+    let base: Vec<u8> = (0..4u32 << 20).map(|i| (i / 4096) as u8 | 1).collect();
+    std::fs::write(&flat, &base).unwrap();
+    std::fs::write(
+        d.path().join("base.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nCID=0172e8a4\nparentCID=ffffffff\ncreateType=\"vmfs\"\n\n\
+         RW 8192 VMFS \"base-flat.vmdk\"\n\nddb.adapterType = \"lsilogic\"\n",
+    )
+    .unwrap();
+    write_cowd(
+        &d.path().join("snap-delta.vmdk"),
+        8192,
+        &[(0, 0xa1), (5, 0xb2), (1023, 0xc3)],
+    );
+    let snap = d.path().join("snap.vmdk");
+    std::fs::write(
+        &snap,
+        "# Disk DescriptorFile\nversion=1\nCID=8f67ca74\nparentCID=0172e8a4\n\
+         createType=\"vmfsSparse\"\nparentFileNameHint=\"base.vmdk\"\n\
+         RW 8192 VMFSSPARSE \"snap-delta.vmdk\"\n",
+    )
+    .unwrap();
+    let s = assert_reads_like_qemu(&snap);
+    assert!(s[..4096].iter().all(|b| *b == 0xa1));
+    assert_eq!(s[4096..8192], base[4096..8192]);
+    assert!(s[5 * 4096..6 * 4096].iter().all(|b| *b == 0xb2));
+    let i = stamp_disk::info(&snap, None).unwrap();
+    assert_eq!(i.subformat.as_deref(), Some("vmfsSparse"));
+    assert_eq!(i.backing_file.as_deref(), Some("base.vmdk"));
+    assert_eq!(i.details["extent.0"], "VMFSSPARSE snap-delta.vmdk");
+    // The delta alone (qemu-img refuses it: no embedded descriptor with a CID) reads its grains
+    // over zeros.
+    let delta = stamp_read(&d.path().join("snap-delta.vmdk"));
+    assert_eq!(
+        delta[..8192],
+        s[..8192]
+            .iter()
+            .map(|b| if *b == 0xa1 { 0xa1 } else { 0 })
+            .collect::<Vec<_>>()[..]
+    );
+    assert!(delta[1023 * 4096..1024 * 4096].iter().all(|b| *b == 0xc3));
+    fuzz_mutations(&d.path().join("snap-delta.vmdk"), 100, 1024, 7);
+}
+
 /// A random sparse raw disk of `size` in `dir`.
 fn sample_raw(dir: &Path, size: u64, seed: u64) -> PathBuf {
     let raw = dir.join("src.raw");
@@ -486,6 +566,45 @@ fn vmdk_check_reports_grains_past_the_end() {
     let mut buf = vec![0u8; 4 << 20];
     let e = r.read_at(&mut buf, 0).unwrap_err();
     assert!(e.to_string().contains("grain table"), "{e}");
+}
+
+#[test]
+fn vmdk_bad_tables_and_grains_are_refused_like_qemu() {
+    let d = tmp();
+    let raw = sample_raw(d.path(), 4 << 20, 12);
+    let so = d.path().join("so.vmdk");
+    stamp_convert(&raw, &so, Format::Vmdk, "subformat=streamOptimized", false);
+    let orig = std::fs::read(&so).unwrap();
+    // The first grain's marker says its compressed data is shorter than it is.
+    let mut data = orig.clone();
+    let size = u32::from_le_bytes(data[65536 + 8..65536 + 12].try_into().unwrap());
+    data[65536 + 8..65536 + 12].copy_from_slice(&(size / 2).to_le_bytes());
+    let bad = d.path().join("short-grain.vmdk");
+    std::fs::write(&bad, &data).unwrap();
+    let (code, _) = qemu_img_status(&["convert", "-O", "raw", p(&bad), p(&d.path().join("q.raw"))]);
+    assert_ne!(code, 0, "qemu-img reads a truncated grain");
+    let r = stamp_disk::open(&bad, None).unwrap();
+    let mut buf = vec![0u8; 4 << 20];
+    let e = r.read_at(&mut buf, 0).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("short-grain.vmdk") && msg.contains("compressed grain"),
+        "{msg}"
+    );
+    // The footer's grain directory points past the end of the file (qemu-img reads the zeros
+    // past the end as an empty directory and returns an empty disk; stamp refuses).
+    let mut data = orig.clone();
+    let n = data.len();
+    data[n - 1024 + 56..n - 1024 + 64].copy_from_slice(&0xffff_fff0u64.to_le_bytes());
+    let bad = d.path().join("bad-gd.vmdk");
+    std::fs::write(&bad, &data).unwrap();
+    let e = open_err(&bad);
+    assert!(e.to_string().contains("grain directory"), "{e}");
+    // No footer at all where the header says the directory is at the end.
+    let bad = d.path().join("no-footer.vmdk");
+    std::fs::write(&bad, &orig[..n - 1536]).unwrap();
+    let e = open_err(&bad);
+    assert!(e.to_string().contains("invalid footer"), "{e}");
 }
 
 #[test]
