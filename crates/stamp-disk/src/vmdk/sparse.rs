@@ -495,7 +495,7 @@ impl SparseExtent {
                 if e == 0 || (self.zero_grain && e == GTE_ZEROED) {
                     continue;
                 }
-                let start = (gt as u64 * per + slot as u64) * self.grain;
+                let start = (gt as u64 * per + slot as u64).saturating_mul(self.grain);
                 if start >= self.capacity {
                     break;
                 }

@@ -33,7 +33,11 @@ const DESC_OFFSET: u64 = 1;
 const DESC_SECTORS: u64 = 20;
 /// Raw bytes gathered before a batch of grains is compressed on all cores.
 const STREAM_BATCH: usize = 16 << 20;
-/// Bytes gathered before a write to the output (monolithicSparse).
+/// Largest disk written: 64 TiB, above VMware's 62 TB limit, so that the grain directory (and
+/// the table of grain tables kept while writing) stays a few MiB; grain and table sectors must
+/// also fit the 32-bit entries.
+const MAX_WRITE_SIZE: u64 = 64 << 40;
+/// Bytes gathered before a write to the output.
 const WRITE_BATCH: usize = 8 << 20;
 
 /// The VMDK variants stamp writes.
@@ -89,10 +93,9 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn Di
     let capacity = size.div_ceil(SECTOR);
     let grains = capacity.div_ceil(GRAIN_SECTORS);
     let gt_count = grains.div_ceil(GTES);
-    // Grain tables hold 32-bit sector numbers; a disk whose tables cannot address it is refused.
-    if gt_count > u64::from(u32::MAX) / GTES / 4 {
+    if size > MAX_WRITE_SIZE {
         return Err(Error::InvalidOption(format!(
-            "vmdk cannot hold a disk of {size} bytes (sparse extents address at most 2 TiB)"
+            "vmdk cannot hold a disk of {size} bytes (at most {MAX_WRITE_SIZE}, 64 TiB)"
         )));
     }
     let common = Common {
@@ -100,7 +103,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn Di
         capacity,
         order: ExtentOrder::new(size),
         grains: Grains::new(capacity * SECTOR),
-        gt: vec![0u32; (gt_count * GTES) as usize],
+        gts: (0..gt_count).map(|_| None).collect(),
         gt_count,
         data_bytes: 0,
         adapter: adapter.to_string(),
@@ -198,8 +201,9 @@ struct Common {
     capacity: u64,
     order: ExtentOrder,
     grains: Grains,
-    /// Every grain table entry of the disk (sector of the grain, 0 if not written).
-    gt: Vec<u32>,
+    /// The grain tables that have grains (entries are grain sectors, 0 if not written); a table
+    /// is allocated when its first grain is written, so memory follows the data.
+    gts: Vec<Option<Box<[u32]>>>,
     gt_count: u64,
     data_bytes: u64,
     adapter: String,
@@ -225,8 +229,11 @@ impl Common {
                 "a sparse extent over 2 TiB (grain tables hold 32-bit sector numbers)",
             )
         })?;
-        if let Some(e) = self.gt.get_mut(g as usize) {
-            *e = s;
+        if let Some(t) = self.gts.get_mut((g / GTES) as usize) {
+            let t = t.get_or_insert_with(|| vec![0u32; GTES as usize].into_boxed_slice());
+            if let Some(e) = t.get_mut((g % GTES) as usize) {
+                *e = s;
+            }
         }
         Ok(())
     }
@@ -266,13 +273,10 @@ impl Common {
         Ok(b)
     }
 
-    /// Grain table `i` as bytes.
-    fn gt_bytes(&self, i: u64) -> Vec<u8> {
-        let s = (i * GTES) as usize;
-        self.gt[s..s + GTES as usize]
-            .iter()
-            .flat_map(|e| e.to_le_bytes())
-            .collect()
+    /// Grain table `i` as bytes, if it has grains.
+    fn gt_bytes(&self, i: u64) -> Option<Vec<u8>> {
+        let t = self.gts.get(i as usize)?.as_ref()?;
+        Some(t.iter().flat_map(|e| e.to_le_bytes()).collect())
     }
 
     fn summary(self, file_size: u64) -> Result<DiskSummary> {
@@ -354,20 +358,22 @@ impl SparseWriter {
         Ok(())
     }
 
-    /// Grain directory and tables for one copy whose directory is at sector `at`.
-    fn tables(&self, at: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(
-            ((self.gd_sectors + GT_SECTORS * self.c.gt_count) * SECTOR) as usize,
-        );
+    /// Writes one copy of the grain directory at sector `at` and the grain tables after it
+    /// (only those with grains: the others stay holes that read as zeros).
+    fn write_tables(&self, at: u64) -> Result<()> {
+        let mut gd = Vec::with_capacity((self.gd_sectors * SECTOR) as usize);
         for i in 0..self.c.gt_count {
             let gt_sector = at + self.gd_sectors + i * GT_SECTORS;
-            v.extend_from_slice(&(gt_sector as u32).to_le_bytes());
+            gd.extend_from_slice(&(gt_sector as u32).to_le_bytes());
         }
-        pad_sector(&mut v);
+        self.c.out.write_all_at(&gd, at * SECTOR)?;
         for i in 0..self.c.gt_count {
-            v.extend_from_slice(&self.c.gt_bytes(i));
+            if let Some(t) = self.c.gt_bytes(i) {
+                let gt_sector = at + self.gd_sectors + i * GT_SECTORS;
+                self.c.out.write_all_at(&t, gt_sector * SECTOR)?;
+            }
         }
-        v
+        Ok(())
     }
 }
 
@@ -387,10 +393,9 @@ impl DiskWriter for SparseWriter {
         h.grain_offset = self.grain_offset;
         let mut meta = h.to_bytes().to_vec();
         meta.extend_from_slice(&self.c.descriptor(Subformat::MonolithicSparse.name())?);
-        meta.extend_from_slice(&self.tables(self.rgd_offset));
-        meta.extend_from_slice(&self.tables(self.gd_offset));
-        meta.resize((self.grain_offset * SECTOR) as usize, 0);
         self.c.out.write_all_at(&meta, 0)?;
+        self.write_tables(self.rgd_offset)?;
+        self.write_tables(self.gd_offset)?;
         let file_size = self.next;
         self.c.out.set_len(file_size)?;
         self.c.summary(file_size)
@@ -474,12 +479,10 @@ impl DiskWriter for StreamWriter {
         let gd_sectors = (self.c.gt_count * 4).div_ceil(SECTOR);
         let mut gd = Vec::with_capacity((gd_sectors * SECTOR) as usize);
         for i in 0..self.c.gt_count {
-            let s = (i * GTES) as usize;
-            let used = self.c.gt[s..s + GTES as usize].iter().any(|e| *e != 0);
-            if !used {
+            let Some(t) = self.c.gt_bytes(i) else {
                 gd.extend_from_slice(&0u32.to_le_bytes());
                 continue;
-            }
+            };
             tail.extend_from_slice(&Marker::sector(MARKER_GT, GT_SECTORS));
             let at = (self.pos + tail.len() as u64) / SECTOR;
             let at = u32::try_from(at).map_err(|_| {
@@ -490,7 +493,12 @@ impl DiskWriter for StreamWriter {
                 )
             })?;
             gd.extend_from_slice(&at.to_le_bytes());
-            tail.extend_from_slice(&self.c.gt_bytes(i));
+            tail.extend_from_slice(&t);
+            if tail.len() >= WRITE_BATCH {
+                self.c.out.write_all_at(&tail, self.pos)?;
+                self.pos += tail.len() as u64;
+                tail.clear();
+            }
         }
         pad_sector(&mut gd);
         tail.extend_from_slice(&Marker::sector(MARKER_GD, gd_sectors));

@@ -390,6 +390,14 @@ fn vmdk_parent_chain_reads_like_qemu() {
     let i = stamp_disk::info(&child, None).unwrap();
     assert_eq!(i.backing_file.as_deref(), Some("parent.vmdk"));
     assert_eq!(i.backing_chain.len(), 1);
+    // A disk that is its own parent is refused, not followed forever.
+    let looped = d.path().join("loop00.vmdk");
+    let mut bytes = std::fs::read(&child).unwrap();
+    let at = bytes.windows(11).position(|w| w == b"parent.vmdk").unwrap();
+    bytes[at..at + 11].copy_from_slice(b"loop00.vmdk");
+    std::fs::write(&looped, bytes).unwrap();
+    let e = open_err(&looped);
+    assert!(e.to_string().contains("chain deeper"), "{e}");
     // A child whose parent is missing names it.
     std::fs::remove_file(&parent).unwrap();
     let e = open_err(&child);
@@ -495,6 +503,50 @@ fn vmdk_odd_sizes_and_empty_disks_round_like_qemu() {
     assert!(std::fs::metadata(&out).unwrap().len() < 80 << 10);
     assert_qemu_check_clean(&out);
     assert_eq!(qemu_info(&out)["virtual-size"].as_u64(), Some(8 << 30));
+}
+
+#[test]
+fn vmdk_large_sparse_disks_stay_small() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let d = tmp();
+    let raw = d.path().join("big.raw");
+    let size = 3u64 << 40;
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&[0x11; 70000], 12345 * 512).unwrap();
+    f.write_all_at(&[0x22; 4096], size - 4096).unwrap();
+    drop(f);
+    for sub in ["monolithicSparse", "streamOptimized"] {
+        let out = d.path().join(format!("{sub}.vmdk"));
+        stamp_convert(&raw, &out, Format::Vmdk, &format!("subformat={sub}"), false);
+        assert_qemu_check_clean(&out);
+        // qemu-img compare walks all 3 TiB cluster by cluster (a minute); qemu-io reads the data
+        // and the zeros around it instead.
+        let data_at = (12345 * 512).to_string();
+        let tail_at = (size - 4096).to_string();
+        let zero_at = (size - 8192).to_string();
+        let q = Command::new("qemu-io")
+            .args(["-f", "vmdk", "-c", &format!("read -P 0x11 {data_at} 70000")])
+            .args(["-c", &format!("read -P 0x22 {tail_at} 4096")])
+            .args(["-c", &format!("read -P 0 {zero_at} 4096")])
+            .args(["-c", "read -P 0 0 6320640"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&q.stdout);
+        assert!(
+            q.status.success() && !text.contains("fail"),
+            "{sub}: {text}"
+        );
+        assert_eq!(text.matches("read ").count(), 4, "{text}");
+        let blocks = std::fs::metadata(&out).unwrap().blocks() * 512;
+        assert!(blocks < 16 << 20, "{sub}: {blocks} bytes allocated");
+        let r = stamp_disk::open(&out, None).unwrap();
+        assert_eq!(r.virtual_size(), size);
+        let mut tail = vec![0u8; 8192];
+        r.read_at(&mut tail, size - 8192).unwrap();
+        assert!(tail[..4096].iter().all(|b| *b == 0) && tail[4096..].iter().all(|b| *b == 0x22));
+    }
 }
 
 #[test]
