@@ -409,40 +409,61 @@ impl DiskWriter for SparseWriter {
 #[derive(Debug)]
 pub struct StreamWriter {
     c: Common,
-    /// Raw bytes in `c.done` not yet compressed.
-    pending: usize,
     /// File offset of the next write.
     pos: u64,
+    /// The batch being compressed in the background while the next one is gathered.
+    job: Option<Job>,
+}
+
+/// A batch of grains and the thread compressing them (on the rayon pool, in order).
+#[derive(Debug)]
+struct Job {
+    grains: Vec<(u64, Bytes)>,
+    handle: std::thread::JoinHandle<Vec<Vec<u8>>>,
 }
 
 impl StreamWriter {
     fn new(c: Common) -> Self {
         StreamWriter {
             c,
-            pending: 0,
             // Grains start after the header and descriptor, on a grain boundary as VMware does.
             pos: GRAIN,
+            job: None,
         }
     }
 
-    /// Compresses the gathered grains on all cores and appends them with their markers.
+    /// Starts compressing the gathered grains in the background, after writing the batch
+    /// compressed before them: compression of one batch overlaps reading the next.
     fn compress_out(&mut self) -> Result<()> {
-        let batch = std::mem::take(&mut self.c.done);
-        self.pending = 0;
-        if batch.is_empty() {
+        let grains = std::mem::take(&mut self.c.done);
+        self.write_job()?;
+        if grains.is_empty() {
             return Ok(());
         }
-        let blocks: Vec<&Bytes> = batch.iter().map(|(_, b)| b).collect();
-        let compressed = compress_batch(Codec::Zlib, &blocks);
+        let blocks: Vec<Bytes> = grains.iter().map(|(_, b)| b.clone()).collect();
+        let handle = std::thread::Builder::new()
+            .name("vmdk-compress".into())
+            .spawn(move || compress_batch(Codec::Zlib, &blocks))
+            .map_err(|e| Error::io("start compression thread for", self.c.out.path(), e))?;
+        self.job = Some(Job { grains, handle });
+        Ok(())
+    }
+
+    /// Waits for the batch being compressed and appends its grains with their markers.
+    fn write_job(&mut self) -> Result<()> {
+        let Some(Job { grains, handle }) = self.job.take() else {
+            return Ok(());
+        };
+        let path = self.c.out.path().to_path_buf();
+        let failed = |what: String| Error::io("compress", &path, std::io::Error::other(what));
+        let compressed = handle
+            .join()
+            .map_err(|_| failed("the compression thread panicked".into()))?;
         let total: usize = compressed.iter().map(|c| c.len() + 512).sum();
         let mut out = Vec::with_capacity(total);
-        for ((g, raw), c) in batch.iter().zip(&compressed) {
+        for ((g, raw), c) in grains.iter().zip(&compressed) {
             if c.is_empty() {
-                return Err(Error::io(
-                    "compress",
-                    self.c.out.path(),
-                    std::io::Error::other(format!("grain {g} did not compress")),
-                ));
+                return Err(failed(format!("grain {g} did not compress")));
             }
             let at = self.pos + out.len() as u64;
             self.c.set_gte(*g, at / SECTOR)?;
@@ -458,8 +479,8 @@ impl StreamWriter {
     }
 
     fn gathered(&mut self) -> Result<()> {
-        self.pending = self.c.done.iter().map(|(_, b)| b.len()).sum();
-        if self.pending >= STREAM_BATCH {
+        let pending: usize = self.c.done.iter().map(|(_, b)| b.len()).sum();
+        if pending >= STREAM_BATCH {
             self.compress_out()?;
         }
         Ok(())
@@ -475,6 +496,7 @@ impl DiskWriter for StreamWriter {
     fn finish(mut self: Box<Self>) -> Result<DiskSummary> {
         self.c.grains.flush(&mut self.c.done);
         self.compress_out()?;
+        self.write_job()?;
         let mut tail = Vec::new();
         let gd_sectors = (self.c.gt_count * 4).div_ceil(SECTOR);
         let mut gd = Vec::with_capacity((gd_sectors * SECTOR) as usize);
