@@ -160,6 +160,7 @@ impl VmdkReader {
         };
         if let Some(hint) = reader.desc.parent_hint() {
             let parent = crate::open_backing(&reader.path, hint, None, opts.depth, "parent disk")?;
+            reader.check_parent_cid(hint, parent.as_ref())?;
             reader.parent = Some(parent);
         }
         Ok(reader)
@@ -281,6 +282,35 @@ impl VmdkReader {
                 Err(ctx.unsupported(format!("{} extents (line {})", line.type_name, line.line)))
             }
         }
+    }
+
+    /// Refuses a VMDK parent whose CID is not the parentCID recorded here: the parent was
+    /// modified after this disk was made from it, so its contents no longer match (qemu and
+    /// VMware refuse such a chain too).
+    fn check_parent_cid(&self, hint: &str, parent: &dyn DiskReader) -> Result<()> {
+        let parse = |v: Option<&str>| v.and_then(|v| u32::from_str_radix(v.trim(), 16).ok());
+        let info = parent.info();
+        if info.format != Format::Vmdk.name() {
+            return Ok(());
+        }
+        let (Some(want), Some(have)) = (
+            parse(self.desc.get("parentCID")),
+            parse(info.details.get("cid").map(String::as_str)),
+        ) else {
+            return Ok(());
+        };
+        if want != have {
+            return Err(Error::corrupt(
+                &self.path,
+                Format::Vmdk,
+                "descriptor",
+                0,
+                format!(
+                    "parentCID={want:08x} but parent disk {hint} has CID={have:08x}: the parent was modified after this disk was created from it"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Fills `buf` from the parent at `off`, or with zeros where there is none.

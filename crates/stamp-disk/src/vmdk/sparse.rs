@@ -141,16 +141,24 @@ impl SparseExtent {
         // Like qemu, the embedded descriptor only gives settings: one that cannot be read is
         // ignored.
         let desc = Self::embedded_descriptor(&file, &h);
+        // Where the header in effect is: the footer's takes precedence when the directory is at
+        // the end.
+        let mut at = 0;
         if h.gd_offset == GD_AT_END {
-            h = Self::read_footer(&file, &ctx)?;
+            (h, at) = Self::read_footer(&file, &ctx)?;
         }
+        let hdr = if at == 0 {
+            "sparse extent header"
+        } else {
+            "footer"
+        };
         if h.version > 3 {
             return Err(ctx.unsupported(format!("sparse extent version {}", h.version)));
         }
         if h.num_gtes_per_gt > MAX_GTES_PER_GT {
             return Err(ctx.corrupt(
-                "sparse extent header",
-                44,
+                hdr,
+                at + 44,
                 format!(
                     "L2 table size too big: {} grain table entries (at most {MAX_GTES_PER_GT})",
                     h.num_gtes_per_gt
@@ -158,12 +166,12 @@ impl SparseExtent {
             ));
         }
         if h.num_gtes_per_gt == 0 {
-            return Err(ctx.corrupt("sparse extent header", 44, "0 grain table entries"));
+            return Err(ctx.corrupt(hdr, at + 44, "0 grain table entries"));
         }
         if h.granularity == 0 || h.granularity > MAX_GRAIN_SECTORS {
             return Err(ctx.corrupt(
-                "sparse extent header",
-                20,
+                hdr,
+                at + 20,
                 format!(
                     "invalid grain size of {} sectors (1 to {MAX_GRAIN_SECTORS})",
                     h.granularity
@@ -180,16 +188,16 @@ impl SparseExtent {
         let grain = h.granularity * SECTOR;
         if compressed && grain > MAX_COMPRESSED_GRAIN {
             return Err(ctx.corrupt(
-                "sparse extent header",
-                20,
+                hdr,
+                at + 20,
                 format!("compressed grains of {grain} bytes (at most {MAX_COMPRESSED_GRAIN})"),
             ));
         }
         let file_sectors = file.len() / SECTOR;
         if file_sectors < h.grain_offset {
             return Err(ctx.corrupt(
-                "sparse extent header",
-                64,
+                hdr,
+                at + 64,
                 format!(
                     "file truncated: grains start at {:#x} but the file is {} bytes",
                     h.grain_offset.saturating_mul(SECTOR),
@@ -199,15 +207,15 @@ impl SparseExtent {
         }
         let capacity = h.capacity.checked_mul(SECTOR).ok_or_else(|| {
             ctx.corrupt(
-                "sparse extent header",
-                12,
+                hdr,
+                at + 12,
                 format!("capacity {} sectors overflows", h.capacity),
             )
         })?;
         let gd_offset = h.gd_offset.checked_mul(SECTOR).ok_or_else(|| {
             ctx.corrupt(
-                "sparse extent header",
-                56,
+                hdr,
+                at + 56,
                 format!("grain directory sector {:#x} overflows", h.gd_offset),
             )
         })?;
@@ -375,7 +383,7 @@ impl SparseExtent {
 
     /// Reads the footer of a stream-optimized extent whose grain directory is at the end: footer
     /// marker, footer (a header), end-of-stream marker, in the last three sectors.
-    fn read_footer(file: &ImageFile, ctx: &Ctx) -> Result<SparseHeader> {
+    fn read_footer(file: &ImageFile, ctx: &Ctx) -> Result<(SparseHeader, u64)> {
         let len = file.len() / SECTOR * SECTOR;
         if len < 4 * SECTOR {
             return Err(ctx.corrupt("footer", 0, "invalid footer: the file is too short for one"));
@@ -388,7 +396,7 @@ impl SparseExtent {
             .filter(|m| m.num_sectors == 0 && m.size == 0 && m.kind == MARKER_EOS);
         let h = SparseHeader::parse(&b[512..]);
         match (fm, h, eos) {
-            (Some(_), Some(h), Some(_)) if h.gd_offset != GD_AT_END => Ok(h),
+            (Some(_), Some(h), Some(_)) if h.gd_offset != GD_AT_END => Ok((h, off + 512)),
             (Some(_), Some(_), Some(_)) => Err(ctx.corrupt(
                 "footer",
                 off + 512,

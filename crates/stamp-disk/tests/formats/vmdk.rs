@@ -355,11 +355,20 @@ fn vmdk_parent_chain_reads_like_qemu() {
     let raw = sample_raw(d.path(), 8 << 20, 5);
     let parent = d.path().join("parent.vmdk");
     qemu_convert(&raw, &parent, "vmdk", "", false);
+    // (Before the child exists: qemu refuses a child whose parent's CID has changed.)
+    let out = Command::new("qemu-io")
+        .args(["-f", "vmdk", "-c", "write -P 0x77 3M 128K", p(&parent)])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let child = d.path().join("child.vmdk");
+    // Zeroed grains (grain table entry 1) in the child hide the parent's data.
     qemu_img(&[
         "create",
         "-f",
         "vmdk",
+        "-o",
+        "zeroed_grain=on",
         "-b",
         "parent.vmdk",
         "-F",
@@ -387,9 +396,36 @@ fn vmdk_parent_chain_reads_like_qemu() {
             .iter()
             .all(|b| *b == 0x5a)
     );
+    assert!(s[3 << 20..(3 << 20) + 65536].iter().all(|b| *b == 0));
+    assert!(
+        s[(3 << 20) + 65536..(3 << 20) + 131072]
+            .iter()
+            .all(|b| *b == 0x77)
+    );
     let i = stamp_disk::info(&child, None).unwrap();
     assert_eq!(i.backing_file.as_deref(), Some("parent.vmdk"));
     assert_eq!(i.backing_chain.len(), 1);
+    // A parent modified after the child was made is refused, as qemu-img does.
+    let moved = d.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    std::fs::copy(&parent, moved.join("parent.vmdk")).unwrap();
+    std::fs::copy(&child, moved.join("child.vmdk")).unwrap();
+    let out = Command::new("qemu-io")
+        .args(["-f", "vmdk", "-c", "write -P 1 0 4K"])
+        .arg(moved.join("parent.vmdk"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (code, _) = qemu_img_status(&[
+        "convert",
+        "-O",
+        "raw",
+        p(&moved.join("child.vmdk")),
+        p(&moved.join("x.raw")),
+    ]);
+    assert_ne!(code, 0);
+    let e = open_err(&moved.join("child.vmdk"));
+    assert!(e.to_string().contains("parentCID"), "{e}");
     // A disk that is its own parent is refused, not followed forever.
     let looped = d.path().join("loop00.vmdk");
     let mut bytes = std::fs::read(&child).unwrap();
