@@ -5,6 +5,7 @@
 
 mod common;
 
+mod cross;
 mod ova;
 mod qcow2;
 mod raw;

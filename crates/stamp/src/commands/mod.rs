@@ -55,13 +55,9 @@ fn human_size(bytes: u64) -> String {
     }
     if i == 0 {
         format!("{bytes} B")
-    } else if (v - v.round()).abs() < 0.005 {
-        format!("{} {}", v.round(), UNITS[i])
     } else {
-        format!("{v:.3} {}", UNITS[i])
-            .trim_end_matches('0')
-            .to_string()
-            .replace(". ", " ")
+        let n = format!("{v:.3}");
+        format!("{} {}", n.trim_end_matches('0').trim_end_matches('.'), UNITS[i])
     }
 }
 
