@@ -175,9 +175,11 @@ impl OutputFile {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
+        use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(|e| Error::io("create", path, e))?;
         Ok(OutputFile {
@@ -235,12 +237,12 @@ impl OutputFile {
             .map_err(|e| Error::io("seek", &self.path, e))
     }
 
-    /// Flushes the data to disk and renames the file into place.
+    /// Renames the file into place.
+    ///
+    /// The data is not forced to stable storage first (as with cp and qemu-img, the page cache
+    /// writes it back): the rename protects against interruption and errors, not power loss.
     pub fn commit(self) -> Result<()> {
         let OutputFile { tmp, path } = self;
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| Error::io("sync", &path, e))?;
         tmp.persist(&path)
             .map_err(|e| Error::io("rename into place", &path, e.error))?;
         Ok(())

@@ -1,1 +1,24 @@
-fn main() {}
+//! The `stamp` command: argument parsing, progress and output. All logic lives in the libraries.
+
+mod cli;
+mod commands;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    output::init_logging(cli.verbose);
+    let cancel = progress::install_ctrlc();
+    let error_code = cli.command.error_exit_code();
+    match commands::run(cli.command, &cancel) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            output::print_error(&err);
+            ExitCode::from(output::exit_code_for(&err, error_code))
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Format tests against qemu-img, the reference implementation: what qemu-img writes, stamp reads
 //! byte for byte; what stamp writes, qemu-img checks clean and reads identically.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 mod ova;

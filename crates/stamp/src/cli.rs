@@ -1,0 +1,129 @@
+//! The command line: verbs and their flags, with qemu-img's and podman's words where users know them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// stamp: build, convert, store, publish and run virtual machine images.
+#[derive(Debug, Parser)]
+#[command(name = "stamp", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert a disk image to another format (raw, qcow2, vmdk, vhd, vhdx, vdi, ova).
+    Convert(ConvertArgs),
+    /// Show an image's format, sizes, compression, backing chain and (for OVA) disks.
+    Info(InfoArgs),
+    /// Check an image's metadata: exit 0 clean, 2 corruption, 3 leaks only, 1 could not check.
+    Check(CheckArgs),
+    /// Compare the contents of two images: exit 0 identical, 1 different, 2 error.
+    Compare(CompareArgs),
+    /// Create an empty image of a given size.
+    Create(CreateArgs),
+}
+
+impl Command {
+    /// The exit code when the command fails: 2 for `compare` (whose 1 means "different"), as
+    /// qemu-img; 1 for the others.
+    pub fn error_exit_code(&self) -> u8 {
+        match self {
+            Command::Compare(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// `stamp convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// Source format (detected from content by default).
+    #[arg(short = 'f', value_name = "SRC_FMT")]
+    pub src_format: Option<String>,
+    /// Output format (by default from DST's extension, else raw).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub out_format: Option<String>,
+    /// Output options, comma-separated key=val (subformat, cluster_size, compat, compression_type, adapter_type, force_size, block_size).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// Compress the output (qcow2 compressed clusters).
+    #[arg(short = 'c')]
+    pub compress: bool,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// The image to read.
+    pub src: PathBuf,
+    /// The image to write (written under a temporary name, renamed when complete).
+    pub dst: PathBuf,
+}
+
+/// `stamp info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Image format (detected from content by default).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// `stamp check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Image format (detected from content by default).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// The image.
+    pub file: PathBuf,
+}
+
+/// `stamp compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Format of the first image (detected by default).
+    #[arg(short = 'f', value_name = "FMT")]
+    pub format_a: Option<String>,
+    /// Format of the second image (detected by default).
+    #[arg(short = 'F', value_name = "FMT")]
+    pub format_b: Option<String>,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// First image.
+    pub a: PathBuf,
+    /// Second image.
+    pub b: PathBuf,
+}
+
+/// `stamp create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Format of the new image.
+    #[arg(short = 'f', value_name = "FMT", default_value = "raw")]
+    pub format: String,
+    /// Options, comma-separated key=val (as for convert, plus backing_file and backing_fmt for qcow2).
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    pub options: Vec<String>,
+    /// The image to create.
+    pub file: PathBuf,
+    /// Virtual size, with K/M/G/T suffixes (optional with a backing file: its size).
+    pub size: Option<String>,
+}

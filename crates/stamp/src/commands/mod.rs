@@ -1,0 +1,78 @@
+//! One module per verb; each turns parsed arguments into library calls and prints the result.
+
+mod check;
+mod compare;
+mod convert;
+mod create;
+mod info;
+
+use anyhow::{Context, Result};
+use stamp_disk::Format;
+
+use crate::cli::Command;
+use crate::progress::CancelFlag;
+
+/// Runs a command; returns the process exit code for outcomes that are not errors (check, compare).
+pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
+    match command {
+        Command::Convert(a) => convert::run(a, cancel),
+        Command::Info(a) => info::run(a),
+        Command::Check(a) => check::run(a),
+        Command::Compare(a) => compare::run(a, cancel),
+        Command::Create(a) => create::run(a),
+    }
+}
+
+/// Parses an optional `-f`/`-O` format name.
+fn parse_format(name: Option<&str>) -> Result<Option<Format>> {
+    name.map(|n| n.parse::<Format>().context("invalid format"))
+        .transpose()
+}
+
+/// Opens an image with an optional forced format, with the path in the error.
+fn open(path: &std::path::Path, format: Option<Format>) -> Result<Box<dyn stamp_disk::DiskReader>> {
+    stamp_disk::open(path, format).with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// Prints `value` as pretty JSON on stdout with a schema version.
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let mut v = serde_json::to_value(value)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("schema_version".into(), serde_json::Value::from(1));
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// Formats a byte count as qemu-img does ("10 MiB", "1.5 GiB").
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else if (v - v.round()).abs() < 0.005 {
+        format!("{} {}", v.round(), UNITS[i])
+    } else {
+        format!("{v:.3} {}", UNITS[i])
+            .trim_end_matches('0')
+            .to_string()
+            .replace(". ", " ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_print_like_qemu_img() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(10 << 20), "10 MiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
+}

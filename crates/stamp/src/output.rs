@@ -1,0 +1,70 @@
+//! How the CLI talks: logs to stderr, errors in the `error:` / `Caused by:` / `hint:` form, and
+//! exit codes.
+
+use stamp_disk::Error as DiskError;
+
+/// Exit code for an interrupted run (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Starts tracing to stderr at a level set by `-v` (or `RUST_LOG`).
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+/// Prints `err` and its causes to stderr, with a hint where there is something to do about it.
+pub fn print_error(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    let mut last = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        // Library errors often end with their source's text already; do not say it twice.
+        if !last.ends_with(&text) {
+            eprintln!("  Caused by: {text}");
+        }
+        last = text;
+    }
+    if let Some(hint) = hint_for(err) {
+        eprintln!("\nhint: {hint}");
+    }
+}
+
+/// The exit code for an error that ended a command whose error code is `error_code`.
+pub fn exit_code_for(err: &anyhow::Error, error_code: u8) -> u8 {
+    match err.chain().find_map(|e| e.downcast_ref::<DiskError>()) {
+        Some(DiskError::Interrupted) => EXIT_INTERRUPTED,
+        _ => error_code,
+    }
+}
+
+/// What the user can do about `err`, if anything useful can be said.
+fn hint_for(err: &anyhow::Error) -> Option<String> {
+    let disk = err.chain().find_map(|e| e.downcast_ref::<DiskError>())?;
+    Some(match disk {
+        DiskError::Missing { what, missing, .. } => format!(
+            "the {what} must be at {} (relative names are taken from the image's directory); copy it there, or convert the image where its {what} is",
+            missing.display()
+        ),
+        DiskError::Corrupt { .. } => {
+            "the image is damaged or was cut short (an interrupted download or copy?); get a fresh copy, or run `stamp check` on it for details".into()
+        }
+        DiskError::Unsupported { feature, .. } if feature.contains("encrypt") => {
+            "decrypt it first with `qemu-img convert --object secret,... --image-opts` and convert the plain image".into()
+        }
+        DiskError::InvalidOption(_) => "see `stamp help convert` for the formats and their options".into(),
+        DiskError::Interrupted => "nothing was written; run the command again to finish it".into(),
+        _ => return None,
+    })
+}

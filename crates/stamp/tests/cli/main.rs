@@ -1,0 +1,11 @@
+//! End-to-end tests of the `stamp` binary against qemu-img, the reference tool: real-world images,
+//! exit codes, error messages, and clean-up on interruption.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+mod compare;
+mod convert;
+mod fixtures;
+mod usage;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what stamp's tests need on a Debian machine, idempotently: nothing is fetched when
+# everything is already there.
+set -euo pipefail
+need=()
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v qemu-io >/dev/null || need+=(qemu-utils)
+command -v e2fsck >/dev/null || need+=(e2fsprogs)
+command -v gzip >/dev/null || need+=(gzip)
+command -v tar >/dev/null || need+=(tar)
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "error: cargo is not installed (install Rust with rustup)" >&2; exit 1; }
