@@ -83,6 +83,22 @@ fn mtime() -> u64 {
 /// VMDK inside is always compressed).
 pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn DiskWriter>> {
     opts.allow_only(Format::Ova, &["compress"])?;
+    let vmdk = CreateOptions {
+        subformat: Some("streamOptimized".into()),
+        given: vec!["subformat".into()],
+        ..Default::default()
+    };
+    create_with(path, size, Format::Vmdk, &vmdk)
+}
+
+/// Creates an OVA whose disk is written in `disk_format` with `disk_opts` (always a
+/// streamOptimized VMDK, except in tests of the packaging).
+fn create_with(
+    path: &Path,
+    size: u64,
+    disk_format: Format,
+    disk_opts: &CreateOptions,
+) -> Result<Box<dyn DiskWriter>> {
     let name = appliance_name(path);
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -94,16 +110,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn Di
         .tempdir_in(dir)
         .map_err(|e| Error::io("create staging directory for", path, e))?;
     let vmdk_path = staging.path().join(format!("{name}-disk1.vmdk"));
-    let vmdk = crate::create(
-        &vmdk_path,
-        Format::Vmdk,
-        size,
-        &CreateOptions {
-            subformat: Some("streamOptimized".into()),
-            given: vec!["subformat".into()],
-            ..Default::default()
-        },
-    )?;
+    let vmdk = crate::create(&vmdk_path, disk_format, size, disk_opts)?;
     Ok(Box::new(OvaWriter {
         path: path.to_path_buf(),
         name,
@@ -235,6 +242,128 @@ mod tests {
         assert_eq!(appliance_name(Path::new("...")), "disk");
         assert_eq!(appliance_name(Path::new("é")), "_");
         assert_eq!(appliance_name(&PathBuf::from("x".repeat(300))).len(), 64);
+    }
+
+    /// The packaging, checked with a raw disk in place of the VMDK: member order, tar headers,
+    /// manifest digests (by sha256sum), descriptor sizes, determinism, and reading back.
+    #[test]
+    fn packages_a_disk_in_order_with_digests() {
+        let d = tempfile::tempdir().unwrap();
+        let size = 3 << 20;
+        let mut disk = vec![0u8; size];
+        disk[5000..9000].fill(0x5a);
+        disk[(2 << 20)..(2 << 20) + 100].fill(1);
+        let write = |path: &Path| {
+            let mut w =
+                create_with(path, size as u64, Format::Raw, &CreateOptions::default()).unwrap();
+            w.write_extent(Extent::Data {
+                offset: 4096,
+                bytes: Bytes::copy_from_slice(&disk[4096..12288]),
+            })
+            .unwrap();
+            w.write_extent(Extent::Data {
+                offset: 2 << 20,
+                bytes: Bytes::copy_from_slice(&disk[(2 << 20)..(2 << 20) + 4096]),
+            })
+            .unwrap();
+            w.finish().unwrap()
+        };
+        let p = d.path().join("My App.ova");
+        let sum = write(&p);
+        assert_eq!(sum.file_size, std::fs::metadata(&p).unwrap().len());
+        // Nothing but the OVA is left beside it.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+
+        let list = std::process::Command::new("tar")
+            .args(["tvf", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(list.status.success());
+        let list = String::from_utf8(list.stdout).unwrap();
+        let names: Vec<_> = list
+            .lines()
+            .map(|l| l.split_whitespace().last().unwrap())
+            .collect();
+        assert_eq!(names, ["My_App.ovf", "My_App-disk1.vmdk", "My_App.mf"]);
+        assert!(
+            list.lines()
+                .all(|l| l.starts_with("-rw-r--r-- someone/someone")),
+            "{list}"
+        );
+
+        let x = d.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let st = std::process::Command::new("tar")
+            .args(["xf", p.to_str().unwrap(), "-C", x.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(std::fs::read(x.join("My_App-disk1.vmdk")).unwrap(), disk);
+        // The manifest in sha256sum's own check format.
+        let mf = std::fs::read_to_string(x.join("My_App.mf")).unwrap();
+        let check: String = mf
+            .lines()
+            .map(|l| {
+                let (name, hex) = l
+                    .strip_prefix("SHA256(")
+                    .unwrap()
+                    .split_once(")= ")
+                    .unwrap();
+                format!("{hex}  {name}\n")
+            })
+            .collect();
+        let mut c = std::process::Command::new("sha256sum")
+            .args(["-c", "--strict", "-"])
+            .current_dir(&x)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        c.stdin.take().unwrap().write_all(check.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success(), "{mf}");
+        assert_eq!(mf.lines().count(), 2);
+
+        let ovf = std::fs::read(x.join("My_App.ovf")).unwrap();
+        let desc = descriptor::parse(&ovf).unwrap();
+        assert_eq!(desc.files[0].size, Some(size as u64));
+        assert_eq!(desc.disks[0].capacity, Some(size as u64));
+        assert_eq!(desc.system_name.as_deref(), Some("My_App"));
+
+        let r = crate::open(&p, None).unwrap();
+        let mut back = vec![0u8; size];
+        r.read_at(&mut back, 0).unwrap();
+        assert_eq!(back, disk);
+        assert_eq!(r.info().details["manifest"], "My_App.mf (SHA256, verified)");
+
+        // Same input, same bytes.
+        let d2 = tempfile::tempdir().unwrap();
+        let p2 = d2.path().join("My App.ova");
+        write(&p2);
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&p2).unwrap());
+    }
+
+    #[test]
+    fn an_unfinished_writer_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = create_with(
+            &d.path().join("a.ova"),
+            1 << 20,
+            Format::Raw,
+            &CreateOptions::default(),
+        )
+        .unwrap();
+        w.write_extent(Extent::Data {
+            offset: 0,
+            bytes: Bytes::from_static(&[1; 512]),
+        })
+        .unwrap();
+        assert!(
+            w.write_extent(Extent::Zero { offset: 0, len: 1 }).is_err(),
+            "out of order extent accepted"
+        );
+        drop(w);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]
