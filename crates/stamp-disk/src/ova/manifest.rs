@@ -145,19 +145,40 @@ impl Hasher {
     }
 }
 
+/// Chunks read ahead of the hashing (memory: this × [`HASH_CHUNK`] per file hashed).
+const READ_AHEAD: usize = 2;
+
 /// The `algorithm` digest (lower-case hex) of `len` bytes at `offset` of `file`, read in
-/// [`HASH_CHUNK`] pieces.
+/// [`HASH_CHUNK`] pieces on one thread and hashed on another, so reading and hashing overlap.
 pub fn digest_of(file: &ImageFile, offset: u64, len: u64, algorithm: Algorithm) -> Result<String> {
-    let mut h = Hasher::new(algorithm);
-    let mut buf = vec![0u8; HASH_CHUNK.min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], offset + done, "file listed in the manifest")?;
-        h.update(&buf[..n]);
-        done += n as u64;
-    }
-    Ok(h.hex())
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD);
+        let reader = s.spawn(move || -> Result<()> {
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(HASH_CHUNK as u64) as usize;
+                let mut buf = vec![0u8; n];
+                file.read_exact_at(&mut buf, offset + done, "file listed in the manifest")?;
+                if tx.send(buf).is_err() {
+                    break;
+                }
+                done += n as u64;
+            }
+            Ok(())
+        });
+        let mut h = Hasher::new(algorithm);
+        for chunk in rx {
+            h.update(&chunk);
+        }
+        match reader.join() {
+            Ok(r) => r.map(|()| h.hex()),
+            Err(_) => Err(crate::Error::io(
+                "read",
+                file.path(),
+                std::io::Error::other("the reading thread failed"),
+            )),
+        }
+    })
 }
 
 /// The SHA-256 digest of `data`, lower-case hex.

@@ -18,7 +18,7 @@ mod reader;
 mod writer;
 
 pub use archive::{MAX_MEMBERS, MAX_NAME_LEN, MAX_PAX_LEN};
-pub use descriptor::{MAX_DEPTH, MAX_DESCRIPTOR_LEN, MAX_ENTRIES};
+pub use descriptor::{MAX_DEPTH, MAX_DESCRIPTOR_LEN, MAX_DISKS, MAX_ENTRIES};
 pub use manifest::MAX_MANIFEST_LEN;
 pub use reader::{OvaReader, open};
 pub use writer::{OvaWriter, appliance_name, create};

@@ -669,3 +669,65 @@ print(f.get(a + 'href'), f.get(a + 'size'), disk.get(a + 'capacity'), disk.get(a
     assert!(matches!(e, Some(Error::InvalidOption(_))), "{e:?}");
     assert_eq!(std::fs::read_dir(d3.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn multi_disk_package_reads_the_first_disk_and_lists_all() {
+    let d = tmp();
+    let desc = r#"<?xml version="1.0"?>
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">
+  <References>
+    <File ovf:href="one.img" ovf:id="f1" ovf:size="1024"/>
+    <File ovf:href="two.img" ovf:id="f2"/>
+  </References>
+  <DiskSection>
+    <Info>disks</Info>
+    <Disk ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^30" ovf:diskId="scratch"/>
+    <Disk ovf:capacity="1" ovf:capacityAllocationUnits="byte * 2^10" ovf:diskId="boot" ovf:fileRef="f1"/>
+    <Disk ovf:capacity="2048" ovf:diskId="data" ovf:fileRef="f2"/>
+  </DiskSection>
+</Envelope>"#;
+    let p = d.path().join("multi.ova");
+    pack(
+        &p,
+        &[
+            ("multi.ovf", desc.as_bytes()),
+            ("one.img", &[1u8; 1024]),
+            ("two.img", &[2u8; 2048]),
+        ],
+    );
+    let r = stamp_disk::open(&p, None).unwrap();
+    assert_eq!(read_all(r.as_ref()), vec![1u8; 1024]);
+    let i = r.info();
+    assert_eq!(i.details["disk_read"], "boot");
+    let ids: Vec<_> = i
+        .disks
+        .iter()
+        .map(|d| d.details["ovf_disk_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["scratch", "boot", "data"]);
+    assert_eq!(i.disks[0].virtual_size, 1 << 30);
+    assert_eq!(i.disks[2].virtual_size, 2048);
+    assert_eq!(i.disks[2].details["ovf_file"], "two.img");
+    assert_eq!(r.check().unwrap().exit_code(), 0);
+
+    // A disk whose fileRef names no File.
+    let bad = desc.replace(r#"ovf:fileRef="f2""#, r#"ovf:fileRef="f9""#);
+    let p = d.path().join("dangling.ova");
+    pack(
+        &p,
+        &[
+            ("multi.ovf", bad.as_bytes()),
+            ("one.img", &[1u8; 1024]),
+            ("two.img", &[2u8; 2048]),
+        ],
+    );
+    says(
+        &refused(&p),
+        &[
+            "dangling.ova",
+            "multi.ovf",
+            "'f9'",
+            "References does not list",
+        ],
+    );
+}
