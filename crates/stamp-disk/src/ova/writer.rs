@@ -179,7 +179,6 @@ impl DiskWriter for OvaWriter {
         let OvaWriter {
             path,
             name,
-            size,
             vmdk,
             vmdk_path,
             staging,
@@ -198,7 +197,8 @@ impl DiskWriter for OvaWriter {
             name: &name,
             disk_file: &disk_name,
             disk_file_size: disk_len,
-            capacity: size,
+            // What the VMDK itself says (it may round the size up to whole sectors).
+            capacity: disk.virtual_size,
             populated_size: disk.data_bytes,
         });
         let mtime = mtime();
@@ -222,7 +222,7 @@ impl DiskWriter for OvaWriter {
         Ok(DiskSummary {
             path,
             format: Format::Ova.name().into(),
-            virtual_size: size,
+            virtual_size: disk.virtual_size,
             file_size,
             data_bytes: disk.data_bytes,
         })
