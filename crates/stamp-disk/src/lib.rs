@@ -58,6 +58,9 @@ pub struct OpenOptions {
     pub format: Option<Format>,
     /// How many images up the backing chain this one is (0 for the image opened by the user).
     pub depth: u32,
+    /// Open for `check`: formats that refuse inconsistent tables at open (as qemu does) let them
+    /// through so that [`DiskReader::check`] can report them. By default, off.
+    pub for_check: bool,
 }
 
 /// Opens the image at `path`, detecting its format from content unless `format` forces one.
@@ -130,6 +133,7 @@ pub fn open_backing(
         &OpenOptions {
             format,
             depth: depth + 1,
+            for_check: false,
         },
     )
 }

@@ -2,11 +2,19 @@
 
 use anyhow::Result;
 
-use super::{open, parse_format, print_json};
+use anyhow::Context;
+
+use super::{parse_format, print_json};
 use crate::cli::CheckArgs;
 
 pub fn run(a: CheckArgs) -> Result<u8> {
-    let reader = open(&a.file, parse_format(a.format.as_deref())?)?;
+    let opts = stamp_disk::OpenOptions {
+        format: parse_format(a.format.as_deref())?,
+        for_check: true,
+        ..Default::default()
+    };
+    let reader = stamp_disk::open_with(&a.file, &opts)
+        .with_context(|| format!("cannot check {}", a.file.display()))?;
     let info = reader.info();
     let report = reader.check()?;
     let code = report.exit_code() as u8;
