@@ -22,18 +22,44 @@ struct OpenDisk {
     reader: Arc<dyn DiskReader>,
 }
 
+/// Faults of the package found at open: refused at once, or, when the package is opened for
+/// `check` ([`OpenOptions::for_check`]), kept for [`DiskReader::check`] to report as
+/// corruptions.
+#[derive(Debug, Default)]
+struct Faults(Option<Vec<String>>);
+
+impl Faults {
+    /// Refuses `e`, or keeps it when opening for check.
+    fn note(&mut self, e: Error) -> Result<()> {
+        match &mut self.0 {
+            Some(v) => {
+                v.push(e.to_string());
+                Ok(())
+            }
+            None => Err(e),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.0.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// An OVA opened for reading: its contents are those of the package's first disk (the first
 /// disk of the `DiskSection` that has a file); `info()` lists every disk.
 pub struct OvaReader {
     file: ImageFile,
     descriptor_name: String,
     descriptor: Descriptor,
-    manifest: Option<(String, Vec<Algorithm>)>,
+    /// The manifest's name, its algorithms, and whether every digest matched.
+    manifest: Option<(String, Vec<Algorithm>, bool)>,
     certificate: Option<String>,
     disks: Vec<OpenDisk>,
     /// The disk read: the first with a file (or the first, if all are blank).
     primary: Arc<dyn DiskReader>,
     primary_id: String,
+    /// Faults kept when opened for check (manifest mismatches, missing files, wrong sizes).
+    faults: Vec<String>,
 }
 
 impl std::fmt::Debug for OvaReader {
@@ -131,8 +157,13 @@ impl OvaReader {
     /// Opens the OVA in `file`: fails if it is not a tar, has no descriptor, the descriptor is
     /// not valid XML, a file it references is missing, a manifest digest does not match, or a
     /// disk does not open with the reader of its format.
+    ///
+    /// Opened for check ([`OpenOptions::for_check`]), manifest mismatches, missing files that
+    /// are not the disk read, and disk files whose size differs from the descriptor's are let
+    /// through and reported by [`DiskReader::check`] as corruptions.
     pub fn open(file: ImageFile, opts: &OpenOptions) -> Result<Self> {
         let ctx = Ctx::new(file.path(), Format::Ova);
+        let mut faults = Faults(opts.for_check.then(Vec::new));
         let members = archive::members(&file, &ctx)?;
         let names = || {
             let list: Vec<_> = members.iter().map(|m| m.name.as_str()).take(20).collect();
@@ -170,7 +201,9 @@ impl OvaReader {
             )
         })?;
 
-        let manifest = Self::verify_manifest(&file, &ctx, &members, ovf)?;
+        let before = faults.count();
+        let manifest = Self::verify_manifest(&file, &ctx, &members, ovf, &mut faults)?
+            .map(|(name, algs)| (name, algs, faults.count() == before));
         let certificate = members
             .iter()
             .find(|m| has_ext(&m.name, "cert"))
@@ -186,11 +219,11 @@ impl OvaReader {
                 continue; // an external URL: refused below if a disk needs it
             }
             if find(&members, &name).is_none() {
-                return Err(Error::Missing {
+                faults.note(Error::Missing {
                     path: file.path().to_path_buf(),
                     what: "file referenced by the OVF descriptor",
                     missing: file.path().join(&name),
-                });
+                })?;
             }
         }
         if descriptor.disks.is_empty() {
@@ -212,6 +245,7 @@ impl OvaReader {
                 &members,
                 d,
                 opts,
+                &mut faults,
             )?);
         }
         let first = disks
@@ -230,6 +264,7 @@ impl OvaReader {
             disks,
             primary,
             primary_id,
+            faults: faults.0.unwrap_or_default(),
         };
         for d in &mine.disks {
             let size = d.reader.virtual_size();
@@ -252,6 +287,7 @@ impl OvaReader {
         ctx: &Ctx,
         members: &[Member],
         ovf: &Member,
+        faults: &mut Faults,
     ) -> Result<Option<(String, Vec<Algorithm>)>> {
         let stem = ovf
             .name
@@ -276,12 +312,14 @@ impl OvaReader {
         let entries = manifest::parse(&text).map_err(|m| ctx.corrupt(&what, mf.offset, m))?;
         let mut targets = Vec::with_capacity(entries.len());
         for e in &entries {
-            let m = find(members, &e.name).ok_or_else(|| Error::Missing {
-                path: file.path().to_path_buf(),
-                what: "file listed in the manifest",
-                missing: file.path().join(&e.name),
-            })?;
-            targets.push((e, m));
+            match find(members, &e.name) {
+                Some(m) => targets.push((e, m)),
+                None => faults.note(Error::Missing {
+                    path: file.path().to_path_buf(),
+                    what: "file listed in the manifest",
+                    missing: file.path().join(&e.name),
+                })?,
+            }
         }
         // Digest files in parallel (a multi-disk OVA hashes all its disks at once).
         let results: Vec<Result<String>> = targets
@@ -291,14 +329,14 @@ impl OvaReader {
         for ((e, m), actual) in targets.iter().zip(results) {
             let actual = actual?;
             if actual != e.digest {
-                return Err(ctx.corrupt(
+                faults.note(ctx.corrupt(
                     &what,
                     m.offset,
                     format!(
                         "{} of {} is {actual}, but the manifest (line {}) says {}: the file was changed or damaged",
                         e.algorithm, m.name, e.line, e.digest
                     ),
-                ));
+                ))?;
             }
         }
         let mut algs: Vec<Algorithm> = Vec::new();
@@ -321,6 +359,7 @@ impl OvaReader {
         members: &[Member],
         d: &Disk,
         opts: &OpenOptions,
+        faults: &mut Faults,
     ) -> Result<OpenDisk> {
         let Some(file_ref) = &d.file_ref else {
             let size = d.capacity.ok_or_else(|| {
@@ -373,14 +412,14 @@ impl OvaReader {
             missing: file.path().join(&f.href),
         })?;
         if let Some(size) = f.size.filter(|s| *s != m.size) {
-            return Err(ctx.corrupt(
+            faults.note(ctx.corrupt(
                 format!("disk file {}", m.name),
                 m.offset,
                 format!(
                     "the OVF descriptor says the file is {size} bytes, the archive holds {} (truncated or replaced?)",
                     m.size
                 ),
-            ));
+            ))?;
         }
         let window = file.window(m.offset, m.size, file.path().join(&m.name))?;
         let format = detect(&window)?;
@@ -402,6 +441,7 @@ impl OvaReader {
             &OpenOptions {
                 format: Some(format),
                 depth: opts.depth,
+                for_check: opts.for_check,
             },
         )?;
         if let Some(b) = reader.info().backing_file {
@@ -445,9 +485,10 @@ impl DiskReader for OvaReader {
         i.details.insert(
             "manifest".into(),
             match &self.manifest {
-                Some((name, algs)) => {
+                Some((name, algs, ok)) => {
                     let a: Vec<_> = algs.iter().map(|a| a.name()).collect();
-                    format!("{name} ({}, verified)", a.join(", "))
+                    let status = if *ok { "verified" } else { "DOES NOT VERIFY" };
+                    format!("{name} ({}, {status})", a.join(", "))
                 }
                 None => "none".into(),
             },
@@ -485,9 +526,13 @@ impl DiskReader for OvaReader {
     }
 
     fn check(&self) -> Result<CheckReport> {
-        // The manifest and the references were checked at open: a package that fails them
-        // does not open. What is left is each disk's own metadata.
-        let mut report = CheckReport::default();
+        // The manifest and the references were checked at open: a package that fails them does
+        // not open, unless opened for check, which keeps the faults for this report. The rest
+        // is each disk's own metadata.
+        let mut report = CheckReport {
+            corruptions: self.faults.clone(),
+            ..Default::default()
+        };
         for d in &self.disks {
             let r = d.reader.check()?;
             let name = d.member.as_deref().unwrap_or(&d.entry.id);

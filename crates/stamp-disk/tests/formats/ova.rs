@@ -407,9 +407,7 @@ fn disks_that_reach_outside_the_archive_are_refused() {
 }
 
 #[test]
-fn depth_is_passed_to_the_disk() {
-    // A package opened as part of a backing chain keeps its depth (and a chain too deep is
-    // refused before anything is read).
+fn chains_too_deep_are_refused() {
     let d = tmp();
     let p = d.path().join("a.ova");
     pack(
@@ -422,8 +420,59 @@ fn depth_is_passed_to_the_disk() {
     let deep = OpenOptions {
         format: Some(Format::Ova),
         depth: stamp_disk::MAX_CHAIN_DEPTH + 1,
+        ..Default::default()
     };
     assert!(stamp_disk::open_with(&p, &deep).is_err());
+}
+
+#[test]
+fn opened_for_check_package_faults_are_corruptions() {
+    // `stamp check` opens with for_check: what open refuses (a digest that does not match, a
+    // listed file that is absent, a size the descriptor contradicts) is reported by check().
+    let d = tmp();
+    let (_, disk) = raw_disk(d.path(), 1 << 20, 9);
+    let desc = ovf("disk.img", 1 << 20)
+        .replace(r#"ovf:id="file1"/>"#, r#"ovf:id="file1" ovf:size="4096"/>"#);
+    let mf = format!(
+        "SHA256(disk.img)= {}\nSHA256(a.ovf)= {}\nSHA1(gone.iso)= {}\n",
+        digest("sha256sum", b"something else"),
+        digest("sha256sum", desc.as_bytes()),
+        digest("sha1sum", b""),
+    );
+    let p = d.path().join("faulty.ova");
+    pack(
+        &p,
+        &[
+            ("a.ovf", desc.as_bytes()),
+            ("disk.img", &disk),
+            ("a.mf", mf.as_bytes()),
+        ],
+    );
+    refused(&p);
+    let opts = OpenOptions {
+        for_check: true,
+        ..Default::default()
+    };
+    let r = stamp_disk::open_with(&p, &opts).unwrap();
+    let c = r.check().unwrap();
+    assert_eq!(c.exit_code(), 2);
+    assert_eq!(c.corruptions.len(), 3, "{:?}", c.corruptions);
+    assert!(c.corruptions[0].contains("gone.iso"), "{:?}", c.corruptions);
+    assert!(
+        c.corruptions[1].contains("SHA256 of disk.img"),
+        "{:?}",
+        c.corruptions
+    );
+    assert!(
+        c.corruptions[2].contains("4096 bytes"),
+        "{:?}",
+        c.corruptions
+    );
+    assert_eq!(
+        r.info().details["manifest"],
+        "a.mf (SHA256, SHA1, DOES NOT VERIFY)"
+    );
+    assert_eq!(read_all(r.as_ref()), disk);
 }
 
 #[test]
