@@ -23,9 +23,11 @@ pub mod compare;
 pub mod compress;
 pub mod convert;
 mod error;
+mod content_id;
 mod extent;
 pub mod file;
 mod format;
+mod mapping;
 mod reader;
 mod writer;
 

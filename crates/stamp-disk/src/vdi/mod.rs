@@ -1,24 +1,29 @@
-//! vdi images (not yet implemented: open and create refuse with a clear error).
+//! VDI images (VirtualBox): static and dynamic images are read, dynamic images are written.
+//!
+//! Limits and read semantics follow qemu (`block/vdi.c`): version 1.1 only, 1 MiB blocks, no
+//! differencing or snapshot images, unallocated and discarded blocks read as zeros. New images
+//! have qemu's layout (header, block map at 0x200, blocks appended in disk order), a banner as
+//! VirtualBox writes it, and UUIDs derived from the disk's contents, so the same input always
+//! gives the same bytes and different disks get different UUIDs.
 
 use std::path::Path;
 
 use crate::file::ImageFile;
-use crate::{CreateOptions, DiskReader, DiskWriter, Error, Format, OpenOptions, Result};
+use crate::{CreateOptions, DiskReader, DiskWriter, OpenOptions, Result};
 
-/// Opens a vdi image.
+pub mod header;
+pub mod reader;
+pub mod writer;
+
+pub use reader::VdiReader;
+pub use writer::VdiWriter;
+
+/// Opens a VDI image.
 pub fn open(file: ImageFile, _opts: &OpenOptions) -> Result<Box<dyn DiskReader>> {
-    Err(Error::unsupported(
-        file.path(),
-        Format::Vdi,
-        "reading vdi is not implemented yet",
-    ))
+    Ok(Box::new(VdiReader::open(file)?))
 }
 
-/// Creates a vdi image.
-pub fn create(path: &Path, _size: u64, _opts: &CreateOptions) -> Result<Box<dyn DiskWriter>> {
-    Err(Error::unsupported(
-        path,
-        Format::Vdi,
-        "writing vdi is not implemented yet",
-    ))
+/// Creates a dynamic VDI image of `size` bytes at `path`. Option: `subformat=dynamic`.
+pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn DiskWriter>> {
+    Ok(Box::new(writer::create(path, size, opts)?))
 }
