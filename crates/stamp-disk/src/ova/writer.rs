@@ -83,9 +83,11 @@ fn mtime() -> u64 {
 /// VMDK inside is always compressed).
 pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn DiskWriter>> {
     opts.allow_only(Format::Ova, &["compress"])?;
+    // The VMDK names the controller the descriptor attaches it to (LSI Logic SCSI).
     let vmdk = CreateOptions {
         subformat: Some("streamOptimized".into()),
-        given: vec!["subformat".into()],
+        adapter_type: Some("lsilogic".into()),
+        given: vec!["subformat".into(), "adapter_type".into()],
         ..Default::default()
     };
     create_with(path, size, Format::Vmdk, &vmdk)

@@ -668,6 +668,10 @@ fn stamp_ova_passes_tar_sha256sum_python_xml_and_qemu_img() {
     );
     assert_qemu_check_clean(&vmdk);
     assert_qemu_identical(&src, &vmdk);
+    // Its embedded descriptor names the controller the OVF attaches it to.
+    let head = std::fs::read(&vmdk).unwrap();
+    let head = String::from_utf8_lossy(&head[..head.len().min(64 << 10)]);
+    assert!(head.contains("ddb.adapterType = \"lsilogic\""), "{head}");
 
     // The descriptor is well-formed XML (Python's parser) with the right sizes.
     let py = r#"
