@@ -21,9 +21,9 @@
 
 pub mod compare;
 pub mod compress;
+mod content_id;
 pub mod convert;
 mod error;
-mod content_id;
 mod extent;
 pub mod file;
 mod format;

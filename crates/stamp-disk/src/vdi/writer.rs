@@ -8,8 +8,8 @@ use super::header::{
     BLOCK_SIZE, HEADER_LEN, Header, MAX_DISK_SIZE, SIGNATURE, TEXT, TYPE_DYNAMIC, UNALLOCATED,
     VERSION_1_1,
 };
-use crate::file::OutputFile;
 use crate::content_id::ContentId;
+use crate::file::OutputFile;
 use crate::{
     CreateOptions, DiskSummary, DiskWriter, Error, Extent, ExtentOrder, Format, Result, is_zero,
 };

@@ -5,10 +5,10 @@ use std::ops::Range;
 
 use super::footer::{self, DiskType, FOOTER_LEN, Footer, MAX_SECTORS};
 use super::header::{self, DynamicHeader, HEADER_LEN};
-use crate::mapping::FileData;
 use super::parent::{MAX_LOCATOR_LEN, Parent, ParentName, decode_header_name, decode_locator};
 use crate::convert::merge_ranges;
 use crate::file::ImageFile;
+use crate::mapping::FileData;
 use crate::{CheckReport, Ctx, DiskReader, Error, Format, ImageInfo, Result};
 
 /// Largest block allocation table: `INT_MAX / 4` entries, the same limit as qemu.

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use crate::content_id::ContentId;
 use super::footer::{self, DiskType, FOOTER_LEN, Footer, MAX_GEOMETRY, MAX_SECTORS};
 use super::header::{DEFAULT_BLOCK_SIZE, DynamicHeader, HEADER_LEN};
+use crate::content_id::ContentId;
 use crate::file::OutputFile;
 use crate::{
     CreateOptions, DiskSummary, DiskWriter, Error, Extent, ExtentOrder, Format, Result, is_zero,

@@ -20,12 +20,18 @@ pub fn run(a: CompareArgs, cancel: &CancelFlag) -> Result<u8> {
     if a.json {
         print_json(&result)?;
     }
+    // qemu-img compares the common part first and warns about the sizes only once past it.
+    let common = ra.virtual_size().min(rb.virtual_size());
+    let past_common = match result {
+        Comparison::Identical { .. } => true,
+        Comparison::Differ { offset } => offset >= common,
+    };
+    if !a.json && ra.virtual_size() != rb.virtual_size() && past_common {
+        println!("Warning: Image size mismatch!");
+    }
     match result {
-        Comparison::Identical { size_mismatch } => {
+        Comparison::Identical { .. } => {
             if !a.json {
-                if size_mismatch {
-                    eprintln!("Warning: Image size mismatch!");
-                }
                 println!("Images are identical.");
             }
             Ok(0)

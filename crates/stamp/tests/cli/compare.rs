@@ -14,7 +14,11 @@ fn compare_agrees_with_qemu_img_across_formats() {
     std::fs::copy(&a, &b).unwrap();
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&b)
+            .unwrap();
         let mut byte = [0u8];
         f.read_exact_at(&mut byte, 9_000_001).unwrap();
         f.write_all_at(&[byte[0] ^ 0x40], 9_000_001).unwrap();
@@ -38,7 +42,7 @@ fn compare_agrees_with_qemu_img_across_formats() {
     let mut images = vec![];
     for (name, path) in [("a", &a), ("b", &b), ("c", &c), ("e", &e)] {
         for fmt in ["raw", "qcow2", "vmdk", "vpc", "vhdx", "vdi"] {
-            let p = d.path().join(format!("{name}.{fmt}"));
+            let p = d.path().join(format!("{name}-img.{fmt}"));
             let mut args = vec!["convert", "-O", fmt];
             if fmt == "vpc" {
                 args.extend(["-o", "force_size=on"]);

@@ -33,11 +33,18 @@ fn every_output_format_passes_qemu_img_check_and_compare() {
             r.stdout.is_empty() && r.stderr.is_empty(),
             "convert must be quiet without a TTY"
         );
-        let info: serde_json::Value =
-            serde_json::from_str(&qemu_ok(&["info", "--output=json", s(&dst)])).unwrap();
+        // qemu-img probes fixed VHDs as raw, so it is told the format.
+        let info: serde_json::Value = serde_json::from_str(&qemu_ok(&[
+            "info",
+            "-f",
+            qemu_fmt,
+            "--output=json",
+            s(&dst),
+        ]))
+        .unwrap();
         assert_eq!(info["format"], *qemu_fmt, "{fmt} {opts}");
         if *fmt != "raw" {
-            let c = qemu_img(&["check", s(&dst)]);
+            let c = qemu_img(&["check", "-f", qemu_fmt, s(&dst)]);
             assert!(
                 c.code == 0 || c.stderr.contains("does not support checks"),
                 "qemu-img check {fmt} {opts}: {} {}",
@@ -45,7 +52,7 @@ fn every_output_format_passes_qemu_img_check_and_compare() {
                 c.stderr
             );
         }
-        let cmp = qemu_img(&["compare", s(&src), s(&dst)]);
+        let cmp = qemu_img(&["compare", "-F", qemu_fmt, s(&src), s(&dst)]);
         assert_eq!(cmp.code, 0, "qemu-img compare {fmt} {opts}: {}", cmp.stdout);
         // And back: stamp reads its own output like the source.
         let back = d.path().join(format!("back{i}.raw"));
