@@ -1,24 +1,24 @@
-//! ova images (not yet implemented: open and create refuse with a clear error).
+//! OVA: an Open Virtualization Format package in one tar file (DMTF DSP0243) — an OVF
+//! descriptor (XML), optionally a manifest (`.mf`) and a certificate, and disk files (usually
+//! streamOptimized VMDK).
+//!
+//! Reading walks the tar in place (nothing is extracted), checks that every file the descriptor
+//! references is there and that every manifest digest matches, then opens each disk as a window
+//! of the .ova file with the reader of the disk's own format, detected from its content. The
+//! OVA reads as its first disk. Where the descriptor's capacity and the disk's own size differ,
+//! the disk is trusted (as VirtualBox and VMware do); both are shown by `info()`.
+//!
+//! Writing makes the OVA that VirtualBox, VMware and AWS import: `NAME.ovf` (OVF 1.0),
+//! `NAME-disk1.vmdk` (streamOptimized) and `NAME.mf` (SHA-256), deterministically.
 
-use std::path::Path;
+mod archive;
+mod descriptor;
+mod manifest;
+mod reader;
+mod writer;
 
-use crate::file::ImageFile;
-use crate::{CreateOptions, DiskReader, DiskWriter, Error, Format, OpenOptions, Result};
-
-/// Opens a ova image.
-pub fn open(file: ImageFile, _opts: &OpenOptions) -> Result<Box<dyn DiskReader>> {
-    Err(Error::unsupported(
-        file.path(),
-        Format::Ova,
-        "reading ova is not implemented yet",
-    ))
-}
-
-/// Creates a ova image.
-pub fn create(path: &Path, _size: u64, _opts: &CreateOptions) -> Result<Box<dyn DiskWriter>> {
-    Err(Error::unsupported(
-        path,
-        Format::Ova,
-        "writing ova is not implemented yet",
-    ))
-}
+pub use archive::{MAX_MEMBERS, MAX_NAME_LEN, MAX_PAX_LEN};
+pub use descriptor::{MAX_DEPTH, MAX_DESCRIPTOR_LEN, MAX_DISKS, MAX_ENTRIES};
+pub use manifest::MAX_MANIFEST_LEN;
+pub use reader::{OvaReader, open};
+pub use writer::{OvaWriter, appliance_name, create};

@@ -62,13 +62,22 @@ pub fn data_ranges(file: &ImageFile) -> Vec<Range<u64>> {
     out
 }
 
+impl RawReader {
+    /// The file's length rounded up to whole 512-byte sectors, as qemu's block layer sizes a
+    /// raw file (a 4-byte file is a 512-byte disk); the rounded-up tail reads as zeros.
+    fn size(&self) -> u64 {
+        let len = self.file.len();
+        len.checked_next_multiple_of(512).unwrap_or(len)
+    }
+}
+
 impl DiskReader for RawReader {
     fn virtual_size(&self) -> u64 {
-        self.file.len()
+        self.size()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let size = self.file.len();
+        let size = self.size();
         if offset
             .checked_add(buf.len() as u64)
             .is_none_or(|e| e > size)
@@ -80,7 +89,11 @@ impl DiskReader for RawReader {
                 size,
             });
         }
-        self.file.read_exact_at(buf, offset, "data")
+        if size == self.file.len() {
+            self.file.read_exact_at(buf, offset, "data")
+        } else {
+            self.file.read_at_zero_fill(buf, offset)
+        }
     }
 
     fn allocation(&self) -> Result<Vec<Range<u64>>> {
@@ -88,7 +101,7 @@ impl DiskReader for RawReader {
     }
 
     fn info(&self) -> ImageInfo {
-        let mut i = ImageInfo::new(self.file.path(), Format::Raw, self.file.len());
+        let mut i = ImageInfo::new(self.file.path(), Format::Raw, self.size());
         i.actual_size = self.file.allocated_bytes();
         i
     }
