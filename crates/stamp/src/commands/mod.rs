@@ -57,7 +57,11 @@ fn human_size(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         let n = format!("{v:.3}");
-        format!("{} {}", n.trim_end_matches('0').trim_end_matches('.'), UNITS[i])
+        format!(
+            "{} {}",
+            n.trim_end_matches('0').trim_end_matches('.'),
+            UNITS[i]
+        )
     }
 }
 
