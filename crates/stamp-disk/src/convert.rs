@@ -55,6 +55,16 @@ pub fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
     out
 }
 
+/// `ranges` cut off at `limit`: what lies past it is dropped (a parent's allocation seen through a
+/// smaller child).
+pub fn clip_ranges(ranges: Vec<Range<u64>>, limit: u64) -> Vec<Range<u64>> {
+    ranges
+        .into_iter()
+        .filter(|r| r.start < limit)
+        .map(|r| r.start..r.end.min(limit))
+        .collect()
+}
+
 /// Total bytes covered by `ranges`.
 pub fn ranges_len(ranges: &[Range<u64>]) -> u64 {
     ranges.iter().map(|r| r.end - r.start).sum()

@@ -170,3 +170,17 @@ impl Ctx {
         Error::io(op, &self.path, source)
     }
 }
+
+/// Refuses a read of `len` bytes at `offset` that does not lie within a disk of `size` bytes
+/// (every reader's `read_at` starts with this).
+pub fn check_read(path: &Path, offset: u64, len: usize, size: u64) -> Result<()> {
+    if offset.checked_add(len as u64).is_none_or(|end| end > size) {
+        return Err(Error::OutOfBounds {
+            path: path.to_path_buf(),
+            offset,
+            len: len as u64,
+            size,
+        });
+    }
+    Ok(())
+}

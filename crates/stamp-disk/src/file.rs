@@ -44,20 +44,7 @@ impl ImageFile {
     /// A window of `len` bytes at `offset` of this file, named `name` in errors (for example
     /// `appliance.ova/disk1.vmdk`). Fails if the window does not lie within this file.
     pub fn window(&self, offset: u64, len: u64, name: PathBuf) -> Result<ImageFile> {
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(Error::io(
-                "read",
-                &self.path,
-                std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "file is truncated: {} at offset {offset:#x} ({len} bytes) ends past the end of the file ({} bytes)",
-                        name.display(),
-                        self.len
-                    ),
-                ),
-            ));
-        }
+        self.check_within(offset, len, &name.display().to_string())?;
         Ok(ImageFile {
             file: self.file.clone(),
             path: name,
@@ -100,24 +87,29 @@ impl ImageFile {
         self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
     }
 
-    /// Reads exactly `buf.len()` bytes at `offset`; `what` names the structure being read, so a
-    /// short file gives "truncated ... reading L1 table at 0x...".
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|end| end > self.len) {
+    /// Refuses `len` bytes of `what` at `offset` that do not lie within the file ("file is
+    /// truncated: ...").
+    fn check_within(&self, offset: u64, len: u64, what: &str) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(Error::io(
                 "read",
                 &self.path,
                 std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     format!(
-                        "file is truncated: {what} at offset {offset:#x} ({} bytes) ends past the end of the file ({} bytes)",
-                        buf.len(),
+                        "file is truncated: {what} at offset {offset:#x} ({len} bytes) ends past the end of the file ({} bytes)",
                         self.len
                     ),
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`; `what` names the structure being read, so a
+    /// short file gives "truncated ... reading L1 table at 0x...".
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        self.check_within(offset, buf.len() as u64, what)?;
         self.file
             .read_exact_at(buf, self.base + offset)
             .map_err(|e| Error::io("read", &self.path, e))

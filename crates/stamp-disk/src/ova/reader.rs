@@ -86,17 +86,7 @@ impl DiskReader for BlankDisk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.name.clone(),
-                offset,
-                len: buf.len() as u64,
-                size: self.size,
-            });
-        }
+        crate::error::check_read(&self.name, offset, buf.len(), self.size)?;
         buf.fill(0);
         Ok(())
     }

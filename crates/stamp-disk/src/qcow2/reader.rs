@@ -544,17 +544,7 @@ impl DiskReader for Qcow2Reader {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let size = self.header.size;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.file.path().to_path_buf(),
-                offset,
-                len: buf.len() as u64,
-                size,
-            });
-        }
+        crate::error::check_read(self.file.path(), offset, buf.len(), size)?;
         let pieces = self.plan(offset, buf.len())?;
         let mut compressed = Vec::new();
         for p in pieces {
@@ -577,11 +567,7 @@ impl DiskReader for Qcow2Reader {
         let mut all = data.clone();
         if let Some(b) = &self.backing {
             let limit = b.virtual_size().min(self.header.size);
-            let theirs: Vec<Range<u64>> = merge_ranges(b.allocation()?)
-                .into_iter()
-                .filter(|r| r.start < limit)
-                .map(|r| r.start..r.end.min(limit))
-                .collect();
+            let theirs = crate::convert::clip_ranges(merge_ranges(b.allocation()?), limit);
             // What this image says is zero hides the backing file.
             all.extend(subtract(subtract(theirs, &zero), &data));
         }

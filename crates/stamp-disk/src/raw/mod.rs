@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::file::{ImageFile, OutputFile};
 use crate::{
-    CreateOptions, DiskReader, DiskSummary, DiskWriter, Error, Extent, ExtentOrder, Format,
-    ImageInfo, OpenOptions, Result,
+    CreateOptions, DiskReader, DiskSummary, DiskWriter, Extent, ExtentOrder, Format, ImageInfo,
+    OpenOptions, Result,
 };
 
 /// A raw image opened for reading.
@@ -78,17 +78,7 @@ impl DiskReader for RawReader {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let size = self.size();
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.file.path().to_path_buf(),
-                offset,
-                len: buf.len() as u64,
-                size,
-            });
-        }
+        crate::error::check_read(self.file.path(), offset, buf.len(), size)?;
         if size == self.file.len() {
             self.file.read_exact_at(buf, offset, "data")
         } else {

@@ -11,7 +11,7 @@ use super::header::{
 use crate::convert::merge_ranges;
 use crate::file::ImageFile;
 use crate::mapping::FileData;
-use crate::{CheckReport, Ctx, DiskReader, Error, Format, ImageInfo, Result};
+use crate::{CheckReport, Ctx, DiskReader, Format, ImageInfo, Result};
 
 /// A VDI image opened for reading.
 #[derive(Debug)]
@@ -177,17 +177,7 @@ impl DiskReader for VdiReader {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.file.path().to_path_buf(),
-                offset,
-                len: buf.len() as u64,
-                size: self.size,
-            });
-        }
+        crate::error::check_read(self.file.path(), offset, buf.len(), self.size)?;
         let bs = u64::from(self.header.block_size);
         let mut done = 0usize;
         while done < buf.len() {

@@ -9,7 +9,7 @@ use super::parent::{MAX_LOCATOR_LEN, Parent, ParentName, decode_header_name, dec
 use crate::convert::merge_ranges;
 use crate::file::ImageFile;
 use crate::mapping::FileData;
-use crate::{CheckReport, Ctx, DiskReader, Error, Format, ImageInfo, Result};
+use crate::{CheckReport, Ctx, DiskReader, Format, ImageInfo, Result};
 
 /// Largest block allocation table: `INT_MAX / 4` entries, the same limit as qemu.
 pub const MAX_BAT_ENTRIES: u32 = (i32::MAX / 4) as u32;
@@ -436,17 +436,7 @@ impl DiskReader for VhdReader {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.file.path().to_path_buf(),
-                offset,
-                len: buf.len() as u64,
-                size: self.size,
-            });
-        }
+        crate::error::check_read(self.file.path(), offset, buf.len(), self.size)?;
         let Some(b) = &self.blocks else {
             let avail = self.data_len.saturating_sub(offset).min(buf.len() as u64) as usize;
             let (head, tail) = buf.split_at_mut(avail);
@@ -494,11 +484,7 @@ impl DiskReader for VhdReader {
                 }
                 if let Some(p) = &self.parent {
                     let p = p.get()?;
-                    out.extend(
-                        p.allocation()?
-                            .into_iter()
-                            .map(|r| r.start.min(self.size)..r.end.min(self.size)),
-                    );
+                    out.extend(crate::convert::clip_ranges(p.allocation()?, self.size));
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use crate::convert::merge_ranges;
 use crate::file::ImageFile;
-use crate::{CheckReport, Ctx, DiskReader, Error, Format, ImageInfo, Result};
+use crate::{CheckReport, Ctx, DiskReader, Format, ImageInfo, Result};
 
 use super::bat::{Bat, Block, Geometry, read_bat};
 use super::header::{Header, read_current_header, read_file_identifier, read_region_table};
@@ -97,17 +97,7 @@ impl DiskReader for VhdxReader {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let size = self.meta.virtual_size;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.ctx.path.clone(),
-                offset,
-                len: buf.len() as u64,
-                size,
-            });
-        }
+        crate::error::check_read(&self.ctx.path, offset, buf.len(), size)?;
         let bs = self.meta.block_size;
         let mut done = 0usize;
         while done < buf.len() {

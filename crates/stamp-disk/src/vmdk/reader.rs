@@ -344,17 +344,7 @@ impl DiskReader for VmdkReader {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > self.size)
-        {
-            return Err(Error::OutOfBounds {
-                path: self.path.clone(),
-                offset,
-                len: buf.len() as u64,
-                size: self.size,
-            });
-        }
+        crate::error::check_read(&self.path, offset, buf.len(), self.size)?;
         let mut idx = self.extents.partition_point(|e| e.start + e.len <= offset);
         let mut pos = 0usize;
         while pos < buf.len() {
@@ -413,11 +403,7 @@ impl DiskReader for VmdkReader {
         }
         if let Some(p) = &self.parent {
             // An upper bound: the parent's data shows through wherever the child has no grain.
-            out.extend(
-                p.allocation()?
-                    .into_iter()
-                    .map(|r| r.start.min(self.size)..r.end.min(self.size)),
-            );
+            out.extend(crate::convert::clip_ranges(p.allocation()?, self.size));
         }
         Ok(merge_ranges(out))
     }
