@@ -1,0 +1,533 @@
+//! The [`Tree`]: a filesystem's metadata in memory, with file contents referred to where they are.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::{Error, Result};
+
+/// Longest name of one path component, in bytes (ext4's and FAT's limit).
+pub const MAX_NAME: usize = 255;
+
+/// Deepest directory nesting accepted (a bound on recursion in writers).
+pub const MAX_DEPTH: usize = 1024;
+
+/// A point in time: seconds since the Unix epoch (may be negative) and nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since 1970-01-01 UTC.
+    pub sec: i64,
+    /// Nanoseconds within the second (0..1e9).
+    pub nsec: u32,
+}
+
+impl Timestamp {
+    /// A whole-second timestamp.
+    pub fn from_secs(sec: i64) -> Self {
+        Timestamp { sec, nsec: 0 }
+    }
+
+    /// This timestamp, but no later than `limit` (SOURCE_DATE_EPOCH clamping).
+    pub fn clamp_to(self, limit: Option<Timestamp>) -> Self {
+        match limit {
+            Some(l) if self > l => l,
+            _ => self,
+        }
+    }
+}
+
+/// Where a regular file's bytes are.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// In memory (generated files, small files).
+    Bytes(Bytes),
+    /// `len` bytes at `offset` of a host file (a tar member's data, or a whole file of a directory).
+    File {
+        /// The host file.
+        path: Arc<PathBuf>,
+        /// Where the content starts in it.
+        offset: u64,
+        /// The content's length.
+        len: u64,
+    },
+}
+
+impl Content {
+    /// The content's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::File { len, .. } => *len,
+        }
+    }
+
+    /// Returns true if and only if the content is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the content.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.len()) {
+            return Err(Error::InvalidOption(format!(
+                "read of {} bytes at {offset} past the end of a {}-byte file",
+                buf.len(),
+                self.len()
+            )));
+        }
+        match self {
+            Content::Bytes(b) => {
+                buf.copy_from_slice(&b[offset as usize..offset as usize + buf.len()]);
+                Ok(())
+            }
+            Content::File {
+                path, offset: base, ..
+            } => {
+                let f = std::fs::File::open(path.as_ref())
+                    .map_err(|e| Error::io("open", path.as_ref(), e))?;
+                f.read_exact_at(buf, base + offset)
+                    .map_err(|e| Error::io("read", path.as_ref(), e))
+            }
+        }
+    }
+}
+
+/// What an entry is.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A regular file.
+    File(Content),
+    /// A directory (its children are in the tree).
+    Dir,
+    /// A symbolic link to this target (bytes, not necessarily UTF-8).
+    Symlink(Vec<u8>),
+    /// A character device.
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A block device.
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+}
+
+/// One file, directory, link or device: everything but its name(s).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits with setuid, setgid and sticky (`0o7777`), without the type bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Access time (the mtime where the source has none).
+    pub atime: Timestamp,
+    /// Change time (the mtime where the source has none).
+    pub ctime: Timestamp,
+    /// Extended attributes by full name (`security.capability`, `user.foo`, ...), sorted.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Entry {
+    /// An entry of `kind` with `mode`, owned by root, all times `mtime`, no xattrs.
+    pub fn new(kind: Kind, mode: u32, mtime: Timestamp) -> Self {
+        Entry {
+            kind,
+            mode: mode & 0o7777,
+            uid: 0,
+            gid: 0,
+            mtime,
+            atime: mtime,
+            ctime: mtime,
+            xattrs: BTreeMap::new(),
+        }
+    }
+
+    /// Returns true if and only if this is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir)
+    }
+
+    /// The file type bits of `st_mode` for this kind (`S_IFREG`, `S_IFDIR`, ...).
+    pub fn type_bits(&self) -> u32 {
+        match self.kind {
+            Kind::File(_) => 0o100000,
+            Kind::Dir => 0o040000,
+            Kind::Symlink(_) => 0o120000,
+            Kind::CharDevice { .. } => 0o020000,
+            Kind::BlockDevice { .. } => 0o060000,
+            Kind::Fifo => 0o010000,
+            Kind::Socket => 0o140000,
+        }
+    }
+
+    /// The full `st_mode`: type bits and permission bits.
+    pub fn st_mode(&self) -> u32 {
+        self.type_bits() | (self.mode & 0o7777)
+    }
+
+    /// The size `stat` reports: content length, target length, 0 otherwise (directories are the
+    /// writer's business).
+    pub fn size(&self) -> u64 {
+        match &self.kind {
+            Kind::File(c) => c.len(),
+            Kind::Symlink(t) => t.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// Identifies a node of a [`Tree`]: one inode, which several names may share (hard links).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(u32);
+
+impl NodeId {
+    /// The node's index, dense from 0 (the root) in creation order.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    entry: Entry,
+    /// For directories: names to nodes, sorted by name bytes.
+    children: BTreeMap<Vec<u8>, NodeId>,
+    /// How many names refer to this node.
+    names: u32,
+}
+
+/// A filesystem tree: nodes (inodes) and the names that refer to them.
+///
+/// Names are byte strings without `/`; iteration is always in name order, so every writer lays
+/// out the same tree the same way whatever order the source listed it in.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree::new(Entry::new(Kind::Dir, 0o755, Timestamp::default()))
+    }
+}
+
+impl Tree {
+    /// A tree holding only a root directory with `root`'s metadata.
+    pub fn new(root: Entry) -> Self {
+        Tree {
+            nodes: vec![Node {
+                entry: root,
+                children: BTreeMap::new(),
+                names: 1,
+            }],
+        }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> NodeId {
+        NodeId(0)
+    }
+
+    /// Number of nodes (inodes), the root included.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Returns true if and only if the tree holds only its root.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    /// The entry of node `id`.
+    pub fn entry(&self, id: NodeId) -> &Entry {
+        &self.nodes[id.index()].entry
+    }
+
+    /// The entry of node `id`, to change.
+    pub fn entry_mut(&mut self, id: NodeId) -> &mut Entry {
+        &mut self.nodes[id.index()].entry
+    }
+
+    /// How many names refer to node `id` (its hard-link count, not counting `.`/`..`).
+    pub fn names(&self, id: NodeId) -> u32 {
+        self.nodes[id.index()].names
+    }
+
+    /// The children of directory `id` in name order (empty for non-directories).
+    pub fn children(&self, id: NodeId) -> impl Iterator<Item = (&[u8], NodeId)> {
+        self.nodes[id.index()]
+            .children
+            .iter()
+            .map(|(k, v)| (k.as_slice(), *v))
+    }
+
+    /// Every node id, in creation order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> {
+        (0..self.nodes.len() as u32).map(NodeId)
+    }
+
+    /// Looks up `path` (components separated by `/`, leading `/` or `./` ignored).
+    pub fn get(&self, path: &[u8]) -> Option<NodeId> {
+        let mut cur = self.root();
+        for c in components(path) {
+            if c == b".".as_slice() {
+                continue;
+            }
+            cur = *self.nodes[cur.index()].children.get(c)?;
+        }
+        Some(cur)
+    }
+
+    /// Adds `entry` at `path`, creating missing parent directories (mode 0755, root, time
+    /// `entry.mtime`). An existing entry at `path` is replaced, as tar extraction does; a directory
+    /// replaced by a directory keeps its children.
+    pub fn insert(&mut self, path: &[u8], entry: Entry) -> Result<NodeId> {
+        let (parent, name) = self.parent_of(path, entry.mtime)?;
+        let Some(name) = name else {
+            // The root itself: take the metadata, keep the children.
+            if !entry.is_dir() {
+                return Err(bad_path(path, "the root can only be a directory"));
+            }
+            self.nodes[0].entry = entry;
+            return Ok(self.root());
+        };
+        if let Some(&old) = self.nodes[parent.index()].children.get(&name) {
+            let old_node = &mut self.nodes[old.index()];
+            if old_node.entry.is_dir() && entry.is_dir() {
+                old_node.entry = entry;
+                return Ok(old);
+            }
+            old_node.names -= 1;
+        }
+        let id = self.push(entry);
+        self.nodes[parent.index()].children.insert(name, id);
+        Ok(id)
+    }
+
+    /// Adds a hard link at `path` to the node at `target`.
+    pub fn link(&mut self, path: &[u8], target: &[u8]) -> Result<NodeId> {
+        let t = self.get(target).ok_or_else(|| Error::MissingLinkTarget {
+            link: String::from_utf8_lossy(path).into_owned(),
+            target: String::from_utf8_lossy(target).into_owned(),
+        })?;
+        if self.nodes[t.index()].entry.is_dir() {
+            return Err(bad_path(path, "a hard link cannot point to a directory"));
+        }
+        let mtime = self.nodes[t.index()].entry.mtime;
+        let (parent, name) = self.parent_of(path, mtime)?;
+        let name = name.ok_or_else(|| bad_path(path, "the root cannot be a hard link"))?;
+        if let Some(old) = self.nodes[parent.index()].children.insert(name, t) {
+            self.nodes[old.index()].names -= 1;
+        }
+        self.nodes[t.index()].names += 1;
+        Ok(t)
+    }
+
+    /// Every (path, node) pair in depth-first name order, the root first as an empty path. A node
+    /// with several names (hard links) appears once per name.
+    pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
+        let mut out = vec![(Vec::new(), self.root())];
+        let mut stack: Vec<(Vec<u8>, NodeId)> = vec![(Vec::new(), self.root())];
+        while let Some((path, id)) = stack.pop() {
+            let kids: Vec<_> = self.children(id).collect();
+            for (name, kid) in kids.into_iter().rev() {
+                let mut p = path.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                if self.entry(kid).is_dir() {
+                    stack.push((p.clone(), kid));
+                }
+                out.push((p, kid));
+            }
+        }
+        // Depth-first by path bytes with '/' first, so parents precede children.
+        out.sort_by(|a, b| path_order(&a.0, &b.0));
+        out
+    }
+
+    fn push(&mut self, entry: Entry) -> NodeId {
+        let id = NodeId(self.nodes.len() as u32);
+        self.nodes.push(Node {
+            entry,
+            children: BTreeMap::new(),
+            names: 1,
+        });
+        id
+    }
+
+    /// The parent directory of `path` (created as needed) and the last component (None for the
+    /// root).
+    fn parent_of(&mut self, path: &[u8], mtime: Timestamp) -> Result<(NodeId, Option<Vec<u8>>)> {
+        let comps = normalize(path)?;
+        if comps.len() > MAX_DEPTH {
+            return Err(bad_path(
+                path,
+                &format!("nested deeper than {MAX_DEPTH} directories"),
+            ));
+        }
+        let Some((last, dirs)) = comps.split_last() else {
+            return Ok((self.root(), None));
+        };
+        let mut cur = self.root();
+        for d in dirs {
+            cur = match self.nodes[cur.index()].children.get(*d).copied() {
+                Some(id) if self.nodes[id.index()].entry.is_dir() => id,
+                Some(_) => {
+                    return Err(bad_path(
+                        path,
+                        &format!("'{}' is not a directory", String::from_utf8_lossy(d)),
+                    ));
+                }
+                None => {
+                    let id = self.push(Entry::new(Kind::Dir, 0o755, mtime));
+                    self.nodes[cur.index()].children.insert(d.to_vec(), id);
+                    id
+                }
+            };
+        }
+        Ok((cur, Some(last.to_vec())))
+    }
+}
+
+/// Orders paths so that a directory comes right before its contents (`a`, `a/b`, `a.txt`).
+fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let key = |p: &[u8]| -> Vec<u8> { p.iter().map(|c| if *c == b'/' { 0 } else { *c }).collect() };
+    key(a).cmp(&key(b))
+}
+
+fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|c| *c == b'/').filter(|c| !c.is_empty())
+}
+
+/// Splits `path` into components, dropping `.` and empty ones, refusing any that would escape the
+/// root (`..` above the top) and names longer than [`MAX_NAME`].
+pub fn normalize(path: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for c in components(path) {
+        match c {
+            b"." => {}
+            b".." => {
+                if out.pop().is_none() {
+                    return Err(bad_path(path, "'..' escapes the root"));
+                }
+            }
+            c if c.len() > MAX_NAME => {
+                return Err(bad_path(
+                    path,
+                    &format!("a name is {} bytes, longer than {MAX_NAME}", c.len()),
+                ));
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn bad_path(path: &[u8], detail: &str) -> Error {
+    Error::BadPath {
+        source_name: "tree".into(),
+        path: String::from_utf8_lossy(path).into_owned(),
+        detail: detail.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(data: &'static [u8]) -> Entry {
+        Entry::new(
+            Kind::File(Content::Bytes(Bytes::from_static(data))),
+            0o644,
+            Timestamp::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn insert_creates_parents_and_replaces_like_tar() {
+        let mut t = Tree::default();
+        t.insert(b"./etc/hostname", file(b"a")).unwrap();
+        let etc = t.get(b"etc").unwrap();
+        assert!(t.entry(etc).is_dir());
+        t.insert(b"/etc/hostname", file(b"bb")).unwrap();
+        let h = t.get(b"etc/hostname").unwrap();
+        assert_eq!(t.entry(h).size(), 2);
+        assert_eq!(t.children(etc).count(), 1);
+        // A directory replaced by a directory keeps its children.
+        t.insert(
+            b"etc",
+            Entry::new(Kind::Dir, 0o700, Timestamp::from_secs(5)),
+        )
+        .unwrap();
+        assert_eq!(t.entry(etc).mode, 0o700);
+        assert_eq!(t.children(etc).count(), 1);
+    }
+
+    #[test]
+    fn hard_links_share_a_node_and_count_names() {
+        let mut t = Tree::default();
+        let a = t.insert(b"bin/a", file(b"x")).unwrap();
+        let b = t.link(b"bin/b", b"bin/a").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(t.names(a), 2);
+        assert!(t.link(b"bin/c", b"bin/missing").is_err());
+        assert!(t.link(b"d", b"bin").is_err());
+        // Replacing one name drops its count.
+        t.insert(b"bin/b", file(b"y")).unwrap();
+        assert_eq!(t.names(a), 1);
+    }
+
+    #[test]
+    fn escaping_and_overlong_paths_are_refused() {
+        let mut t = Tree::default();
+        assert!(t.insert(b"../etc/passwd", file(b"")).is_err());
+        assert!(t.insert(b"a/../../b", file(b"")).is_err());
+        assert!(t.insert(b"a/../b", file(b"")).is_ok());
+        assert!(t.insert(&[b'x'; 256], file(b"")).is_err());
+        assert!(t.insert(&[b'x'; 255], file(b"")).is_ok());
+        t.insert(b"f", file(b"")).unwrap();
+        assert!(t.insert(b"f/g", file(b"")).is_err());
+    }
+
+    #[test]
+    fn walk_is_in_path_order_whatever_the_insertion_order() {
+        let mut a = Tree::default();
+        let mut b = Tree::default();
+        let paths: [&[u8]; 4] = [b"z/1", b"a.txt", b"a/b", b"a/c/d"];
+        for p in paths {
+            a.insert(p, file(b"")).unwrap();
+        }
+        for p in paths.iter().rev() {
+            b.insert(p, file(b"")).unwrap();
+        }
+        let wa: Vec<_> = a.walk().into_iter().map(|(p, _)| p).collect();
+        let wb: Vec<_> = b.walk().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(wa, wb);
+        let s: Vec<String> = wa
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        assert_eq!(s, ["", "a", "a/b", "a/c", "a/c/d", "a.txt", "z", "z/1"]);
+    }
+}
