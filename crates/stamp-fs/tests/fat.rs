@@ -1,5 +1,7 @@
 //! FAT volumes checked with the real tools: fsck.fat, mtools (mdir, mcopy) and fatlabel.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -100,6 +100,7 @@ pub(crate) fn table(kind: FatType, entries: &[u32]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

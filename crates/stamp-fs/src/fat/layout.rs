@@ -157,6 +157,7 @@ fn fit(kind: FatType, sectors: u64, spc: u64, reserved: u64, root_entries: u64) 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

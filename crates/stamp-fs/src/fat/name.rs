@@ -57,9 +57,10 @@ pub(crate) fn short_name(name: &str, used: &mut HashSet<[u8; 11]>) -> Result<([u
                 lossy = true;
                 continue;
             }
-            let b = if c.is_ascii_uppercase() || c.is_ascii_digit() {
-                c as u8
-            } else if c.is_ascii() && SHORT_EXTRA.contains(&(c as u8)) {
+            let b = if c.is_ascii_uppercase()
+                || c.is_ascii_digit()
+                || (c.is_ascii() && SHORT_EXTRA.contains(&(c as u8)))
+            {
                 c as u8
             } else {
                 lossy = true;
@@ -179,6 +180,7 @@ pub(crate) fn lfn_count(name: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
