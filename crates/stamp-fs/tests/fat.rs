@@ -68,6 +68,10 @@ fn sample() -> (Tree, Vec<(String, Vec<u8>)>) {
         );
     }
     t.insert(b"empty dir", dir()).unwrap();
+    // A hard link becomes a second copy (FAT has no links; shared clusters would be cross-links).
+    t.link(b"EFI/BOOT/grub.efi", b"EFI/debian/grubx64.efi")
+        .unwrap();
+    files.push(("EFI/BOOT/grub.efi".into(), noise(5000, 2)));
     (t, files)
 }
 
@@ -332,4 +336,41 @@ fn bad_input_gives_clear_errors() {
         fat(&Tree::new(dir()), &bad_label),
         Err(Error::InvalidOption(_))
     ));
+}
+
+#[test]
+fn file_contents_stream_from_a_host_file_region() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = tmp.path().join("host.bin");
+    let data = noise(5 << 20, 11);
+    std::fs::write(&host, &data).unwrap();
+    let host = std::sync::Arc::new(host);
+    let mut tree = Tree::new(dir());
+    let (off, len) = (12_345u64, 3_000_000u64);
+    let region = Content::File {
+        path: host.clone(),
+        offset: off,
+        len,
+    };
+    tree.insert(
+        b"vmlinuz",
+        Entry::new(Kind::File(region), 0o644, Timestamp::from_secs(T)),
+    )
+    .unwrap();
+    // Zeros inside a file are left as a gap and still read back as zeros.
+    let mut sparse = vec![0u8; 3 << 20];
+    sparse[(2 << 20) + 7] = 1;
+    tree.insert(b"sparse.bin", file(sparse.clone())).unwrap();
+    let img = img_path(&tmp, "s.img");
+    write_raw(&tree, &FatOptions::default(), &img);
+    assert_fsck_clean(&img);
+    let want = data[off as usize..(off + len) as usize].to_vec();
+    check_contents(
+        &img,
+        &[("vmlinuz".into(), want), ("sparse.bin".into(), sparse)],
+    );
+    // An empty tree still makes a valid volume.
+    let empty = img_path(&tmp, "empty.img");
+    write_raw(&Tree::new(dir()), &FatOptions::default(), &empty);
+    assert_fsck_clean(&empty);
 }

@@ -353,3 +353,51 @@ fn bad_partitions_give_clear_errors() {
     .unwrap();
     assert!(img.extents.any(|e| e.is_err()));
 }
+
+#[test]
+fn every_partition_type_is_named_by_sfdisk() {
+    let kinds = [
+        (PartitionType::Esp, "EFI System"),
+        (PartitionType::RootX86_64, "Linux root (x86-64)"),
+        (PartitionType::RootArm64, "Linux root (ARM-64)"),
+        (PartitionType::UsrX86_64, "Linux /usr (x86-64)"),
+        (PartitionType::UsrArm64, "Linux /usr (ARM-64)"),
+        (PartitionType::Swap, "Linux swap"),
+        (PartitionType::BiosBoot, "BIOS boot"),
+        (PartitionType::LinuxData, "Linux filesystem"),
+    ];
+    let ps = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| Partition {
+            name: format!("p{i}"),
+            kind: *k,
+            size: MIB + 512 * i as u64,
+            attributes: 0,
+            unique_guid: None,
+            image: None,
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("types");
+    write(
+        gpt_disk(ps, &GptOptions::default()).unwrap(),
+        &p,
+        Format::Raw,
+    );
+    let d = p.to_str().unwrap();
+    let (ok, out) = run("sgdisk", &["-v", d]);
+    assert!(ok && out.contains("No problems found"), "{out}");
+    let (ok, list) = run("sfdisk", &["--list", d]);
+    assert!(ok, "{list}");
+    for (i, (_, name)) in kinds.iter().enumerate() {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(&format!("{d}{} ", i + 1)))
+            .unwrap_or_else(|| panic!("partition {}:\n{list}", i + 1));
+        assert!(line.ends_with(name), "{line} is not {name}");
+        // Every partition starts on a 1 MiB boundary.
+        let start: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(start % 2048, 0, "{line}");
+    }
+}
