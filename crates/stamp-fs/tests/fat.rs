@@ -374,3 +374,30 @@ fn file_contents_stream_from_a_host_file_region() {
     write_raw(&Tree::new(dir()), &FatOptions::default(), &empty);
     assert_fsck_clean(&empty);
 }
+
+#[test]
+fn fat16_root_with_more_than_512_entries_grows_its_root_region() {
+    let mut tree = Tree::new(dir());
+    let mut files = Vec::new();
+    for i in 0..300 {
+        let p = format!("root file {i}.txt");
+        tree.insert(p.as_bytes(), file(p.clone().into_bytes()))
+            .unwrap();
+        files.push((p.clone(), p.into_bytes()));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let img = img_path(&tmp, "root.img");
+    let opts = FatOptions {
+        size: Some(20 << 20),
+        ..Default::default()
+    };
+    write_raw(&tree, &opts, &img);
+    let (_, out) = run("file", &["-s", img.to_str().unwrap()]);
+    // 300 names of 3 entries each (2 long-name parts and the short entry), in whole sectors.
+    assert!(
+        out.contains("FAT (16 bit)") && out.contains("root entries 912"),
+        "{out}"
+    );
+    assert_fsck_clean(&img);
+    check_contents(&img, &files);
+}

@@ -129,7 +129,8 @@ pub(crate) fn choose(size: u64, root_needed: u64) -> Result<Layout> {
     )))
 }
 
-/// The layout of `kind` with these parameters, if any data cluster remains.
+/// The layout of `kind` with these parameters, if any data cluster remains. Reserved sectors are
+/// added so that the data area starts on a cluster boundary, as mkfs.fat does.
 fn fit(kind: FatType, sectors: u64, spc: u64, reserved: u64, root_entries: u64) -> Option<Layout> {
     let root_sectors = (root_entries * 32).div_ceil(SECTOR);
     let mut fat_sectors = 1;
@@ -139,7 +140,10 @@ fn fit(kind: FatType, sectors: u64, spc: u64, reserved: u64, root_entries: u64) 
         let clusters = data / spc;
         let need = ((clusters + 2) * kind.bits()).div_ceil(8).div_ceil(SECTOR);
         if need <= fat_sectors {
-            if clusters == 0 {
+            let pad = (spc - meta % spc) % spc;
+            let reserved = reserved + pad;
+            let clusters = (data - pad.min(data)) / spc;
+            if clusters == 0 || reserved > u64::from(u16::MAX) {
                 return None;
             }
             return Some(Layout {
@@ -172,5 +176,10 @@ mod tests {
         assert!(choose(4096, 0).is_err());
         let big = choose(600 << 20, 0).unwrap();
         assert_eq!(big.sectors_per_cluster, 8);
+        // The data area starts on a cluster boundary.
+        assert_eq!(big.cluster_offset(2) % big.cluster_bytes(), 0);
+        let f16 = choose(60 << 20, 700).unwrap();
+        assert_eq!(f16.root_entries, 704);
+        assert_eq!(f16.cluster_offset(2) % f16.cluster_bytes(), 0);
     }
 }

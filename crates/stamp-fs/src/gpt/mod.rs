@@ -23,6 +23,9 @@ pub const SECTOR: u64 = 512;
 /// Partition alignment (and the first partition's start).
 pub const ALIGN: u64 = 1 << 20;
 
+/// Largest partition or disk accepted (1 EiB), which keeps every offset computation in range.
+pub const MAX_SIZE: u64 = 1 << 60;
+
 /// Longest partition name, in UTF-16 code units.
 pub const MAX_NAME: usize = 36;
 
@@ -106,6 +109,13 @@ pub fn gpt_disk<'a>(parts: Vec<Partition<'a>>, opts: &GptOptions) -> Result<Imag
             )));
         }
         let image_size = p.image.as_ref().map(|i| i.size);
+        if p.size > MAX_SIZE || image_size.is_some_and(|s| s > MAX_SIZE) {
+            return Err(Error::InvalidOption(format!(
+                "partition {} ('{}') is larger than {MAX_SIZE} bytes",
+                i + 1,
+                p.name
+            )));
+        }
         let size = match (p.size, image_size) {
             (0, Some(s)) if s > 0 => s.next_multiple_of(ALIGN),
             (0, _) => {
@@ -128,6 +138,11 @@ pub fn gpt_disk<'a>(parts: Vec<Partition<'a>>, opts: &GptOptions) -> Result<Imag
         }
         let start = cursor.next_multiple_of(ALIGN);
         cursor = start + size;
+        if cursor > MAX_SIZE {
+            return Err(Error::InvalidOption(format!(
+                "the partitions end past {MAX_SIZE} bytes"
+            )));
+        }
         let first_lba = start / SECTOR;
         let sectors = size / SECTOR;
         layout.extend_from_slice(&p.kind.guid());
@@ -152,9 +167,9 @@ pub fn gpt_disk<'a>(parts: Vec<Partition<'a>>, opts: &GptOptions) -> Result<Imag
     }
     let backup_bytes = (ARRAY_SECTORS + 1) * SECTOR;
     let size = match opts.size {
-        Some(s) if s % SECTOR != 0 => {
+        Some(s) if s % SECTOR != 0 || s > MAX_SIZE => {
             return Err(Error::InvalidOption(format!(
-                "disk size {s} is not a multiple of {SECTOR} bytes"
+                "disk size {s} is not a multiple of {SECTOR} bytes or is larger than {MAX_SIZE}"
             )));
         }
         Some(s) => {
