@@ -401,3 +401,64 @@ fn fat16_root_with_more_than_512_entries_grows_its_root_region() {
     assert_fsck_clean(&img);
     check_contents(&img, &files);
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Any tree and size gives a clear error or an image whose extents are in order and
+        /// within its size, never a panic; a few of them go through fsck.fat.
+        #[test]
+        fn random_trees_give_ordered_images_or_errors(
+            entries in proptest::collection::vec(
+                ("[a-zA-Z0-9 ._~ü名-]{0,23}[a-zA-Z0-9ü名]", 0usize..4, 0usize..6000, any::<bool>()),
+                0..40,
+            ),
+            size in proptest::option::of(0u64..(70 << 20)),
+            label in proptest::option::of("[a-z0-9 ]{0,12}"),
+        ) {
+            let mut t = Tree::new(dir());
+            for (name, depth, len, is_dir) in &entries {
+                let mut p = String::new();
+                for d in 0..*depth {
+                    p.push_str(&format!("dir{d}/"));
+                }
+                p.push_str(name);
+                let e = if *is_dir { dir() } else { file(noise(*len, *len as u64)) };
+                let _ = t.insert(p.as_bytes(), e);
+            }
+            let opts = FatOptions { size, label, ..Default::default() };
+            let img = match fat(&t, &opts) {
+                Ok(img) => img,
+                Err(e) => {
+                    prop_assert!(
+                        matches!(e, Error::NoSpace { .. } | Error::InvalidOption(_) | Error::BadPath { .. }),
+                        "{e}"
+                    );
+                    return Ok(());
+                }
+            };
+            let mut next = 0;
+            let size = img.size;
+            let mut bytes = Vec::new();
+            for e in img.extents {
+                let e = e.unwrap();
+                prop_assert!(e.offset() >= next && e.end() <= size);
+                next = e.end();
+                bytes.push(e);
+            }
+            if size <= 8 << 20 {
+                let tmp = tempfile::tempdir().unwrap();
+                let p = tmp.path().join("r.img");
+                let w = stamp_disk::create(&p, Format::Raw, size, &CreateOptions::default()).unwrap();
+                stamp_fs::Image { size, extents: Box::new(bytes.into_iter().map(Ok)) }
+                    .write_to(vec![w])
+                    .unwrap();
+                assert_fsck_clean(&p);
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 
 use super::layout::{FatType, Layout};
-use super::name::{lfn_count, lfn_entries, long_name, short_name};
+use super::name::{ShortNames, lfn_count, lfn_entries, long_name, short_name};
 use super::time::fat_time;
 use crate::{Content, Entry, Error, Kind, Result, Tree};
 
@@ -132,7 +132,7 @@ impl<'t> Plan<'t> {
                 continue;
             }
             let mut count = if d == 0 { u64::from(label) } else { 2 };
-            let mut used = HashSet::new();
+            let mut used = ShortNames::default();
             let mut folded = HashSet::new();
             for k in items[d].children.clone() {
                 let name = items[k].name.clone();

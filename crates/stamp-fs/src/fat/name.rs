@@ -1,7 +1,7 @@
 //! FAT names: validation of long names, 8.3 short names with numeric tails, VFAT long-name
 //! entries and their checksum.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::{Error, Result};
 
@@ -37,9 +37,24 @@ pub(crate) fn long_name<'n>(path: &[u8], name: &'n [u8]) -> Result<&'n str> {
     Ok(s)
 }
 
+/// The short names given in one directory.
+#[derive(Debug, Default)]
+pub(crate) struct ShortNames {
+    used: HashSet<[u8; 11]>,
+    /// For each basis name, the numeric tail to try next (all lower ones are taken), so that
+    /// thousands of similar names cost no more than a few.
+    next: HashMap<[u8; 11], u32>,
+}
+
+impl ShortNames {
+    fn insert(&mut self, s: [u8; 11]) -> bool {
+        self.used.insert(s)
+    }
+}
+
 /// The 11-byte short name for `name`, unique among `used` (which it joins), and whether a long
 /// name is needed to keep `name` exactly.
-pub(crate) fn short_name(name: &str, used: &mut HashSet<[u8; 11]>) -> Result<([u8; 11], bool)> {
+pub(crate) fn short_name(name: &str, used: &mut ShortNames) -> Result<([u8; 11], bool)> {
     // Exactly a valid upper-case 8.3 name: stored as is, no long name.
     if let Some(exact) = exact_short(name)
         && used.insert(exact)
@@ -96,13 +111,16 @@ pub(crate) fn short_name(name: &str, used: &mut HashSet<[u8; 11]>) -> Result<([u
             return Ok((s, true));
         }
     }
-    for n in 1..1_000_000u32 {
+    let basis = make(&base);
+    let first = used.next.get(&basis).copied().unwrap_or(1);
+    for n in first..1_000_000u32 {
         let tail = format!("~{n}");
         let keep = base.len().min(8 - tail.len());
         let mut b = base[..keep].to_vec();
         b.extend_from_slice(tail.as_bytes());
         let s = make(&b);
         if used.insert(s) {
+            used.next.insert(basis, n + 1);
             return Ok((s, true));
         }
     }
@@ -190,7 +208,7 @@ mod tests {
 
     #[test]
     fn short_names_follow_the_windows_pattern() {
-        let mut used = HashSet::new();
+        let mut used = ShortNames::default();
         assert_eq!(
             short_name("BOOTX64.EFI", &mut used).unwrap(),
             (*b"BOOTX64 EFI", false)
@@ -208,6 +226,17 @@ mod tests {
         assert_eq!(s(&e), "_N_~1   C_D");
         let (f, _) = short_name(".hidden", &mut used).unwrap();
         assert_eq!(s(&f), "HIDDEN~1   ");
+    }
+
+    #[test]
+    fn many_similar_names_get_distinct_tails_quickly() {
+        let mut used = ShortNames::default();
+        let mut seen = HashSet::new();
+        for i in 0..50_000 {
+            let (s, lfn) = short_name(&format!("file number {i}.dat"), &mut used).unwrap();
+            assert!(lfn && seen.insert(s));
+        }
+        assert!(seen.contains(b"FILE~999DAT") && seen.contains(b"FI~49999DAT"));
     }
 
     #[test]
