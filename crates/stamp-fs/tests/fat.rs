@@ -189,6 +189,39 @@ fn fat32_esp_is_clean_and_mtools_reads_every_file() {
 }
 
 #[test]
+fn fat32_with_4k_clusters_is_clean_and_keeps_read_only_files() {
+    let (mut tree, mut files) = sample();
+    let ro = Entry::new(
+        Kind::File(Content::Bytes(Bytes::from_static(b"ro\n"))),
+        0o444,
+        Timestamp::from_secs(T),
+    );
+    tree.insert(b"EFI/readonly.txt", ro).unwrap();
+    files.push(("EFI/readonly.txt".into(), b"ro\n".to_vec()));
+    let tmp = tempfile::tempdir().unwrap();
+    let img = img_path(&tmp, "big.img");
+    let opts = FatOptions {
+        size: Some(600 << 20),
+        label: Some("BIG ESP".into()),
+        ..Default::default()
+    };
+    write_raw(&tree, &opts, &img);
+    let (ok, out) = run("fsck.fat", &["-n", "-v", img.to_str().unwrap()]);
+    assert!(ok && out.contains("4096 bytes per cluster"), "{out}");
+    assert_fsck_clean(&img);
+    check_contents(&img, &files);
+    let (ok, attrs) = run(
+        "mattrib",
+        &["-i", img.to_str().unwrap(), "::/EFI/readonly.txt"],
+    );
+    assert!(ok, "{attrs}");
+    let flags: Vec<&str> = attrs.split_whitespace().collect();
+    assert_eq!(flags, ["A", "R", "::/EFI/readonly.txt"], "{attrs}");
+    let (_, label) = run("fatlabel", &[img.to_str().unwrap()]);
+    assert_eq!(label.trim(), "BIG ESP");
+}
+
+#[test]
 fn fat16_and_fat12_small_volumes_are_clean() {
     let mut tree = Tree::new(dir());
     let mut files = Vec::new();
