@@ -184,7 +184,7 @@ impl<'t> Plan<'t> {
         (0..self.items.len()).map(|i| self.clusters_of(i, l)).sum()
     }
 
-    /// A first guess of the bytes the content takes (4 KiB units).
+    /// A first guess of the bytes the content takes (in 512-byte units, the smallest cluster).
     pub fn bytes_estimate(&self) -> u64 {
         self.items
             .iter()
@@ -194,7 +194,7 @@ impl<'t> Plan<'t> {
                 } else {
                     it.content().map_or(0, Content::len)
                 };
-                b.next_multiple_of(4096)
+                b.next_multiple_of(512)
             })
             .sum()
     }
@@ -213,7 +213,7 @@ impl<'t> Plan<'t> {
     }
 
     /// The FAT's entries up to the first free cluster (entries 0 and 1 left for the caller).
-    pub fn fat_entries(&self, _l: &Layout) -> Vec<u32> {
+    pub fn fat_entries(&self) -> Vec<u32> {
         let end = self
             .items
             .iter()

@@ -60,7 +60,7 @@ pub fn fat<'t>(tree: &'t Tree, opts: &FatOptions) -> Result<Image<'t>> {
         None => auto_layout(&plan)?,
     };
     let used = plan.allocate(&layout);
-    let mut fat_entries = plan.fat_entries(&layout);
+    let mut fat_entries = plan.fat_entries();
     fat_entries[0] = 0x0FFF_FF00 | 0xF8;
     fat_entries[1] = 0x0FFF_FFFF;
     let table = Bytes::from(boot::table(layout.kind, &fat_entries));
@@ -108,7 +108,8 @@ pub fn fat<'t>(tree: &'t Tree, opts: &FatOptions) -> Result<Image<'t>> {
     })
 }
 
-/// The smallest whole-MiB layout (at least 1 MiB) that holds the content with 10% headroom.
+/// A whole-MiB layout (at least 1 MiB) that holds the content with about 10% of free clusters:
+/// starts from the content's size and grows until it fits.
 fn auto_layout(plan: &Plan) -> Result<Layout> {
     const MIB: u64 = 1 << 20;
     let mut size = (plan.bytes_estimate() + plan.bytes_estimate() / 10 + MIB).next_multiple_of(MIB);
