@@ -365,12 +365,20 @@ fn every_partition_type_is_named_by_sfdisk() {
         (PartitionType::Swap, "Linux swap"),
         (PartitionType::BiosBoot, "BIOS boot"),
         (PartitionType::LinuxData, "Linux filesystem"),
+        // Microsoft basic data, given as a custom GUID.
+        (
+            PartitionType::Custom([
+                0xEB, 0xD0, 0xA0, 0xA2, 0xB9, 0xE5, 0x44, 0x33, 0x87, 0xC0, 0x68, 0xB6, 0xB7, 0x26,
+                0x99, 0xC7,
+            ]),
+            "Microsoft basic data",
+        ),
     ];
     let ps = kinds
         .iter()
         .enumerate()
         .map(|(i, (k, _))| Partition {
-            name: format!("p{i}"),
+            name: format!("p{i} ✓ раздел"),
             kind: *k,
             size: MIB + 512 * i as u64,
             attributes: 0,
@@ -399,5 +407,28 @@ fn every_partition_type_is_named_by_sfdisk() {
         // Every partition starts on a 1 MiB boundary.
         let start: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert_eq!(start % 2048, 0, "{line}");
+    }
+    let out = Command::new("sfdisk")
+        .args(["--dump", d])
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    // sfdisk escapes the UTF-8 bytes of non-ASCII characters as \xNN.
+    for i in 0..kinds.len() {
+        let escaped: String = format!("p{i} ✓ раздел")
+            .bytes()
+            .map(|b| {
+                if b.is_ascii() {
+                    (b as char).to_string()
+                } else {
+                    format!("\\x{b:02x}")
+                }
+            })
+            .collect();
+        assert!(
+            dump.contains(&format!("name=\"{escaped}\"")),
+            "{escaped}\n{dump}"
+        );
     }
 }
