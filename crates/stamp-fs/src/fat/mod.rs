@@ -10,6 +10,7 @@ mod boot;
 mod dir;
 mod layout;
 mod name;
+mod table;
 mod time;
 
 use bytes::Bytes;
@@ -63,7 +64,7 @@ pub fn fat<'t>(tree: &'t Tree, opts: &FatOptions) -> Result<Image<'t>> {
     let mut fat_entries = plan.fat_entries();
     fat_entries[0] = 0x0FFF_FF00 | 0xF8;
     fat_entries[1] = 0x0FFF_FFFF;
-    let table = Bytes::from(boot::table(layout.kind, &fat_entries));
+    let table = Bytes::from(table::table(layout.kind, &fat_entries));
     let runs = plan.runs(&layout, opts.source_date_epoch, label.as_ref());
     let volume_id = opts.volume_id.unwrap_or_else(|| {
         let mut h = crc32fast::Hasher::new();
