@@ -7,7 +7,7 @@ pub(crate) const SECTOR: u64 = 512;
 
 /// Which FAT variant the volume is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FatType {
+pub(crate) enum FatType {
     /// 12-bit entries, up to 4084 clusters.
     Fat12,
     /// 16-bit entries, 4085 to 65524 clusters.

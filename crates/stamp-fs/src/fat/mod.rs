@@ -16,7 +16,7 @@ mod time;
 use bytes::Bytes;
 use stamp_disk::{Extent, is_zero};
 
-pub use layout::FatType;
+use layout::FatType;
 
 use crate::{Content, Error, Image, Result, Tree};
 use dir::{Plan, Run};
