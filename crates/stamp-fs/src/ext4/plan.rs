@@ -76,6 +76,8 @@ pub struct Plan {
 }
 
 const FIRST_INO: u32 = 11;
+/// The largest filesystem the automatic sizing tries, in blocks.
+const MAX_BLOCKS: u64 = 1 << 32;
 
 fn clamp(t: Timestamp, sde: Option<i64>) -> Timestamp {
     t.clamp_to(sde.map(Timestamp::from_secs))
@@ -259,8 +261,16 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
             // The lost+found we create.
             let mut blocks = dir::pack(
                 &[
-                    Dirent { ino: i, ftype: 2, name: b".".to_vec() },
-                    Dirent { ino: 2, ftype: 2, name: b"..".to_vec() },
+                    Dirent {
+                        ino: i,
+                        ftype: 2,
+                        name: b".".to_vec(),
+                    },
+                    Dirent {
+                        ino: 2,
+                        ftype: 2,
+                        name: b"..".to_vec(),
+                    },
                 ],
                 bs as usize,
                 (16384 / bs) as usize,
@@ -320,7 +330,11 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
             }
             Kind::Dir => {
                 let mut ents = vec![
-                    Dirent { ino: i, ftype: 2, name: b".".to_vec() },
+                    Dirent {
+                        ino: i,
+                        ftype: 2,
+                        name: b".".to_vec(),
+                    },
                     Dirent {
                         ino: ino[parent[id.index()].index()],
                         ftype: 2,
@@ -336,13 +350,25 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
                     })
                     .collect();
                 if id == root && create_lf {
-                    kids.push(Dirent { ino: FIRST_INO, ftype: 2, name: b"lost+found".to_vec() });
+                    kids.push(Dirent {
+                        ino: FIRST_INO,
+                        ftype: 2,
+                        name: b"lost+found".to_vec(),
+                    });
                     kids.sort_by(|a, b| a.name.cmp(&b.name));
                 }
                 let subdirs = kids.iter().filter(|d| d.ftype == 2).count() as u64;
-                inode.links = if subdirs + 2 >= 65000 { 1 } else { subdirs as u16 + 2 };
+                inode.links = if subdirs + 2 >= 65000 {
+                    1
+                } else {
+                    subdirs as u16 + 2
+                };
                 ents.extend(kids);
-                let min = if Some(id) == lf_node { (16384 / bs) as usize } else { 1 };
+                let min = if Some(id) == lf_node {
+                    (16384 / bs) as usize
+                } else {
+                    1
+                };
                 let mut blocks = dir::pack(&ents, bs as usize, min);
                 dir::seal(&mut blocks, iseed);
                 inode.size = blocks.len() as u64 * bs;
@@ -382,7 +408,12 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
             }
             Kind::Fifo | Kind::Socket => Payload::None,
         };
-        pending.push(Pending { ino: i, inode, payload, block_attrs });
+        pending.push(Pending {
+            ino: i,
+            inode,
+            payload,
+            block_attrs,
+        });
     }
     Ok(Prep {
         pending,
@@ -403,7 +434,11 @@ fn alloc_extents(alloc: &mut Alloc, mut lblk: u64, mut n: u64, exts: &mut Vec<Ex
             Some(e) if e.lblk + e.len == lblk && e.pblk + e.len == p && e.len + got <= MAX_LEN => {
                 e.len += got
             }
-            _ => exts.push(Ext { lblk, len: got, pblk: p }),
+            _ => exts.push(Ext {
+                lblk,
+                len: got,
+                pblk: p,
+            }),
         }
         lblk += got;
         n -= got;
@@ -412,7 +447,11 @@ fn alloc_extents(alloc: &mut Alloc, mut lblk: u64, mut n: u64, exts: &mut Vec<Ex
 }
 
 fn no_space() -> Error {
-    Error::NoSpace { what: "ext4 content".into(), needed: 0, available: 0 }
+    Error::NoSpace {
+        what: "ext4 content".into(),
+        needed: 0,
+        available: 0,
+    }
 }
 
 /// Finishes an inode's extent tree over `exts`, allocating leaves; returns its leaf chunks.
@@ -436,7 +475,10 @@ fn finish_extents(
     Ok(leaf_blocks
         .iter()
         .zip(leaves)
-        .map(|(b, l)| Chunk::Mem { offset: b * geo.bs, bytes: Bytes::from(l) })
+        .map(|(b, l)| Chunk::Mem {
+            offset: b * geo.bs,
+            bytes: Bytes::from(l),
+        })
         .collect())
 }
 
@@ -489,7 +531,14 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
             offset: exts[0].pblk * bs,
             bytes: Bytes::from(journal_super(bs, jblocks, &prep.uuid)),
         });
-        chunks.extend(finish_extents(&mut alloc, geo, &mut ji, &exts, jblocks, inode::seed(fs_seed, 8))?);
+        chunks.extend(finish_extents(
+            &mut alloc,
+            geo,
+            &mut ji,
+            &exts,
+            jblocks,
+            inode::seed(fs_seed, 8),
+        )?);
         let mut j = [0u32; 17];
         for (k, w) in ji.iblock.chunks_exact(4).enumerate() {
             j[k] = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
@@ -525,17 +574,30 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
                     let mut piece = Vec::new();
                     alloc_extents(&mut alloc, l, n, &mut piece)?;
                     for e in &piece {
-                        chunks.push(Chunk::File { block: e.pblk, count: e.len, node: *node, lblk: e.lblk });
+                        chunks.push(Chunk::File {
+                            block: e.pblk,
+                            count: e.len,
+                            node: *node,
+                            lblk: e.lblk,
+                        });
                     }
                     for e in piece {
                         match exts.last_mut() {
-                            Some(x) if x.lblk + x.len == e.lblk && x.pblk + x.len == e.pblk && x.len + e.len <= MAX_LEN => x.len += e.len,
+                            Some(x)
+                                if x.lblk + x.len == e.lblk
+                                    && x.pblk + x.len == e.pblk
+                                    && x.len + e.len <= MAX_LEN =>
+                            {
+                                x.len += e.len
+                            }
                             _ => exts.push(e),
                         }
                     }
                 }
                 let data = runs.iter().map(|(_, n)| n).sum();
-                chunks.extend(finish_extents(&mut alloc, geo, &mut inode, &exts, data, iseed)?);
+                chunks.extend(finish_extents(
+                    &mut alloc, geo, &mut inode, &exts, data, iseed,
+                )?);
             }
             Payload::Blocks(blocks) => {
                 let mut exts = Vec::new();
@@ -545,9 +607,19 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
                     for b in &blocks[e.lblk as usize..(e.lblk + e.len) as usize] {
                         v.extend_from_slice(b);
                     }
-                    chunks.push(Chunk::Mem { offset: e.pblk * bs, bytes: Bytes::from(v) });
+                    chunks.push(Chunk::Mem {
+                        offset: e.pblk * bs,
+                        bytes: Bytes::from(v),
+                    });
                 }
-                chunks.extend(finish_extents(&mut alloc, geo, &mut inode, &exts, blocks.len() as u64, iseed)?);
+                chunks.extend(finish_extents(
+                    &mut alloc,
+                    geo,
+                    &mut inode,
+                    &exts,
+                    blocks.len() as u64,
+                    iseed,
+                )?);
             }
         }
         inodes.push((p.ino, inode));
@@ -580,7 +652,10 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
             table.extend_from_slice(&enc);
         }
         if !table.is_empty() {
-            chunks.push(Chunk::Mem { offset: geo.inode_table(g) * bs, bytes: Bytes::from(table) });
+            chunks.push(Chunk::Mem {
+                offset: geo.inode_table(g) * bs,
+                bytes: Bytes::from(table),
+            });
         }
         let used_blocks = geo.overhead(g) + alloc.used_in(g);
         let mut bb = vec![0u8; bs as usize];
@@ -602,8 +677,14 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
         };
         free_blocks += c.free_blocks;
         free_inodes += c.free_inodes;
-        chunks.push(Chunk::Mem { offset: geo.block_bitmap(g) * bs, bytes: Bytes::from(bb) });
-        chunks.push(Chunk::Mem { offset: geo.inode_bitmap(g) * bs, bytes: Bytes::from(ib) });
+        chunks.push(Chunk::Mem {
+            offset: geo.block_bitmap(g) * bs,
+            bytes: Bytes::from(bb),
+        });
+        chunks.push(Chunk::Mem {
+            offset: geo.inode_bitmap(g) * bs,
+            bytes: Bytes::from(ib),
+        });
         counts.push(c);
     }
     let mut gdt = Vec::with_capacity((geo.gdt_blocks * bs) as usize);
@@ -622,12 +703,19 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
         jnl_blocks: jnl,
     };
     for g in (0..geo.ngroups).filter(|g| geo.has_super(*g)) {
-        let off = if g == 0 { 1024 } else { geo.group_start(g) * bs };
+        let off = if g == 0 {
+            1024
+        } else {
+            geo.group_start(g) * bs
+        };
         chunks.push(Chunk::Mem {
             offset: off,
             bytes: Bytes::copy_from_slice(&superblock::superblock(geo, &s, g)),
         });
-        chunks.push(Chunk::Mem { offset: (geo.group_start(g) + 1) * bs, bytes: gdt.clone() });
+        chunks.push(Chunk::Mem {
+            offset: (geo.group_start(g) + 1) * bs,
+            bytes: gdt.clone(),
+        });
     }
     chunks.sort_by_key(|c| c.offset(bs));
     Ok(chunks)
@@ -645,7 +733,8 @@ impl Plan {
         let prep = prepare(tree, opts)?;
         let needed_inodes = u64::from(prep.last_ino);
         let inodes_for = |blocks: u64, extra: u64| {
-            opts.inodes.unwrap_or((blocks * bs / 16384).max(needed_inodes * (100 + extra) / 100 + 16))
+            opts.inodes
+                .unwrap_or((blocks * bs / 16384).max(needed_inodes * (100 + extra) / 100 + 16))
         };
         if let Some(size) = opts.size {
             let blocks = size / bs;
@@ -658,34 +747,61 @@ impl Plan {
                 },
                 e => e,
             })?;
-            return Ok(Plan { image_size: size, bs, chunks });
+            return Ok(Plan {
+                image_size: size,
+                bs,
+                chunks,
+            });
         }
         let extra = u64::from(opts.extra_space_percent);
-        let mut blocks = prep.data_blocks + prep.data_blocks / 50 + 64;
-        let mut minimal = None;
-        for _ in 0..400 {
-            if blocks > 1 << 40 {
-                break;
-            }
-            let fits = match Geometry::new(bs, blocks, inodes_for(blocks, extra)) {
-                Ok(geo) => match layout(&prep, &geo) {
-                    Ok(c) => Some((geo, c)),
-                    Err(Error::NoSpace { .. }) => None,
-                    Err(e) => return Err(e),
-                },
-                Err(Error::NoSpace { .. }) => None,
+        let fits = |blocks: u64, extra: u64| -> Result<Option<Plan>> {
+            let geo = match Geometry::new(bs, blocks, inodes_for(blocks, extra)) {
+                Ok(g) => g,
+                Err(Error::NoSpace { .. }) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            match (fits, minimal) {
-                (Some(_), None) => {
-                    minimal = Some(blocks);
-                    blocks = blocks * (100 + extra) / 100;
-                }
-                (Some((geo, chunks)), Some(_)) => {
-                    return Ok(Plan { image_size: geo.blocks * bs, bs, chunks });
-                }
-                (None, _) => blocks += (blocks / 32).max(16),
+            match layout(&prep, &geo) {
+                Ok(chunks) => Ok(Some(Plan {
+                    image_size: geo.blocks * bs,
+                    bs,
+                    chunks,
+                })),
+                Err(Error::NoSpace { .. }) => Ok(None),
+                Err(e) => Err(e),
             }
+        };
+        // The smallest size that fits (growing, then bisecting), then the extra space on top.
+        let mut lo = 0u64;
+        let mut hi = prep.data_blocks + prep.data_blocks / 50 + 64;
+        let mut blocks = hi;
+        for _ in 0..200 {
+            if hi > MAX_BLOCKS {
+                break;
+            }
+            if fits(hi, extra)?.is_some() {
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if fits(mid, extra)?.is_some() {
+                        hi = mid;
+                    } else {
+                        lo = mid;
+                    }
+                }
+                blocks = hi * (100 + extra) / 100;
+                for _ in 0..200 {
+                    if blocks > MAX_BLOCKS {
+                        break;
+                    }
+                    if let Some(p) = fits(blocks, extra)? {
+                        return Ok(p);
+                    }
+                    blocks += (blocks / 64).max(16);
+                }
+                break;
+            }
+            lo = hi;
+            hi += (hi / 8).max(16);
+            blocks = hi;
         }
         Err(Error::NoSpace {
             what: "ext4 content".into(),

@@ -1,7 +1,7 @@
 //! The superblock and the group descriptors.
 
 use super::geometry::{DESC_SIZE, Geometry, INODE_SIZE};
-use super::{csum, put16, put32, put64};
+use super::{csum, put16, put32};
 
 /// compat: has_journal.
 pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
@@ -135,6 +135,5 @@ pub fn descriptor(geo: &Geometry, g: u64, c: &GroupCounts, seed: u32) -> [u8; 64
     put32(&mut gn, 0, g as u32);
     let c = csum(csum(seed, &gn), &b);
     put16(&mut b, 0x1E, c as u16);
-    let _ = put64;
     b
 }

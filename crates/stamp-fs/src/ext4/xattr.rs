@@ -118,7 +118,15 @@ fn lay(b: &mut [u8], attrs: &[Attr], first: usize, end: usize, rel: usize) -> Ve
         hashes.push(h);
         b[e] = a.name.len() as u8;
         b[e + 1] = a.index;
-        put16(b, e + 2, if a.value.is_empty() { 0 } else { (v - rel) as u16 });
+        put16(
+            b,
+            e + 2,
+            if a.value.is_empty() {
+                0
+            } else {
+                (v - rel) as u16
+            },
+        );
         put32(b, e + 8, a.value.len() as u32);
         put32(b, e + 12, h);
         b[e + 16..e + 16 + a.name.len()].copy_from_slice(&a.name);
@@ -128,7 +136,11 @@ fn lay(b: &mut [u8], attrs: &[Attr], first: usize, end: usize, rel: usize) -> Ve
 }
 
 fn space(attrs: &[Attr]) -> usize {
-    attrs.iter().map(|a| entry_len(a) + value_len(a)).sum::<usize>() + 4
+    attrs
+        .iter()
+        .map(|a| entry_len(a) + value_len(a))
+        .sum::<usize>()
+        + 4
 }
 
 /// The in-inode area for `attrs` if they all fit in it.
