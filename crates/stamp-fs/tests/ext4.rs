@@ -295,6 +295,11 @@ fn check_full(img: &Path, t: &Tree, bs: usize) {
     let ls = debugfs(img, "ls -l /many");
     assert_eq!(ls.matches("entry-").count(), 3000);
     assert!(ls.contains("entry-02999"));
+    // Hashed (dir_index): e2fsck has checked every hash against the superblock's seed.
+    let st = debugfs(img, "stat /many");
+    assert!(st.contains("Flags: 0x81000"), "{st}");
+    let hd = debugfs(img, "htree_dump /many");
+    assert!(hd.contains("Hash Version: 1"), "{hd}");
     let st = debugfs(img, "stat /");
     // ., .., and 10 subdirectories incl. lost+found.
     let subdirs = t
@@ -488,4 +493,34 @@ fn times_are_clamped_to_source_date_epoch() {
     let st = debugfs(&img, "stat /new");
     assert!(st.contains("mtime: 0x3b9aca00:00000000"), "{st}");
     assert!(!st.contains("0x77359400"), "{st}");
+}
+
+#[test]
+fn a_directory_needing_two_index_levels_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::default();
+    // 1 KiB blocks hold 3 entries of 250-byte names: ~700 leaves, more than a dx root holds.
+    for i in 0..2000 {
+        let name = format!("{i:05}{}", "x".repeat(245));
+        t.insert(format!("d/{name}").as_bytes(), file(vec![], 0o644))
+            .unwrap();
+    }
+    let img = build(
+        dir.path(),
+        "deep.img",
+        &t,
+        &Ext4Options {
+            block_size: 1024,
+            ..Default::default()
+        },
+    );
+    fsck(&img);
+    let hd = debugfs(&img, "htree_dump /d");
+    assert!(
+        hd.contains("Indirect levels: 1"),
+        "{}",
+        &hd[..hd.len().min(2000)]
+    );
+    let ls = debugfs(&img, "ls /d");
+    assert_eq!(ls.matches(&"x".repeat(245)).count(), 2000);
 }

@@ -42,8 +42,9 @@ pub fn pack(entries: &[Dirent], bs: usize, min_blocks: usize) -> Vec<Vec<u8>> {
         last = Some(used);
         used += rl;
     }
-    if let Some(l) = last {
-        put16(&mut cur, l + 4, (cap - l) as u16);
+    match last {
+        Some(l) => put16(&mut cur, l + 4, (cap - l) as u16),
+        None => put16(&mut cur, 4, cap as u16),
     }
     blocks.push(cur);
     while blocks.len() < min_blocks {

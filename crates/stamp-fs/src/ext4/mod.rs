@@ -7,6 +7,7 @@
 mod dir;
 mod extent;
 mod geometry;
+mod htree;
 mod inode;
 mod plan;
 mod stream;

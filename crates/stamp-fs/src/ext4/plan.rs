@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::dir::{self, Dirent};
 use super::extent::{self, Ext, MAX_LEN};
 use super::geometry::{Alloc, Geometry, INODE_SIZE};
+use super::htree;
 use super::inode::{self, EXTENTS_FL, Inode};
 use super::superblock::{self, COMPAT_HAS_JOURNAL, GroupCounts, Super};
 use super::xattr::{self, Attr};
@@ -363,7 +364,8 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
                 } else {
                     subdirs as u16 + 2
                 };
-                ents.extend(kids);
+                let parent_ino = ents[1].ino;
+                ents.extend_from_slice(&kids);
                 let min = if Some(id) == lf_node {
                     (16384 / bs) as usize
                 } else {
@@ -371,6 +373,13 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
                 };
                 let mut blocks = dir::pack(&ents, bs as usize, min);
                 dir::seal(&mut blocks, iseed);
+                if blocks.len() > 1 && Some(id) != lf_node {
+                    let seed = htree::seed_words(&hash_seed);
+                    if let Some(b) = htree::build(i, parent_ino, &kids, bs as usize, &seed, iseed) {
+                        blocks = b;
+                        inode.flags |= htree::INDEX_FL;
+                    }
+                }
                 inode.size = blocks.len() as u64 * bs;
                 data_blocks += blocks.len() as u64;
                 Payload::Blocks(blocks)

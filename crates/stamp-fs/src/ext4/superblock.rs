@@ -6,6 +6,7 @@ use super::{csum, put16, put32};
 /// compat: has_journal.
 pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const COMPAT_EXT_ATTR: u32 = 0x8;
+const COMPAT_DIR_INDEX: u32 = 0x20;
 const INCOMPAT: u32 = 0x2 | 0x40 | 0x80; // filetype, extents, 64bit
 // sparse_super, large_file, huge_file, dir_nlink, extra_isize, metadata_csum
 const RO_COMPAT: u32 = 0x1 | 0x2 | 0x8 | 0x20 | 0x40 | 0x400;
@@ -56,7 +57,7 @@ pub fn superblock(geo: &Geometry, s: &Super, g: u64) -> [u8; 1024] {
     put32(&mut b, 0x54, 11);
     put16(&mut b, 0x58, INODE_SIZE as u16);
     put16(&mut b, 0x5A, g as u16);
-    put32(&mut b, 0x5C, COMPAT_EXT_ATTR | s.compat);
+    put32(&mut b, 0x5C, COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | s.compat);
     put32(&mut b, 0x60, INCOMPAT);
     put32(&mut b, 0x64, RO_COMPAT);
     b[0x68..0x78].copy_from_slice(&s.uuid);
