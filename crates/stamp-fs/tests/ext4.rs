@@ -321,6 +321,12 @@ fn one_kib_blocks_with_journal_and_a_deep_extent_tree_are_clean() {
         frag[i * 2048..i * 2048 + 1024].fill(i as u8 + 1);
     }
     t.insert(b"frag", file(frag.clone(), 0o644)).unwrap();
+    // 400 runs: more than four leaves of 84 extents, so an index level below the inode.
+    let mut frag2 = vec![0u8; 800 * 1024];
+    for i in 0..400 {
+        frag2[i * 2048 + 7] = (i % 255) as u8 + 1;
+    }
+    t.insert(b"frag2", file(frag2.clone(), 0o644)).unwrap();
     let opts = Ext4Options {
         block_size: 1024,
         size: Some(64 << 20),
@@ -523,4 +529,27 @@ fn a_directory_needing_two_index_levels_is_clean() {
     );
     let ls = debugfs(&img, "ls /d");
     assert_eq!(ls.matches(&"x".repeat(245)).count(), 2000);
+}
+
+#[test]
+fn a_fixed_size_filesystem_of_several_groups_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = full_tree();
+    // 300 MiB of 4 KiB blocks: three groups, a backup superblock in group 1.
+    let opts = Ext4Options {
+        size: Some(300 << 20),
+        uuid: Some([0x11; 16]),
+        ..Default::default()
+    };
+    let image = ext4(&t, &opts).unwrap();
+    assert_eq!(image.size, 300 << 20);
+    let img = build(dir.path(), "groups.img", &t, &opts);
+    fsck(&img);
+    check_full(&img, &t, 4096);
+    let out = Command::new("dumpe2fs").arg(&img).output().unwrap();
+    let d = String::from_utf8_lossy(&out.stdout);
+    assert!(d.contains("Group 2:"), "{d}");
+    assert!(d.contains("Backup superblock at 32768"), "{d}");
+    assert!(d.contains("Filesystem UUID:          11111111-1111-1111-1111-111111111111"));
+    assert!(d.contains("Total journal blocks:     4096"), "{d}");
 }

@@ -472,18 +472,17 @@ fn finish_extents(
     data: u64,
     iseed: u32,
 ) -> Result<Vec<Chunk>> {
-    let nl = extent::leaves_needed(exts.len(), geo.bs)?;
-    let mut leaf_blocks = Vec::new();
+    let nl = extent::blocks_needed(exts.len(), geo.bs);
+    let mut tree_blocks = Vec::with_capacity(nl);
     for _ in 0..nl {
-        leaf_blocks.push(alloc.run(1).ok_or_else(no_space)?.0);
+        tree_blocks.push(alloc.run(1).ok_or_else(no_space)?.0);
     }
-    let (root, leaves) = extent::build(exts, &leaf_blocks, geo.bs, iseed);
+    let (root, blocks) = extent::build(exts, &tree_blocks, geo.bs, iseed);
     inode.iblock = root;
     inode.flags |= EXTENTS_FL;
     inode.sectors += (data + nl as u64) * (geo.bs / 512);
-    Ok(leaf_blocks
-        .iter()
-        .zip(leaves)
+    Ok(blocks
+        .into_iter()
         .map(|(b, l)| Chunk::Mem {
             offset: b * geo.bs,
             bytes: Bytes::from(l),
