@@ -553,3 +553,28 @@ fn a_fixed_size_filesystem_of_several_groups_is_clean() {
     assert!(d.contains("Filesystem UUID:          11111111-1111-1111-1111-111111111111"));
     assert!(d.contains("Total journal blocks:     4096"), "{d}");
 }
+
+#[test]
+fn flex_group_metadata_skips_backup_superblocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = full_tree();
+    // 1 KiB blocks, full inode tables: 16 groups' tables (2048 blocks each) run across the
+    // backups in groups 1, 3, 5, 7 and 9.
+    let opts = Ext4Options {
+        block_size: 1024,
+        size: Some(200 << 20),
+        inodes: Some(25 * 8192),
+        ..Default::default()
+    };
+    let img = build(dir.path(), "flex.img", &t, &opts);
+    fsck(&img);
+    check_full(&img, &t, 1024);
+    let out = Command::new("dumpe2fs").arg(&img).output().unwrap();
+    let d = String::from_utf8_lossy(&out.stdout);
+    assert!(d.contains("flex_bg") && d.contains("Flex block group size:    16"));
+    assert!(
+        d.contains("Inode count:              204800"),
+        "{}",
+        &d[..3000]
+    );
+}

@@ -1,5 +1,6 @@
-//! The geometry: block size, groups, and where each group's metadata sits (no flex_bg: every
-//! group holds its own bitmaps and inode table, after the superblock backup if it has one).
+//! The geometry: block size, groups, and where each group's metadata sits. With flex_bg, the
+//! bitmaps and inode tables of 16 groups are packed together at the start of the first group of
+//! the 16 (after its superblock backup, skipping any backup they would run into).
 
 use crate::{Error, Result};
 
@@ -7,6 +8,8 @@ use crate::{Error, Result};
 pub const INODE_SIZE: u64 = 256;
 /// Size of a group descriptor (64bit).
 pub const DESC_SIZE: u64 = 64;
+/// log2 of the groups per flex group.
+pub const LOG_FLEX: u32 = 4;
 
 /// Block and group arithmetic of one layout.
 #[derive(Debug, Clone)]
@@ -27,6 +30,10 @@ pub struct Geometry {
     pub itb: u64,
     /// Blocks of group descriptor table.
     pub gdt_blocks: u64,
+    /// Per group: block bitmap, inode bitmap, inode table.
+    locs: Vec<[u64; 3]>,
+    /// Metadata ranges (start, end), sorted and disjoint.
+    reserved: Vec<(u64, u64)>,
 }
 
 impl Geometry {
@@ -50,7 +57,7 @@ impl Geometry {
             let ipg = ipg.clamp(align, bs * 8);
             let itb = ipg * INODE_SIZE / bs;
             let gdt_blocks = (ngroups * DESC_SIZE).div_ceil(bs);
-            let g = Geometry {
+            let mut g = Geometry {
                 bs,
                 blocks,
                 first_data_block,
@@ -59,6 +66,8 @@ impl Geometry {
                 ipg,
                 itb,
                 gdt_blocks,
+                locs: Vec::new(),
+                reserved: Vec::new(),
             };
             let last = ngroups - 1;
             if g.group_len(last) < g.overhead(last) + 1 {
@@ -75,8 +84,65 @@ impl Geometry {
             if ipg * ngroups > u64::from(u32::MAX) {
                 return Err(Error::InvalidOption("too many inodes for ext4".into()));
             }
+            g.place()?;
             return Ok(g);
         }
+    }
+
+    /// Places every group's bitmaps and inode table, flex group by flex group.
+    fn place(&mut self) -> Result<()> {
+        let supers: Vec<(u64, u64)> = (0..self.ngroups)
+            .filter(|g| self.has_super(*g))
+            .map(|g| {
+                (
+                    self.group_start(g),
+                    self.group_start(g) + 1 + self.gdt_blocks,
+                )
+            })
+            .collect();
+        let mut reserved = supers.clone();
+        let mut locs = vec![[0u64; 3]; self.ngroups as usize];
+        let flex = 1u64 << LOG_FLEX;
+        for f in 0..self.ngroups.div_ceil(flex) {
+            let groups = f * flex..(f * flex + flex).min(self.ngroups);
+            let mut cur = self.group_start(f * flex);
+            let mut place = |len: u64| -> u64 {
+                while let Some(&(_, e)) = supers.iter().find(|(s, e)| *s < cur + len && *e > cur) {
+                    cur = e;
+                }
+                let at = cur;
+                cur += len;
+                reserved.push((at, cur));
+                at
+            };
+            for g in groups.clone() {
+                locs[g as usize][0] = place(1);
+            }
+            for g in groups.clone() {
+                locs[g as usize][1] = place(1);
+            }
+            for g in groups {
+                locs[g as usize][2] = place(self.itb);
+            }
+            if cur > self.blocks {
+                return Err(Error::NoSpace {
+                    what: "ext4 metadata".into(),
+                    needed: cur * self.bs,
+                    available: self.blocks * self.bs,
+                });
+            }
+        }
+        reserved.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in reserved {
+            match merged.last_mut() {
+                Some(last) if last.1 >= s => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.locs = locs;
+        self.reserved = merged;
+        Ok(())
     }
 
     /// First block of group `g`.
@@ -119,22 +185,17 @@ impl Geometry {
 
     /// The block bitmap of group `g`.
     pub fn block_bitmap(&self, g: u64) -> u64 {
-        self.group_start(g) + self.super_blocks(g)
+        self.locs[g as usize][0]
     }
 
     /// The inode bitmap of group `g`.
     pub fn inode_bitmap(&self, g: u64) -> u64 {
-        self.block_bitmap(g) + 1
+        self.locs[g as usize][1]
     }
 
     /// The inode table of group `g`.
     pub fn inode_table(&self, g: u64) -> u64 {
-        self.block_bitmap(g) + 2
-    }
-
-    /// The first data block of group `g`.
-    pub fn data_start(&self, g: u64) -> u64 {
-        self.group_start(g) + self.overhead(g)
+        self.locs[g as usize][2]
     }
 
     /// Total inodes.
@@ -143,52 +204,71 @@ impl Geometry {
     }
 }
 
-/// Hands out data blocks in ascending order, group after group.
+/// Hands out data blocks in ascending order, skipping metadata.
 #[derive(Debug)]
 pub struct Alloc<'g> {
     geo: &'g Geometry,
-    group: u64,
-    next: u64,
+    /// Every free block before it is allocated.
+    pos: u64,
+    /// Index of the first reserved range that ends after `pos`.
+    ri: usize,
 }
 
 impl<'g> Alloc<'g> {
-    /// An allocator at the first data block of group 0.
+    /// An allocator at the first free block.
     pub fn new(geo: &'g Geometry) -> Self {
         Alloc {
             geo,
-            group: 0,
-            next: geo.data_start(0),
+            pos: geo.first_data_block,
+            ri: 0,
         }
     }
 
     /// A run of up to `want` (> 0) contiguous blocks: (first block, count).
     pub fn run(&mut self, want: u64) -> Option<(u64, u64)> {
-        while self.group < self.geo.ngroups {
-            let end = self.geo.group_start(self.group) + self.geo.group_len(self.group);
-            if self.next < end {
-                let got = want.min(end - self.next);
-                let p = self.next;
-                self.next += got;
-                return Some((p, got));
+        let r = &self.geo.reserved;
+        loop {
+            while self.ri < r.len() && r[self.ri].1 <= self.pos {
+                self.ri += 1;
             }
-            self.group += 1;
-            if self.group < self.geo.ngroups {
-                self.next = self.geo.data_start(self.group);
+            if self.ri < r.len() && r[self.ri].0 <= self.pos {
+                self.pos = r[self.ri].1;
+                continue;
             }
+            if self.pos >= self.geo.blocks {
+                return None;
+            }
+            let limit = r.get(self.ri).map_or(self.geo.blocks, |x| x.0);
+            let got = want.min(limit - self.pos);
+            let p = self.pos;
+            self.pos += got;
+            return Some((p, got));
         }
-        None
     }
 
-    /// Data blocks used in group `g`.
-    pub fn used_in(&self, g: u64) -> u64 {
-        let start = self.geo.data_start(g);
-        let end = self.geo.group_start(g) + self.geo.group_len(g);
-        if g < self.group {
-            end - start
-        } else if g == self.group {
-            self.next.min(end) - start
-        } else {
-            0
+    /// The block bitmap of group `g` (padding bits set) and its count of used blocks.
+    pub fn bitmap(&self, g: u64) -> (Vec<u8>, u64) {
+        let geo = self.geo;
+        let start = geo.group_start(g);
+        let len = geo.group_len(g);
+        let end = start + len;
+        let mut bb = vec![0u8; geo.bs as usize];
+        let mut set = |b: u64| {
+            let bit = b - start;
+            bb[(bit / 8) as usize] |= 1 << (bit % 8);
+        };
+        for b in start..self.pos.min(end) {
+            set(b);
         }
+        for &(s, e) in &geo.reserved {
+            for b in s.max(start)..e.min(end) {
+                set(b);
+            }
+        }
+        for bit in len..geo.bpg {
+            set(start + bit);
+        }
+        let used = bb.iter().map(|x| u64::from(x.count_ones())).sum::<u64>() - (geo.bpg - len);
+        (bb, used)
     }
 }

@@ -665,11 +665,7 @@ fn layout(prep: &Prep, geo: &Geometry) -> Result<Vec<Chunk>> {
                 bytes: Bytes::from(table),
             });
         }
-        let used_blocks = geo.overhead(g) + alloc.used_in(g);
-        let mut bb = vec![0u8; bs as usize];
-        for bit in (0..used_blocks).chain(geo.group_len(g)..geo.bpg) {
-            bb[(bit / 8) as usize] |= 1 << (bit % 8);
-        }
+        let (bb, used_blocks) = alloc.bitmap(g);
         let mut ib = vec![0xFFu8; bs as usize];
         ib[..(geo.ipg / 8) as usize].fill(0);
         for bit in 0..used_inodes {

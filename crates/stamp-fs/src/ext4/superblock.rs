@@ -1,13 +1,13 @@
 //! The superblock and the group descriptors.
 
-use super::geometry::{DESC_SIZE, Geometry, INODE_SIZE};
+use super::geometry::{DESC_SIZE, Geometry, INODE_SIZE, LOG_FLEX};
 use super::{csum, put16, put32};
 
 /// compat: has_journal.
 pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
 const COMPAT_EXT_ATTR: u32 = 0x8;
 const COMPAT_DIR_INDEX: u32 = 0x20;
-const INCOMPAT: u32 = 0x2 | 0x40 | 0x80; // filetype, extents, 64bit
+const INCOMPAT: u32 = 0x2 | 0x40 | 0x80 | 0x200; // filetype, extents, 64bit, flex_bg
 // sparse_super, large_file, huge_file, dir_nlink, extra_isize, metadata_csum
 const RO_COMPAT: u32 = 0x1 | 0x2 | 0x8 | 0x20 | 0x40 | 0x400;
 
@@ -79,6 +79,7 @@ pub fn superblock(geo: &Geometry, s: &Super, g: u64) -> [u8; 1024] {
     put16(&mut b, 0x15C, 32);
     put16(&mut b, 0x15E, 32);
     put32(&mut b, 0x160, 1); // signed directory hash
+    b[0x174] = LOG_FLEX as u8;
     b[0x175] = 1; // crc32c
     let c = csum(!0, &b[..0x3FC]);
     put32(&mut b, 0x3FC, c);
