@@ -578,3 +578,43 @@ fn flex_group_metadata_skips_backup_superblocks() {
         &d[..3000]
     );
 }
+
+#[test]
+fn contents_stream_from_a_host_file_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&host, &data).unwrap();
+    let mut t = Tree::default();
+    let region = Content::File {
+        path: std::sync::Arc::new(host),
+        offset: 1000,
+        len: 200_000,
+    };
+    t.insert(
+        b"from-host",
+        Entry::new(Kind::File(region), 0o644, ts(5, 0)),
+    )
+    .unwrap();
+    let img = build(dir.path(), "host.img", &t, &Ext4Options::default());
+    fsck(&img);
+    assert_eq!(dump(&img, "/from-host"), &data[1000..201_000]);
+}
+
+#[test]
+fn a_lost_and_found_that_is_not_a_directory_is_refused() {
+    let mut t = Tree::default();
+    t.insert(b"lost+found", file(b"x".to_vec(), 0o644)).unwrap();
+    let r = ext4(&t, &Ext4Options::default());
+    assert!(matches!(r, Err(Error::InvalidOption(_))), "{r:?}");
+    // A lost+found directory of the tree's own becomes inode 11.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::default();
+    t.insert(b"lost+found", Entry::new(Kind::Dir, 0o700, ts(5, 0)))
+        .unwrap();
+    t.insert(b"a", file(b"a".to_vec(), 0o644)).unwrap();
+    let img = build(dir.path(), "lf.img", &t, &Ext4Options::default());
+    fsck(&img);
+    assert!(debugfs(&img, "stat /lost+found").contains("Inode: 11 "));
+    assert!(debugfs(&img, "stat /a").contains("Inode: 12 "));
+}

@@ -253,22 +253,29 @@ impl<'g> Alloc<'g> {
         let len = geo.group_len(g);
         let end = start + len;
         let mut bb = vec![0u8; geo.bs as usize];
-        let mut set = |b: u64| {
-            let bit = b - start;
-            bb[(bit / 8) as usize] |= 1 << (bit % 8);
-        };
-        for b in start..self.pos.min(end) {
-            set(b);
-        }
+        set_bits(&mut bb, 0, self.pos.clamp(start, end) - start);
         for &(s, e) in &geo.reserved {
-            for b in s.max(start)..e.min(end) {
-                set(b);
+            if s < end && e > start {
+                set_bits(&mut bb, s.max(start) - start, e.min(end) - start);
             }
         }
-        for bit in len..geo.bpg {
-            set(start + bit);
-        }
+        set_bits(&mut bb, len, geo.bpg);
         let used = bb.iter().map(|x| u64::from(x.count_ones())).sum::<u64>() - (geo.bpg - len);
         (bb, used)
+    }
+}
+
+/// Sets bits `from..to` of `b`.
+fn set_bits(b: &mut [u8], from: u64, to: u64) {
+    let mut i = from;
+    while i < to {
+        if i % 8 == 0 && to - i >= 8 {
+            let n = (to - i) / 8;
+            b[(i / 8) as usize..(i / 8 + n) as usize].fill(0xFF);
+            i += n * 8;
+        } else {
+            b[(i / 8) as usize] |= 1 << (i % 8);
+            i += 1;
+        }
     }
 }

@@ -144,7 +144,7 @@ fn runs(c: &Content, bs: u64) -> Result<Vec<(u64, u64)>> {
     const BUF: u64 = 1 << 20;
     let len = c.len();
     let mut out: Vec<(u64, u64)> = Vec::new();
-    let mut buf = vec![0u8; BUF as usize];
+    let mut buf = vec![0u8; len.min(BUF) as usize];
     let mut off = 0u64;
     while off < len {
         let n = (len - off).min(BUF);
@@ -228,7 +228,11 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
     if let Some(id) = lf_node {
         ino[id.index()] = FIRST_INO;
     }
-    let has_lf_name = tree.children(root).any(|(n, _)| n == b"lost+found");
+    if lf_node.is_none() && tree.children(root).any(|(n, _)| n == b"lost+found") {
+        return Err(Error::InvalidOption(
+            "'/lost+found' is not a directory; ext4 needs it to be one".into(),
+        ));
+    }
     let mut next = FIRST_INO + 1;
     for (_, id) in tree.walk() {
         if ino[id.index()] == 0 {
@@ -238,7 +242,7 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
     }
     let mut by_ino: Vec<(u32, Option<NodeId>)> =
         tree.ids().map(|id| (ino[id.index()], Some(id))).collect();
-    let create_lf = lf_node.is_none() && !has_lf_name;
+    let create_lf = lf_node.is_none();
     if create_lf {
         by_ino.push((FIRST_INO, None));
     }

@@ -168,6 +168,11 @@ pub fn block(attrs: &[Attr], bs: usize, blocknr: u64, fs_seed: u32) -> Vec<u8> {
     let hashes = lay(&mut b, attrs, 32, bs, 0);
     let mut h: u32 = 0;
     for eh in hashes {
+        if eh == 0 {
+            // The kernel's rule: an entry without a hash leaves the block unhashed.
+            h = 0;
+            break;
+        }
         h = (h << 16) ^ (h >> 16) ^ eh;
     }
     put32(&mut b, 12, h);
