@@ -287,6 +287,14 @@ fn check_full(img: &Path, t: &Tree, bs: usize) {
         "{ea}"
     );
     assert!(debugfs(img, "stat /xattr/inline").contains("File ACL: 0"));
+    let ea = debugfs(img, "ea_list /xattr/block");
+    assert!(ea.contains("user.a (1) = \"1\""), "{ea}");
+    // user.a fits in the inode body; user.big goes to the block.
+    let body = debugfs(img, "inode_dump -x /xattr/block");
+    assert!(
+        body.contains("name = a") && !body.contains("name = big"),
+        "{body}"
+    );
     let ea = debugfs(img, "ea_get /xattr/block user.big");
     assert!(ea.contains(&"Z".repeat(900)), "{ea}");
     let st = debugfs(img, "stat /xattr/block");

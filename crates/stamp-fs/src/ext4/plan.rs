@@ -315,16 +315,24 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
             ..Inode::default()
         };
         let attrs = xattr::attrs(&e.xattrs)?;
+        // As many as fit in the inode body (in name order), the rest in one xattr block.
+        let mut in_inode: Vec<Attr> = Vec::new();
         let mut block_attrs = Vec::new();
-        if let Some(area) = xattr::inline(&attrs) {
+        for a in attrs {
+            in_inode.push(a);
+            if xattr::inline(&in_inode).is_none() {
+                block_attrs.extend(in_inode.pop());
+            }
+        }
+        if let Some(area) = xattr::inline(&in_inode) {
             inode.inline_xattrs = area;
-        } else if !attrs.is_empty() {
-            if !xattr::fits_block(&attrs, bs as usize) {
+        }
+        if !block_attrs.is_empty() {
+            if !xattr::fits_block(&block_attrs, bs as usize) {
                 return Err(Error::InvalidOption(format!(
-                    "the xattrs of inode {i} do not fit in one {bs}-byte block"
+                    "the xattrs of inode {i} do not fit in the inode and one {bs}-byte block"
                 )));
             }
-            block_attrs = attrs;
             data_blocks += 1;
         }
         let payload = match &e.kind {
