@@ -442,6 +442,35 @@ fn too_much_content_for_a_fixed_size_is_no_space() {
 }
 
 #[test]
+fn absurd_options_are_errors_not_panics() {
+    let t = full_tree();
+    for opts in [
+        Ext4Options {
+            size: Some(u64::MAX),
+            ..Default::default()
+        },
+        Ext4Options {
+            size: Some(0),
+            ..Default::default()
+        },
+        Ext4Options {
+            extra_space_percent: u32::MAX,
+            ..Default::default()
+        },
+        Ext4Options {
+            inodes: Some(u64::MAX),
+            ..Default::default()
+        },
+        Ext4Options {
+            label: Some("x".repeat(17)),
+            ..Default::default()
+        },
+    ] {
+        assert!(ext4(&t, &opts).is_err(), "{opts:?}");
+    }
+}
+
+#[test]
 fn a_filesystem_filled_to_99_percent_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = Tree::default();

@@ -8,6 +8,8 @@ use crate::{Error, Result};
 pub const INODE_SIZE: u64 = 256;
 /// Size of a group descriptor (64bit).
 pub const DESC_SIZE: u64 = 64;
+/// The most blocks a filesystem may have (16 TiB of 4 KiB blocks).
+pub const MAX_BLOCKS: u64 = 1 << 32;
 /// log2 of the groups per flex group.
 pub const LOG_FLEX: u32 = 4;
 
@@ -40,6 +42,11 @@ impl Geometry {
     /// The geometry of `blocks` blocks of `bs` bytes with at least `inodes` inodes (rounded up to
     /// fill groups). Drops a last group too small for its own metadata.
     pub fn new(bs: u64, mut blocks: u64, inodes: u64) -> Result<Self> {
+        if blocks > MAX_BLOCKS {
+            return Err(Error::InvalidOption(format!(
+                "an ext4 filesystem of {blocks} blocks is larger than this writer supports ({MAX_BLOCKS})"
+            )));
+        }
         let first_data_block = u64::from(bs == 1024);
         let bpg = bs * 8;
         loop {
@@ -53,6 +60,13 @@ impl Geometry {
             let ngroups = (blocks - first_data_block).div_ceil(bpg);
             let per_block = bs / INODE_SIZE;
             let align = per_block.max(8);
+            if inodes.div_ceil(ngroups) > bs * 8 {
+                return Err(Error::NoSpace {
+                    what: format!("{inodes} ext4 inodes"),
+                    needed: inodes,
+                    available: ngroups * bs * 8,
+                });
+            }
             let ipg = inodes.div_ceil(ngroups).div_ceil(align) * align;
             let ipg = ipg.clamp(align, bs * 8);
             let itb = ipg * INODE_SIZE / bs;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 
 use super::dir::{self, Dirent};
 use super::extent::{self, Ext, MAX_LEN};
-use super::geometry::{Alloc, Geometry, INODE_SIZE};
+use super::geometry::{Alloc, Geometry, INODE_SIZE, MAX_BLOCKS};
 use super::htree;
 use super::inode::{self, EXTENTS_FL, Inode};
 use super::superblock::{self, COMPAT_HAS_JOURNAL, GroupCounts, Super};
@@ -77,8 +77,6 @@ pub struct Plan {
 }
 
 const FIRST_INO: u32 = 11;
-/// The largest filesystem the automatic sizing tries, in blocks.
-const MAX_BLOCKS: u64 = 1 << 32;
 
 fn clamp(t: Timestamp, sde: Option<i64>) -> Timestamp {
     t.clamp_to(sde.map(Timestamp::from_secs))
@@ -746,11 +744,17 @@ impl Plan {
                 "ext4 block size {bs} is not 1024, 2048 or 4096"
             )));
         }
+        if opts.inodes.is_some_and(|n| n > u64::from(u32::MAX)) {
+            return Err(Error::InvalidOption(
+                "ext4 holds at most 2^32 - 1 inodes".into(),
+            ));
+        }
         let prep = prepare(tree, opts)?;
         let needed_inodes = u64::from(prep.last_ino);
         let inodes_for = |blocks: u64, extra: u64| {
-            opts.inodes
-                .unwrap_or((blocks * bs / 16384).max(needed_inodes * (100 + extra) / 100 + 16))
+            opts.inodes.unwrap_or(
+                (blocks * bs / 16384).max(needed_inodes.saturating_mul(100 + extra) / 100 + 16),
+            )
         };
         if let Some(size) = opts.size {
             let blocks = size / bs;
@@ -803,7 +807,7 @@ impl Plan {
                         lo = mid;
                     }
                 }
-                blocks = hi * (100 + extra) / 100;
+                blocks = hi.saturating_mul(100 + extra) / 100;
                 for _ in 0..200 {
                     if blocks > MAX_BLOCKS {
                         break;
