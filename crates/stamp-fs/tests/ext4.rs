@@ -468,6 +468,30 @@ fn absurd_options_are_errors_not_panics() {
     ] {
         assert!(ext4(&t, &opts).is_err(), "{opts:?}");
     }
+    let mut t = Tree::default();
+    t.insert(
+        b"dev",
+        Entry::new(
+            Kind::CharDevice {
+                major: 5000,
+                minor: 1,
+            },
+            0o600,
+            ts(0, 0),
+        ),
+    )
+    .unwrap();
+    assert!(matches!(
+        ext4(&t, &Ext4Options::default()),
+        Err(Error::InvalidOption(_))
+    ));
+    let mut t = Tree::default();
+    t.insert(b"l", Entry::new(Kind::Symlink(Vec::new()), 0o777, ts(0, 0)))
+        .unwrap();
+    assert!(matches!(
+        ext4(&t, &Ext4Options::default()),
+        Err(Error::InvalidOption(_))
+    ));
 }
 
 #[test]

@@ -394,6 +394,11 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
                 data_blocks += blocks.len() as u64;
                 Payload::Blocks(blocks)
             }
+            Kind::Symlink(t) if t.is_empty() => {
+                return Err(Error::InvalidOption(format!(
+                    "inode {i} is a symlink with an empty target"
+                )));
+            }
             Kind::Symlink(t) if t.len() < 60 => {
                 inode.iblock[..t.len()].copy_from_slice(t);
                 Payload::None
@@ -417,6 +422,11 @@ fn prepare(tree: &Tree, opts: &Ext4Options) -> Result<Prep> {
                 Payload::Blocks(blocks)
             }
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                if *major > 0xfff || *minor > 0xf_ffff {
+                    return Err(Error::InvalidOption(format!(
+                        "device {major}:{minor} does not fit ext4's 12-bit major, 20-bit minor"
+                    )));
+                }
                 if *major < 256 && *minor < 256 {
                     put32(&mut inode.iblock, 0, (major << 8) | minor);
                 } else {
