@@ -9,6 +9,8 @@ mod extent;
 mod geometry;
 mod htree;
 mod inode;
+mod inodes;
+mod layout;
 mod plan;
 mod stream;
 mod superblock;

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use stamp_disk::Extent;
 
-use super::plan::{Chunk, Plan};
+use super::layout::Chunk;
+use super::plan::Plan;
 use crate::{Error, Kind, NodeId, Result, Tree};
 
 /// Blocks read from a file at once.
