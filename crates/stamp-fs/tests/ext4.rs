@@ -679,3 +679,34 @@ fn a_lost_and_found_that_is_not_a_directory_is_refused() {
     assert!(debugfs(&img, "stat /lost+found").contains("Inode: 11 "));
     assert!(debugfs(&img, "stat /a").contains("Inode: 12 "));
 }
+
+#[test]
+fn replaced_entries_leave_no_orphan_inodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::default();
+    t.insert(b"a", file(b"old".to_vec(), 0o644)).unwrap();
+    t.insert(b"d/x", file(b"x".to_vec(), 0o644)).unwrap();
+    t.insert(b"a", file(b"new".to_vec(), 0o600)).unwrap();
+    t.insert(b"d", file(b"d is a file now".to_vec(), 0o644))
+        .unwrap();
+    let img = build(dir.path(), "replaced.img", &t, &Ext4Options::default());
+    fsck(&img);
+    assert_eq!(dump(&img, "/a"), b"new");
+    assert_eq!(dump(&img, "/d"), b"d is a file now");
+    let h = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&img)
+        .output()
+        .unwrap();
+    let h = String::from_utf8_lossy(&h.stdout);
+    // Inodes 1..=11 and the two files.
+    let free: u64 = h.lines().find(|l| l.starts_with("Free inodes:")).unwrap()[12..]
+        .trim()
+        .parse()
+        .unwrap();
+    let count: u64 = h.lines().find(|l| l.starts_with("Inode count:")).unwrap()[12..]
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(count - free, 13);
+}
