@@ -14,6 +14,7 @@ mod error;
 pub mod fat;
 pub mod gpt;
 mod image;
+pub mod ext4;
 pub mod tree;
 
 pub use error::{Error, Result};
