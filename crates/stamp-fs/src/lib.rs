@@ -12,6 +12,7 @@
 
 mod error;
 mod image;
+pub mod source;
 pub mod tree;
 
 pub use error::{Error, Result};
