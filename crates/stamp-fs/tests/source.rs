@@ -29,6 +29,8 @@ fn sample_dir(root: &Path) -> PathBuf {
     std::fs::create_dir_all(d.join("empty")).unwrap();
     std::fs::write(d.join("etc/hostname"), b"stamp\n").unwrap();
     std::fs::write(d.join("etc/sub/big"), vec![7u8; 100_000]).unwrap();
+    // Longer than ustar's 100-byte name: a PAX `path` record.
+    std::fs::write(d.join("etc/sub").join("n".repeat(200)), b"long").unwrap();
     std::fs::write(d.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(d.join("run.sh"), std::fs::Permissions::from_mode(0o4755)).unwrap();
     std::fs::set_permissions(d.join("empty"), std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -152,6 +154,10 @@ fn gnu_pax_tar_keeps_metadata_links_and_xattrs() {
     check_against_tvf(tree, &tar);
     assert_eq!(content(tree, "etc/hostname"), b"stamp\n");
     assert_eq!(content(tree, "etc/sub/big"), vec![7u8; 100_000]);
+    assert_eq!(
+        content(tree, &format!("etc/sub/{}", "n".repeat(200))),
+        b"long"
+    );
     // Contents refer into the tar, not copies.
     let id = tree.get(b"etc/sub/big").unwrap();
     let Kind::File(Content::File { path, offset, .. }) = &tree.entry(id).kind else {

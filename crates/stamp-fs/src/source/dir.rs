@@ -26,7 +26,7 @@ pub fn from_dir(path: &Path, opts: &SourceOptions) -> Result<Tree> {
             "{source_name}: not a directory"
         )));
     }
-    let mut root = entry(path, &root_meta, Kind::Dir, opts)?;
+    let mut root = entry(&root_meta, Kind::Dir, opts);
     root.xattrs = xattrs(path);
     let mut tree = Tree::new(root);
     let mut seen: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
@@ -59,7 +59,7 @@ pub fn from_dir(path: &Path, opts: &SourceOptions) -> Result<Tree> {
                 seen.insert((m.dev(), m.ino()), tp.clone());
             }
             let kind = kind(&hp, &m)?;
-            let mut e = entry(&hp, &m, kind, opts)?;
+            let mut e = entry(&m, kind, opts);
             e.xattrs = xattrs(&hp);
             tree.insert(&tp, e)
                 .map_err(|e| name_source(e, &source_name))?;
@@ -101,7 +101,7 @@ fn kind(path: &Path, m: &Metadata) -> Result<Kind> {
     })
 }
 
-fn entry(_path: &Path, m: &Metadata, kind: Kind, opts: &SourceOptions) -> Result<Entry> {
+fn entry(m: &Metadata, kind: Kind, opts: &SourceOptions) -> Entry {
     let ts = |sec: i64, nsec: i64| {
         opts.clamp(Timestamp {
             sec,
@@ -113,7 +113,7 @@ fn entry(_path: &Path, m: &Metadata, kind: Kind, opts: &SourceOptions) -> Result
     e.gid = m.gid();
     e.atime = ts(m.atime(), m.atime_nsec());
     e.ctime = ts(m.ctime(), m.ctime_nsec());
-    Ok(e)
+    e
 }
 
 /// The xattrs of `path` (not following symlinks) that can be read; none where unsupported.
