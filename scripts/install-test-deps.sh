@@ -8,9 +8,17 @@ command -v qemu-io >/dev/null || need+=(qemu-utils)
 command -v e2fsck >/dev/null || need+=(e2fsprogs)
 command -v gzip >/dev/null || need+=(gzip)
 command -v tar >/dev/null || need+=(tar)
+command -v fsck.fat >/dev/null || need+=(dosfstools)
+command -v mcopy >/dev/null || need+=(mtools)
+command -v fatlabel >/dev/null || need+=(dosfstools)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v sgdisk >/dev/null || need+=(gdisk)
+command -v debugfs >/dev/null || need+=(e2fsprogs)
+command -v file >/dev/null || need+=(file)
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
 fi
 command -v cargo >/dev/null || { echo "error: cargo is not installed (install Rust with rustup)" >&2; exit 1; }

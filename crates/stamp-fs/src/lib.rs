@@ -11,6 +11,8 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod fat;
+pub mod gpt;
 mod image;
 pub mod source;
 pub mod tree;
