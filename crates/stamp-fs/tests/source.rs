@@ -240,6 +240,26 @@ fn compressed_tars_are_detected_by_magic_and_spooled() {
 }
 
 #[test]
+fn a_tar_from_a_pipe_is_spooled() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = sample_dir(t.path());
+    let plain = t.path().join("a.tar");
+    gnu_tar(&dir, &plain, &[]);
+    let fifo = t.path().join("pipe");
+    run(Command::new("mkfifo").arg(&fifo));
+    let (f2, p2) = (fifo.clone(), plain.clone());
+    let writer = std::thread::spawn(move || {
+        let data = std::fs::read(p2).unwrap();
+        std::fs::write(f2, data).unwrap();
+    });
+    let loaded = load(fifo.to_str().unwrap(), &SourceOptions::default()).unwrap();
+    writer.join().unwrap();
+    assert!(loaded.spool().is_some());
+    assert_eq!(content(&loaded.tree, "etc/sub/big"), vec![7u8; 100_000]);
+    check_against_tvf(&loaded.tree, &plain);
+}
+
+#[test]
 fn directory_source_matches_its_tar() {
     let t = tempfile::tempdir().unwrap();
     let dir = sample_dir(t.path());

@@ -16,7 +16,8 @@ use crate::{Content, Entry, Error, Kind, Result, Timestamp, Tree};
 ///
 /// The compression (none, gzip, zstd, xz) is detected from the first bytes, not the name. A plain
 /// tar file's members are referred to in place (no copy); a compressed tar or stdin is first
-/// decompressed into a temporary file held by the returned [`Loaded`].
+/// decompressed into a temporary file held by the returned [`Loaded`], as is a tar read from a
+/// pipe or device.
 ///
 /// Ownership, modes, times (PAX times with nanoseconds), device numbers, symlink targets, hard
 /// links (in any order), and xattrs (PAX `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*`) are kept. A
@@ -39,9 +40,14 @@ pub fn from_tar(path: &Path, opts: &SourceOptions) -> Result<Loaded> {
         });
     }
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    // A pipe or device (`<(zcat ...)`, /dev/stdin) can be read only once: spool it like stdin.
+    let regular = f
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .is_file();
     let mut input = BufReader::with_capacity(1 << 20, f);
     let c = Compression::detect(&peek(&mut input, path)?, &name)?;
-    if c == Compression::None {
+    if c == Compression::None && regular {
         drop(input);
         return Ok(Loaded::new(read_plain(path, &name, opts)?));
     }
