@@ -11,10 +11,11 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod ext4;
 pub mod fat;
 pub mod gpt;
 mod image;
-pub mod ext4;
+pub mod source;
 pub mod tree;
 
 pub use error::{Error, Result};

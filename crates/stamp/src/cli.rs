@@ -29,6 +29,11 @@ pub enum Command {
     Compare(CompareArgs),
     /// Create an empty image of a given size.
     Create(CreateArgs),
+    /// Make a FAT filesystem image from a directory or a tar, without root.
+    #[command(subcommand)]
+    Mkfs(MkfsArgs),
+    /// Make a GPT disk image whose partitions are filesystems made from directories or tars.
+    Mkdisk(MkdiskArgs),
 }
 
 impl Command {
@@ -126,4 +131,59 @@ pub struct CreateArgs {
     pub file: PathBuf,
     /// Virtual size, with K/M/G/T suffixes (optional with a backing file: its size).
     pub size: Option<String>,
+}
+
+/// `stamp mkfs`: the filesystem types.
+#[derive(Debug, Subcommand)]
+pub enum MkfsArgs {
+    /// A FAT filesystem (FAT32 from 64 MiB, FAT16/12 below), for EFI system partitions.
+    Fat(MkfsFatArgs),
+}
+
+/// `stamp mkfs fat`.
+#[derive(Debug, Args)]
+pub struct MkfsFatArgs {
+    /// The content: a directory, a tar (plain, gzip, zstd, xz) or - for a tar on stdin.
+    #[arg(long, value_name = "SRC")]
+    pub from: String,
+    /// The image to write (written under a temporary name, renamed when complete).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Output format (by default from OUT's extension, else raw).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub out_format: Option<String>,
+    /// Filesystem size, with K/M/G/T suffixes (by default the content plus headroom).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Volume label (up to 11 characters).
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+}
+
+/// `stamp mkdisk`.
+#[derive(Debug, Args)]
+pub struct MkdiskArgs {
+    /// The disk image to write (written under a temporary name, renamed when complete).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Output format (by default from OUT's extension, else raw).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub out_format: Option<String>,
+    /// A partition, in order: TYPE:SIZE[:SRC]. TYPE is esp (FAT from SRC), root, usr (for this
+    /// build's architecture; or root-x86-64, root-arm64, usr-x86-64, usr-arm64), linux (ext4 from
+    /// SRC), swap or bios (zeroed, no SRC). SIZE has K/M/G/T suffixes or is `auto` (fit SRC).
+    #[arg(long = "part", value_name = "TYPE:SIZE[:SRC]", required = true)]
+    pub parts: Vec<String>,
+    /// Disk size, with K/M/G/T suffixes (by default the partitions plus the backup table).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Mixed into every derived GUID and filesystem UUID.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
 }

@@ -5,6 +5,8 @@ mod compare;
 mod convert;
 mod create;
 mod info;
+mod mkdisk;
+mod mkfs;
 
 use anyhow::{Context, Result};
 use stamp_disk::Format;
@@ -20,6 +22,8 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Check(a) => check::run(a),
         Command::Compare(a) => compare::run(a, cancel),
         Command::Create(a) => create::run(a),
+        Command::Mkfs(a) => mkfs::run(a, cancel),
+        Command::Mkdisk(a) => mkdisk::run(a, cancel),
     }
 }
 

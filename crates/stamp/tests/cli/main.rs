@@ -8,4 +8,5 @@ mod common;
 mod compare;
 mod convert;
 mod fixtures;
+mod mkfs;
 mod usage;
