@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// stamp: build, convert, store, publish and run virtual machine images.
@@ -29,7 +30,7 @@ pub enum Command {
     Compare(CompareArgs),
     /// Create an empty image of a given size.
     Create(CreateArgs),
-    /// Make a FAT filesystem image from a directory or a tar, without root.
+    /// Make an ext4 or FAT filesystem image from a directory or a tar, without root.
     #[command(subcommand)]
     Mkfs(MkfsArgs),
     /// Make a GPT disk image whose partitions are filesystems made from directories or tars.
@@ -136,8 +137,49 @@ pub struct CreateArgs {
 /// `stamp mkfs`: the filesystem types.
 #[derive(Debug, Subcommand)]
 pub enum MkfsArgs {
+    /// An ext4 filesystem (extents, 64bit, metadata_csum, a journal).
+    Ext4(MkfsExt4Args),
     /// A FAT filesystem (FAT32 from 64 MiB, FAT16/12 below), for EFI system partitions.
     Fat(MkfsFatArgs),
+}
+
+/// `stamp mkfs ext4`.
+#[derive(Debug, Args)]
+pub struct MkfsExt4Args {
+    /// The content: a directory, a tar (plain, gzip, zstd, xz) or - for a tar on stdin. With a tar,
+    /// owners, modes, times and xattrs come from its headers; a directory gives the host's.
+    #[arg(long, value_name = "SRC")]
+    pub from: String,
+    /// The image to write (written under a temporary name, renamed when complete).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Output format (by default from OUT's extension, else raw).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub out_format: Option<String>,
+    /// Filesystem size, with K/M/G/T suffixes (by default the content plus --extra-space).
+    #[arg(long, value_name = "SIZE", conflicts_with = "extra_space")]
+    pub size: Option<String>,
+    /// Free space added when sizing from the content, in percent (default 20%).
+    #[arg(long, value_name = "PERCENT")]
+    pub extra_space: Option<String>,
+    /// Volume label (at most 16 bytes).
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+    /// Filesystem UUID (by default derived from the content and --seed).
+    #[arg(long, value_name = "UUID")]
+    pub uuid: Option<String>,
+    /// Number of inodes (by default derived from the size and the content).
+    #[arg(long, value_name = "N")]
+    pub inodes: Option<u64>,
+    /// Block size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::builder::PossibleValuesParser::new(["1024", "2048", "4096"]).map(|s| s.parse::<u32>().unwrap_or(4096)))]
+    pub block_size: u32,
+    /// Mixed into the derived UUID and hash seed, so that otherwise identical images differ.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
 }
 
 /// `stamp mkfs fat`.

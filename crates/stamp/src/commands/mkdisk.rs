@@ -4,11 +4,12 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
 use stamp_disk::Extent;
 use stamp_fs::Image;
+use stamp_fs::ext4::ext4;
 use stamp_fs::fat::fat;
 use stamp_fs::gpt::{GptOptions, Partition, PartitionType, gpt_disk};
 use stamp_fs::source::Loaded;
 
-use super::mkfs::{fat_options, load, output_format, size_arg, write_image};
+use super::mkfs::{ext4_options, fat_options, load, output_format, size_arg, write_image};
 use crate::cli::MkdiskArgs;
 use crate::progress::CancelFlag;
 
@@ -141,10 +142,11 @@ fn part_image<'a>(
             let size = spec.size.unwrap_or(0);
             Some(swap_image(size, derived_uuid(seed, index, size))?)
         }
-        (Fs::Ext4, Some(_)) => bail!(
-            "the {} partition needs the ext4 writer, which is not in this build yet",
-            spec.name
-        ),
+        (Fs::Ext4, Some(l)) => {
+            let opts = ext4_options(size.as_deref(), None, None, None, None, 4096, seed)?;
+            let what = || format!("cannot lay out the {} partition's ext4", spec.name);
+            Some(ext4(&l.tree, &opts).with_context(what)?)
+        }
         (Fs::Fat, Some(l)) => {
             let opts = fat_options(size.as_deref(), None)?;
             let what = || format!("cannot lay out the {} partition's FAT", spec.name);

@@ -1,5 +1,5 @@
 //! `stamp mkfs` and `stamp mkdisk` through the binary, checked by the filesystem tools:
-//! fsck.fat for FAT, sfdisk for GPT, qemu-img for the disk formats.
+//! e2fsck/debugfs for ext4, fsck.fat for FAT, sfdisk for GPT, qemu-img for the disk formats.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +15,36 @@ fn tool(cmd: &str, args: &[&str]) -> Run {
         .into()
 }
 
+/// A small root filesystem as a root-owned PAX tar with a setuid file and a hard link.
+fn rootfs_tar(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("rootfs");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::create_dir_all(src.join("usr/bin")).unwrap();
+    std::fs::write(src.join("etc/hostname"), b"stamp\n").unwrap();
+    std::fs::write(src.join("usr/bin/tool"), vec![0x5a; 50_000]).unwrap();
+    std::fs::hard_link(src.join("usr/bin/tool"), src.join("usr/bin/tool2")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", src.join("bin")).unwrap();
+    let tar = dir.join("rootfs.tar.gz");
+    let r = tool(
+        "tar",
+        &[
+            "--format=pax",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--sort=name",
+            "--mtime=@1700000000",
+            "-czf",
+            s(&tar),
+            "-C",
+            s(&src),
+            ".",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    tar
+}
+
 /// An ESP tree.
 fn esp_dir(dir: &Path) -> std::path::PathBuf {
     let esp = dir.join("esp");
@@ -22,6 +52,51 @@ fn esp_dir(dir: &Path) -> std::path::PathBuf {
     std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), vec![0xeb; 70_000]).unwrap();
     std::fs::write(esp.join("loader.conf"), b"timeout 3\n").unwrap();
     esp
+}
+
+#[test]
+fn mkfs_ext4_from_a_tar_is_clean_and_shows_the_files() {
+    let d = tmp();
+    let tar = rootfs_tar(d.path());
+    let img = d.path().join("root.ext4");
+    let r = stamp(&["mkfs", "ext4", "--from", s(&tar), "-o", s(&img)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let fsck = tool("e2fsck", &["-fn", s(&img)]);
+    assert_eq!(fsck.code, 0, "e2fsck: {}{}", fsck.stdout, fsck.stderr);
+    let cat = tool("debugfs", &["-R", "cat /etc/hostname", s(&img)]);
+    assert_eq!(cat.stdout, "stamp\n", "{}", cat.stderr);
+    let st = tool("debugfs", &["-R", "stat /usr/bin/tool2", s(&img)]);
+    assert!(st.stdout.contains("Links: 2"), "{}", st.stdout);
+    assert!(st.stdout.contains("User:     0"), "{}", st.stdout);
+    // Same input, same bytes.
+    let again = d.path().join("again.ext4");
+    assert_eq!(
+        stamp(&["mkfs", "ext4", "--from", s(&tar), "-o", s(&again)]).code,
+        0
+    );
+    assert_eq!(std::fs::read(&img).unwrap(), std::fs::read(&again).unwrap());
+}
+
+#[test]
+fn mkfs_ext4_reads_a_tar_on_stdin_into_qcow2() {
+    let d = tmp();
+    let tar = rootfs_tar(d.path());
+    let img = d.path().join("root.qcow2");
+    let out = Command::new(env!("CARGO_BIN_EXE_stamp"))
+        .args(["mkfs", "ext4", "--from", "-", "-o", s(&img), "-O", "qcow2"])
+        .stdin(std::fs::File::open(&tar).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    qemu_ok(&["check", "-f", "qcow2", s(&img)]);
+    let raw = d.path().join("root.raw");
+    qemu_ok(&["convert", "-O", "raw", s(&img), s(&raw)]);
+    let fsck = tool("e2fsck", &["-fn", s(&raw)]);
+    assert_eq!(fsck.code, 0, "e2fsck: {}{}", fsck.stdout, fsck.stderr);
 }
 
 #[test]
@@ -195,6 +270,49 @@ fn mkdisk_gpt_verifies_and_converts() {
 }
 
 #[test]
+fn mkdisk_with_an_ext4_root_from_a_tar() {
+    let d = tmp();
+    let esp = esp_dir(d.path());
+    let tar = rootfs_tar(d.path());
+    let disk = d.path().join("disk.img");
+    let r = stamp(&[
+        "mkdisk",
+        "-o",
+        s(&disk),
+        "--part",
+        &format!("esp:40M:{}", s(&esp)),
+        "--part",
+        &format!("root-x86-64:auto:{}", s(&tar)),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v = tool("sfdisk", &["--verify", s(&disk)]);
+    assert_eq!(v.code, 0, "sfdisk: {}{}", v.stdout, v.stderr);
+    let dump = tool("sfdisk", &["--json", s(&disk)]);
+    let j: serde_json::Value = serde_json::from_str(&dump.stdout).unwrap();
+    let root = &j["partitiontable"]["partitions"][1];
+    assert_eq!(root["type"], "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709");
+    let (start, size) = (
+        root["start"].as_u64().unwrap(),
+        root["size"].as_u64().unwrap(),
+    );
+    let part = d.path().join("root.img");
+    let dd = tool(
+        "dd",
+        &[
+            &format!("if={}", s(&disk)),
+            &format!("of={}", s(&part)),
+            "bs=512",
+            &format!("skip={start}"),
+            &format!("count={size}"),
+            "status=none",
+        ],
+    );
+    assert_eq!(dd.code, 0, "{}", dd.stderr);
+    let fsck = tool("e2fsck", &["-fn", s(&part)]);
+    assert_eq!(fsck.code, 0, "e2fsck: {}{}", fsck.stdout, fsck.stderr);
+}
+
+#[test]
 fn a_bad_tar_fails_naming_the_entry_and_writes_nothing() {
     let d = tmp();
     let tar = d.path().join("evil.tar");
@@ -211,12 +329,12 @@ fn a_bad_tar_fails_naming_the_entry_and_writes_nothing() {
         b.finish().unwrap();
     }
     let img = d.path().join("out.img");
-    {
-        let r = stamp(&["mkfs", "fat", "--from", s(&tar), "-o", s(&img)]);
-        assert_eq!(r.code, 1, "{}", r.stderr);
+    for fs in ["ext4", "fat"] {
+        let r = stamp(&["mkfs", fs, "--from", s(&tar), "-o", s(&img)]);
+        assert_eq!(r.code, 1, "{fs}: {}", r.stderr);
         assert!(
             r.stderr.contains("../escape") && r.stderr.contains("evil.tar"),
-            "{}",
+            "{fs}: {}",
             r.stderr
         );
         assert!(!img.exists());
