@@ -1,0 +1,15 @@
+//! The image store and distribution for stamp: a content-addressed store in the OCI image layout,
+//! a registry client (OCI distribution / Docker Registry HTTP API v2), import and export of OCI
+//! and Docker archives, and flattening of image layers into a [`stamp_fs::Tree`].
+//!
+//! Every blob is addressed by its [`Digest`] and verified when it is written and before it is used;
+//! a blob whose content no longer matches its digest is reported as tampered and never used.
+//! Disk images travel as OCI artifacts or KubeVirt containerDisks.
+#![deny(missing_docs)]
+
+mod digest;
+mod error;
+pub mod media;
+
+pub use digest::{Digest, DigestWriter};
+pub use error::{Error, Result};
