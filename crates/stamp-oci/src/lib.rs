@@ -9,6 +9,7 @@
 
 mod digest;
 mod error;
+pub mod disk;
 pub mod media;
 
 pub use digest::{Digest, DigestWriter};
