@@ -35,6 +35,26 @@ pub enum Command {
     Mkfs(MkfsArgs),
     /// Make a GPT disk image whose partitions are filesystems made from directories or tars.
     Mkdisk(MkdiskArgs),
+    /// Pull an image into the store from a registry or an archive.
+    Pull(PullArgs),
+    /// Push an image (or a disk image as a containerDisk or stamp artifact) to a registry.
+    Push(PushArgs),
+    /// List the images in the store.
+    Images(ImagesArgs),
+    /// Show an image's manifest, config and layers.
+    Inspect(InspectArgs),
+    /// Give an image in the store another name.
+    Tag(TagArgs),
+    /// Remove names from the store.
+    Rmi(RmiArgs),
+    /// Remove blobs no name refers to.
+    Gc(GcArgs),
+    /// Verify every blob of the store against its digest and every reference between them.
+    Fsck(FsckArgs),
+    /// Import an archive, a root filesystem tar or a disk image into the store.
+    Import(ImportArgs),
+    /// Export an image from the store as an OCI archive (or a disk artifact as its disk).
+    Export(ExportArgs),
 }
 
 impl Command {
@@ -228,4 +248,180 @@ pub struct MkdiskArgs {
     /// Show a progress bar (on a terminal).
     #[arg(short = 'p')]
     pub progress: bool,
+}
+
+/// Where the image store is, for the verbs that use it.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The image store (default $STAMP_STORE, else $XDG_DATA_HOME/stamp/store).
+    #[arg(long, value_name = "DIR", env = "STAMP_STORE", global = true)]
+    pub store: Option<PathBuf>,
+}
+
+/// How to reach registries: TLS, certificates and credentials, as podman's flags.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Require HTTPS and verify certificates (`--tls-verify=false` allows http and self-signed).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// A directory of `*.crt` CA certificates to trust for the registry.
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Credentials as USER:PASSWORD (default: auth.json of podman or ~/.docker/config.json).
+    #[arg(long, value_name = "USER:PASS")]
+    pub creds: Option<String>,
+    /// The auth file to read credentials from (default $REGISTRY_AUTH_FILE, podman's, docker's).
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+}
+
+/// `stamp pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The platform to pick from a multi-platform image (default: this machine's, linux/amd64 or linux/arm64).
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// For a disk artifact: also write the reassembled, verified disk to this file.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Print only the manifest digest.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// A registry reference (`host/repo:tag`, `repo@sha256:...`), or oci:DIR[:TAG],
+    /// oci-archive:FILE, docker-archive:FILE, rootfs:FILE.tar[.gz|.zst|.xz], dir:PATH.
+    pub reference: String,
+}
+
+/// What `stamp push` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PushAs {
+    /// The image as it is in the store.
+    Image,
+    /// A disk image as a KubeVirt containerDisk (the disk under /disk/, owned by 107:107).
+    Containerdisk,
+    /// A disk image as a stamp disk artifact (content-defined chunks; only changed chunks upload).
+    Artifact,
+}
+
+/// `stamp push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// What to push: the image as stored, or a disk image as a containerDisk or a stamp artifact.
+    #[arg(long = "as", value_enum, default_value = "image")]
+    pub push_as: PushAs,
+    /// Print only the pushed manifest digest.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The image in the store.
+    pub local: String,
+    /// The registry reference to push to (default: the local name).
+    pub remote: Option<String>,
+}
+
+/// `stamp images`.
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stamp inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print one JSON object (manifest, config, layers).
+    #[arg(long)]
+    pub json: bool,
+    /// The platform to show of a multi-platform image.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// A name or digest in the store.
+    pub reference: String,
+}
+
+/// `stamp tag`.
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// An image in the store (name or digest).
+    pub source: String,
+    /// The new name.
+    pub target: String,
+}
+
+/// `stamp rmi`.
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Remove every name of an image given by digest.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Names (or digests) to remove. Blobs are freed by `stamp gc`.
+    #[arg(required = true)]
+    pub references: Vec<String>,
+}
+
+/// `stamp gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stamp fsck`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stamp import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The name to give the image (default: the name the archive carries, else the file name).
+    #[arg(long, value_name = "REF")]
+    pub name: Option<String>,
+    /// An OCI archive, Docker archive, OCI layout directory, root filesystem tar, or a disk image
+    /// (raw, qcow2, vmdk, vhd, vhdx, vdi), which is stored as a stamp disk artifact.
+    pub source: PathBuf,
+}
+
+/// `stamp export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The file to write: an OCI archive (for a disk artifact with --disk: the disk itself).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Write a disk artifact's disk file instead of an OCI archive.
+    #[arg(long)]
+    pub disk: bool,
+    /// A name or digest in the store.
+    pub reference: String,
 }
