@@ -2,9 +2,15 @@
 # Makes a real Debian 12 disk image to convert, benchmark and (later) boot: a root filesystem with
 # kernel, initrd and systemd from mmdebstrap, as an ext4 filesystem in a 1 GiB sparse raw file.
 # Prints the raw image's path. Cached: a second run reuses the image.
+# With --tar, makes only the root filesystem tar (what the tests read) and prints its path.
 #
-# usage: scripts/debian-image.sh [CACHE_DIR]    (default: ${XDG_CACHE_HOME:-~/.cache}/stamp-dev)
+# usage: scripts/debian-image.sh [--tar] [CACHE_DIR]    (default: ${XDG_CACHE_HOME:-~/.cache}/stamp-dev)
 set -euo pipefail
+tar_only=false
+if [[ ${1:-} == --tar ]]; then
+  tar_only=true
+  shift
+fi
 cache=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/stamp-dev}
 mkdir -p "$cache"
 tar="$cache/debian-rootfs.tar"
@@ -15,6 +21,10 @@ if [[ ! -s $tar ]]; then
     --include=linux-image-cloud-amd64,systemd-sysv,systemd-boot-efi,udev \
     bookworm "$tar.tmp" >&2
   mv "$tar.tmp" "$tar"
+fi
+if $tar_only; then
+  echo "$tar"
+  exit 0
 fi
 if [[ ! -s $raw ]]; then
   echo "making a 1 GiB ext4 image of it..." >&2

@@ -16,6 +16,8 @@ command -v sgdisk >/dev/null || need+=(gdisk)
 command -v debugfs >/dev/null || need+=(e2fsprogs)
 command -v file >/dev/null || need+=(file)
 command -v python3 >/dev/null || need+=(python3)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v setpriv >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

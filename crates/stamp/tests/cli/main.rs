@@ -7,6 +7,7 @@ mod common;
 
 mod compare;
 mod convert;
+mod debian;
 mod fixtures;
 mod mkfs;
 mod usage;
