@@ -10,6 +10,9 @@
 mod digest;
 mod error;
 pub mod media;
+mod reference;
+pub mod registry;
 
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
+pub use reference::Reference;
