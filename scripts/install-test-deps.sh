@@ -16,6 +16,10 @@ command -v sgdisk >/dev/null || need+=(gdisk)
 command -v debugfs >/dev/null || need+=(e2fsprogs)
 command -v file >/dev/null || need+=(file)
 command -v python3 >/dev/null || need+=(python3)
+# The registry client's tests: a real registry on loopback, htpasswd (bcrypt) and a TLS cert.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

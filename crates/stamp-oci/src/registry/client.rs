@@ -369,6 +369,12 @@ impl Client {
         if let Some(a) = auth {
             b = b.header("Authorization", a);
         }
+        // A POST or PUT without a body still says so (Content-Length: 0), not chunked.
+        let empty = ReqBody::Bytes(&[]);
+        let body = match body {
+            ReqBody::Empty if !matches!(method, "GET" | "HEAD" | "DELETE") => &empty,
+            b => b,
+        };
         let r = match body {
             ReqBody::Empty => {
                 let req = b.body(()).map_err(|e| RunError::Fatal(e.to_string()))?;
