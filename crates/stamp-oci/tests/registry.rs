@@ -444,3 +444,89 @@ fn bad_manifests_are_clear_errors() {
         Err(Error::Malformed { .. })
     ));
 }
+
+/// A source that counts how many times it is opened.
+struct CountingSource {
+    bytes: Vec<u8>,
+    opens: std::sync::atomic::AtomicUsize,
+}
+
+impl stamp_oci::registry::BlobSource for CountingSource {
+    fn open(&self) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        self.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Box::new(self.bytes.as_slice()))
+    }
+}
+
+#[test]
+fn dropped_connections_are_retried_and_uploads_reopen_their_source() {
+    let reg = registry(Flavour::Plain);
+    let proxy = Proxy::start(
+        reg.addr,
+        vec![
+            Rule::new("PUT", "/blobs/uploads/", Fault::Drop, 1),
+            Rule::new("GET", "/manifests/", Fault::Drop, 2),
+        ],
+    );
+    let c = client();
+    let r = reference(&proxy.host, &unique_repo("drop"), "v1");
+    let img = image("drop");
+    let src = CountingSource {
+        bytes: img.layer.clone(),
+        opens: Default::default(),
+    };
+    let d = Digest::of(&img.layer);
+    let outcome = c
+        .push_blob(&r, &d, img.layer.len() as u64, &src, None, &|_| {})
+        .unwrap();
+    assert_eq!(outcome, PushOutcome::Uploaded);
+    assert_eq!(src.opens.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let cfg = &img.config;
+    c.push_blob(&r, &Digest::of(cfg), cfg.len() as u64, cfg, None, &|_| {})
+        .unwrap();
+    let md = c
+        .put_manifest(&r, &img.manifest, media::OCI_MANIFEST)
+        .unwrap();
+    assert_eq!(c.get_manifest(&r).unwrap().digest, md);
+    assert_eq!(pull_blob(&c, &r, &img.layer).unwrap(), img.layer);
+}
+
+#[test]
+fn mounting_from_a_repository_without_the_blob_uploads_it() {
+    let reg = registry(Flavour::Plain);
+    let c = client();
+    let r = reference(&reg.host, &unique_repo("mount-miss"), "v1");
+    let b = blob("mount-miss", 1000);
+    let outcome = c
+        .push_blob(
+            &r,
+            &Digest::of(&b),
+            1000,
+            &b,
+            Some(&unique_repo("empty")),
+            &|_| {},
+        )
+        .unwrap();
+    assert_eq!(outcome, PushOutcome::Uploaded);
+    assert_eq!(pull_blob(&c, &r, &b).unwrap(), b);
+}
+
+#[test]
+fn a_client_is_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Client>();
+    let reg = registry(Flavour::Plain);
+    let c = client();
+    let repo = unique_repo("threads");
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let c = &c;
+            let r = reference(&reg.host, &repo, &format!("t{i}"));
+            s.spawn(move || {
+                let img = image(&format!("threads{i}"));
+                let d = push_image(c, &r, &img);
+                assert_eq!(c.get_manifest(&r).unwrap().digest, d);
+            });
+        }
+    });
+}

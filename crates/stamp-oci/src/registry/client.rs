@@ -199,8 +199,14 @@ impl Client {
                     });
                 }
                 Err(e) => {
+                    let http = format!("http://{host}");
+                    if self.agent.get(&format!("{http}/v2/")).call().is_err() {
+                        // Neither answers (yet): decide on the next request, not now.
+                        tracing::debug!("{probe}: {e}; plain HTTP does not answer either");
+                        return Ok(http);
+                    }
                     tracing::debug!("{probe}: {e}; using plain HTTP");
-                    format!("http://{host}")
+                    http
                 }
             }
         };

@@ -7,6 +7,24 @@
 //!
 //! It knows nothing of the local store: blobs are written into any [`BlobSink`] and pushed from
 //! any [`BlobSource`].
+//!
+//! ```no_run
+//! use stamp_oci::Reference;
+//! use stamp_oci::registry::{Client, RegistryOptions};
+//!
+//! # fn main() -> stamp_oci::Result<()> {
+//! let client = Client::new(RegistryOptions::default())?;
+//! let r: Reference = "localhost:5000/debian:12".parse()?;
+//! let manifest = client.get_manifest(&r)?;
+//! println!("{} is {}", r, manifest.digest);
+//! let layer: stamp_oci::Digest =
+//!     "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse()?;
+//! let mut out = std::fs::File::create("layer.tar")
+//!     .map_err(|e| stamp_oci::Error::io("create", "layer.tar", e))?;
+//! client.get_blob(&r, &layer, 0, &mut out, &|bytes| eprintln!("{bytes} bytes"))?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod auth;
 mod client;

@@ -197,6 +197,8 @@ pub enum Fault {
     FlipByte,
     /// Answers 200 with this Content-Type and body without forwarding.
     Respond(String, Vec<u8>),
+    /// Reads the request, then closes the connection without answering.
+    Drop,
 }
 
 /// A fault for the next `times` requests whose method is `method` and whose path contains
@@ -404,6 +406,10 @@ fn handle(state: &ProxyState, mut conn: TcpStream) -> std::io::Result<()> {
                 &[("Content-Type", "application/json".into())],
                 br#"{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}"#,
             );
+            return Ok(());
+        }
+        Some(Fault::Drop) => {
+            let _ = conn.shutdown(Shutdown::Both);
             return Ok(());
         }
         Some(Fault::Respond(ct, b)) => {
