@@ -301,7 +301,12 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>> {
             detail: format!("credential helper name '{name}' is not a plain name"),
         });
     }
-    let program = format!("docker-credential-{name}");
+    run_program(&format!("docker-credential-{name}"), server)
+}
+
+/// Runs the credential helper `program` (a name looked up in `PATH`, or a path).
+fn run_program(program: &str, server: &str) -> Result<Option<Credentials>> {
+    let program = program.to_string();
     let child = Command::new(&program)
         .arg("get")
         .stdin(Stdio::piped())
@@ -415,6 +420,50 @@ mod tests {
         assert!(lookup_in("x", f, "{").is_err());
         assert!(lookup_in("x", f, r#"{"auths":{"x":{"auth":"!!"}}}"#).is_err());
         assert!(!format!("{c:?}").contains("p:w"));
+    }
+
+    /// Writes an executable script; retries the exec while another test's fork holds the
+    /// file open for writing ("text file busy").
+    fn run_script(dir: &Path, name: &str, body: &str, server: &str) -> Result<Option<Credentials>> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for _ in 0..50 {
+            match run_program(path.to_str().unwrap(), server) {
+                Err(Error::Io { source, .. }) if source.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+        panic!("{name} stayed busy");
+    }
+
+    #[test]
+    fn credential_helpers_get_the_server_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = run_script(
+            dir.path(),
+            "ok",
+            r#"[ "$1" = get ] || exit 3; read -r s; printf '{"ServerURL":"%s","Username":"u-%s","Secret":"pw"}' "$s" "$s""#,
+            "h.example:5000",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (c.user.as_str(), c.secret.as_str()),
+            ("u-h.example:5000", "pw")
+        );
+        let none = run_script(
+            dir.path(),
+            "notfound",
+            "echo 'credentials not found in native keychain'; exit 1",
+            "h",
+        )
+        .unwrap();
+        assert!(none.is_none());
+        assert!(run_script(dir.path(), "garbage", "echo nope", "h").is_err());
     }
 
     #[test]

@@ -25,6 +25,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_SMALL_BODY: u64 = 1024 * 1024;
 /// The longest backoff, whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` obeyed; a registry asking for more gets the usual backoff only
+/// and the transfer fails sooner rather than hanging.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// A request body.
 pub(super) enum ReqBody<'a> {
@@ -472,10 +475,10 @@ impl Client {
                 if authenticated || challenges.is_empty() {
                     return Err(Error::Auth {
                         registry: t.registry.to_string(),
-                        detail: if auth.is_some() {
+                        detail: if self.credentials(t.registry)?.is_some() {
                             format!("credentials refused: {detail}")
                         } else {
-                            detail
+                            format!("access denied and no credentials found: {detail}")
                         },
                     });
                 }
@@ -491,6 +494,15 @@ impl Client {
             }
             if (status >= 500 || status == 429) && retry && attempt < self.opts.retries {
                 tracing::debug!("{method} {url}: {status}; retrying");
+                // A registry that says how long to wait is believed, within reason.
+                if let Some(secs) = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                {
+                    std::thread::sleep(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+                }
                 self.backoff(attempt);
                 attempt += 1;
                 continue;

@@ -17,11 +17,14 @@
 //! let r: Reference = "localhost:5000/debian:12".parse()?;
 //! let manifest = client.get_manifest(&r)?;
 //! println!("{} is {}", r, manifest.digest);
-//! let layer: stamp_oci::Digest =
-//!     "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".parse()?;
+//! // The first layer's descriptor (a real caller parses the manifest with oci-spec).
+//! let v: serde_json::Value = serde_json::from_slice(&manifest.bytes)
+//!     .map_err(|e| stamp_oci::Error::malformed(r.to_string(), "manifest", e.to_string()))?;
+//! let layer: stamp_oci::Digest = v["layers"][0]["digest"].as_str().unwrap_or("").parse()?;
+//! let size = v["layers"][0]["size"].as_u64().unwrap_or(0);
 //! let mut out = std::fs::File::create("layer.tar")
 //!     .map_err(|e| stamp_oci::Error::io("create", "layer.tar", e))?;
-//! client.get_blob(&r, &layer, 0, &mut out, &|bytes| eprintln!("{bytes} bytes"))?;
+//! client.get_blob(&r, &layer, size, &mut out, &|bytes| eprintln!("{bytes} of {size} bytes"))?;
 //! # Ok(())
 //! # }
 //! ```
