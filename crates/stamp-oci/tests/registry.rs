@@ -270,6 +270,31 @@ fn bearer_token_flow_anonymous_and_with_credentials() {
     // Tokens are cached: far fewer token requests than requests.
     assert!(tokens.len() <= 3, "{log:?}");
 
+    // A mount asks for push on the target and pull on the source in one token.
+    let other = unique_repo("bearer-mount");
+    let r_other = reference(&anon.host, &other, "v1");
+    let layer = &img.layer;
+    let outcome = c
+        .push_blob(
+            &r_other,
+            &Digest::of(layer),
+            layer.len() as u64,
+            layer,
+            Some(&repo),
+            &|_| {},
+        )
+        .unwrap();
+    assert_eq!(outcome, PushOutcome::Mounted);
+    let log = anon.requests();
+    let dst_scope = format!("scope=repository%3A{other}%3Apull%2Cpush");
+    let src_scope = format!("scope=repository%3A{repo}%3Apull");
+    assert!(
+        log.iter().any(|l| l.contains("/token")
+            && l.split(['?', '&']).any(|p| p == dst_scope)
+            && l.split(['?', '&']).any(|p| p == src_scope)),
+        "{log:?}"
+    );
+
     let locked = Proxy::bearer(reg.addr, Some((USER, PASSWORD)));
     let r2 = reference(&locked.host, &repo, "v1");
     assert!(matches!(c.get_manifest(&r2), Err(Error::Auth { .. })));
