@@ -18,6 +18,10 @@ command -v file >/dev/null || need+=(file)
 command -v python3 >/dev/null || need+=(python3)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v setpriv >/dev/null || need+=(util-linux)
+# The registry client's tests: a real registry on loopback, htpasswd (bcrypt) and a TLS cert.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -107,6 +107,17 @@ pub enum Error {
     /// An error from the filesystem layer (tree building, flattening).
     #[error(transparent)]
     Fs(#[from] stamp_fs::Error),
+    /// An I/O error on the local side of a blob transfer (the sink a blob is written to, the
+    /// source it is pushed from).
+    #[error("{op} blob {digest}: {source}")]
+    BlobIo {
+        /// What was being done.
+        op: &'static str,
+        /// The blob.
+        digest: Digest,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 impl Error {

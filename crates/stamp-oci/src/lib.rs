@@ -11,6 +11,9 @@ mod digest;
 mod error;
 pub mod disk;
 pub mod media;
+mod reference;
+pub mod registry;
 
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
+pub use reference::Reference;
