@@ -13,3 +13,9 @@ pub mod media;
 
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
+pub mod archive;
+pub mod image;
+pub mod store;
+
+pub use image::{Image, ImageKind};
+pub use store::{BlobWriter, Named, Store};
