@@ -1,6 +1,8 @@
 //! An image read from the store: its manifest, its config, and what kind of image it is.
 
-use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os, Platform};
+use oci_spec::image::{
+    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os, Platform,
+};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -109,9 +111,10 @@ pub(crate) fn load(store: &Store, d: &Descriptor, platform: Option<&Platform>) -
         {
             (ImageKind::Disk, None)
         } else if config_type == media::OCI_CONFIG || config_type == media::DOCKER_CONFIG {
-            let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| {
-                Error::malformed(config_digest.to_string(), "image config", e.to_string())
-            })?;
+            let config: ImageConfiguration =
+                serde_json::from_slice(&config_bytes).map_err(|e| {
+                    Error::malformed(config_digest.to_string(), "image config", e.to_string())
+                })?;
             (ImageKind::Container, Some(config))
         } else {
             (
@@ -135,7 +138,11 @@ pub(crate) fn load(store: &Store, d: &Descriptor, platform: Option<&Platform>) -
     ))
 }
 
-fn pick_platform(index: &ImageIndex, want: Option<&Platform>, digest: &Digest) -> Result<Descriptor> {
+fn pick_platform(
+    index: &ImageIndex,
+    want: Option<&Platform>,
+    digest: &Digest,
+) -> Result<Descriptor> {
     let host = host_platform();
     let want = want.unwrap_or(&host);
     let matches = |p: &Platform| {

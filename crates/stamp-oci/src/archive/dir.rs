@@ -44,9 +44,18 @@ pub(crate) fn import_dir(store: &Store, root: &Path, opts: &ImportOptions) -> Re
     let mut w = builder
         .into_inner()
         .map_err(|e| Error::io("write layer for", root, e))?;
-    w.flush().map_err(|e| Error::io("write layer for", root, e))?;
+    w.flush()
+        .map_err(|e| Error::io("write layer for", root, e))?;
     let (layer, size) = staging.commit(w, None)?;
-    let descriptor = one_layer_image(staging, media::OCI_LAYER_TAR, layer, size, layer, opts, "dir")?;
+    let descriptor = one_layer_image(
+        staging,
+        media::OCI_LAYER_TAR,
+        layer,
+        size,
+        layer,
+        opts,
+        "dir",
+    )?;
     Ok(Imported {
         descriptor,
         name: None,
@@ -119,7 +128,9 @@ fn add_one(
     h.set_size(0);
     if ft.is_dir() {
         h.set_entry_type(tar::EntryType::Directory);
-        return b.append_data(&mut h, format!("{member}/"), std::io::empty()).map_err(err);
+        return b
+            .append_data(&mut h, format!("{member}/"), std::io::empty())
+            .map_err(err);
     }
     if ft.is_symlink() {
         let target = std::fs::read_link(path).map_err(|e| Error::io("read link", path, e))?;
@@ -157,8 +168,10 @@ fn add_one(
         let rdev = meta.rdev();
         let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
         let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-        h.set_device_major(u32::try_from(major).unwrap_or(0)).map_err(err)?;
-        h.set_device_minor(u32::try_from(minor).unwrap_or(0)).map_err(err)?;
+        h.set_device_major(u32::try_from(major).unwrap_or(0))
+            .map_err(err)?;
+        h.set_device_minor(u32::try_from(minor).unwrap_or(0))
+            .map_err(err)?;
     }
     b.append_data(&mut h, member, std::io::empty()).map_err(err)
 }

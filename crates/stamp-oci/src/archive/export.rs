@@ -34,7 +34,11 @@ pub fn export(store: &Store, desc: &Descriptor, out: &Path) -> Result<()> {
     let werr = |e: std::io::Error| Error::io("write", &temp_path, e);
     let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(256 << 10, temp));
 
-    let mut top = Descriptor::new(desc.media_type().clone(), desc.size(), desc.digest().clone());
+    let mut top = Descriptor::new(
+        desc.media_type().clone(),
+        desc.size(),
+        desc.digest().clone(),
+    );
     if let Some(name) = ref_name(desc) {
         top.set_annotations(Some(one_annotation(REF_NAME, name)));
     }
@@ -71,7 +75,11 @@ fn header(size: u64, mode: u32, kind: tar::EntryType) -> tar::Header {
     h
 }
 
-fn append_bytes<W: Write>(b: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn append_bytes<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let mut h = header(bytes.len() as u64, 0o644, tar::EntryType::Regular);
     b.append_data(&mut h, name, bytes)
 }
@@ -82,10 +90,18 @@ fn append_dir<W: Write>(b: &mut tar::Builder<W>, name: &str) -> std::io::Result<
 }
 
 /// Appends a blob, hashing it on the way; a blob that does not match is [`Error::Tampered`].
-fn append_blob<W: Write>(store: &Store, b: &mut tar::Builder<W>, d: &Digest, temp: &Path) -> Result<()> {
+fn append_blob<W: Write>(
+    store: &Store,
+    b: &mut tar::Builder<W>,
+    d: &Digest,
+    temp: &Path,
+) -> Result<()> {
     let path = store.blob_path(d);
     let file = std::fs::File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-    let size = file.metadata().map_err(|e| Error::io("stat", &path, e))?.len();
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io("stat", &path, e))?
+        .len();
     let mut reader = crate::store::HashingFile::new(BufReader::with_capacity(256 << 10, file));
     let mut h = header(size, 0o644, tar::EntryType::Regular);
     b.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), &mut reader)

@@ -21,12 +21,8 @@ pub(crate) fn select(
     tag: Option<&str>,
     source_name: &str,
 ) -> Result<(Descriptor, Option<String>)> {
-    let annotation = |d: &Descriptor, key: &str| {
-        d.annotations()
-            .as_ref()
-            .and_then(|a| a.get(key))
-            .cloned()
-    };
+    let annotation =
+        |d: &Descriptor, key: &str| d.annotations().as_ref().and_then(|a| a.get(key)).cloned();
     let found = match tag {
         Some(tag) => index.manifests().iter().find(|d| {
             annotation(d, REF_NAME).as_deref() == Some(tag)

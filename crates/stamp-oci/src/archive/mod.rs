@@ -152,7 +152,9 @@ pub struct Imported {
 pub fn import(store: &Store, source: &Source, opts: &ImportOptions) -> Result<Imported> {
     match source {
         Source::OciDir { path, tag } => layout::import_dir(store, path, tag.as_deref()),
-        Source::OciArchive { path, tag } => tarball::import_oci_archive(store, path, tag.as_deref()),
+        Source::OciArchive { path, tag } => {
+            tarball::import_oci_archive(store, path, tag.as_deref())
+        }
         Source::DockerArchive { path, tag } => {
             tarball::import_docker_archive(store, path, tag.as_deref())
         }

@@ -142,7 +142,11 @@ pub(crate) fn one_layer_image(
     let manifest_bytes = serde_json::to_vec(&manifest)
         .map_err(|e| Error::malformed(what.to_string(), "manifest", e.to_string()))?;
     let manifest_digest = staging.put_bytes(&manifest_bytes)?;
-    let root = descriptor(media::OCI_MANIFEST, &manifest_digest, manifest_bytes.len() as u64)?;
+    let root = descriptor(
+        media::OCI_MANIFEST,
+        &manifest_digest,
+        manifest_bytes.len() as u64,
+    )?;
     staging.publish(&root)
 }
 

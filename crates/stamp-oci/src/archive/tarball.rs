@@ -99,7 +99,13 @@ fn scan(staging: &mut Staging, path: &Path) -> Result<Scanned> {
             let target = entry
                 .link_name()
                 .map_err(bad_tar)?
-                .ok_or_else(|| Error::malformed(name.clone(), "tar archive", format!("link {member} has no target")))?
+                .ok_or_else(|| {
+                    Error::malformed(
+                        name.clone(),
+                        "tar archive",
+                        format!("link {member} has no target"),
+                    )
+                })?
                 .into_owned();
             let resolved = if kind.is_symlink() && !target.is_absolute() {
                 let parent = Path::new(&member).parent().unwrap_or(Path::new(""));
@@ -145,7 +151,11 @@ fn small(staging: &Staging, scanned: &Scanned, member: &str, archive: &str) -> R
         .ok_or(Error::MissingBlob(m.digest))
 }
 
-pub(crate) fn import_oci_archive(store: &Store, path: &Path, tag: Option<&str>) -> Result<Imported> {
+pub(crate) fn import_oci_archive(
+    store: &Store,
+    path: &Path,
+    tag: Option<&str>,
+) -> Result<Imported> {
     let name = path.display().to_string();
     let mut staging = store.staging()?;
     let scanned = scan(&mut staging, path)?;
@@ -201,15 +211,24 @@ pub(crate) fn import_docker_archive(
     })?;
     let member = |p: &str| {
         scanned.get(p).ok_or_else(|| {
-            Error::malformed(name.clone(), "manifest.json", format!("names {p}, which is not in the archive"))
+            Error::malformed(
+                name.clone(),
+                "manifest.json",
+                format!("names {p}, which is not in the archive"),
+            )
         })
     };
     let config = member(&entry.config)?;
     let config_bytes = staging
         .read_small(&config.digest, MANIFEST_LIMIT)?
         .ok_or(Error::MissingBlob(config.digest))?;
-    let config_json: serde_json::Value = serde_json::from_slice(&config_bytes)
-        .map_err(|e| Error::malformed(format!("{name}: {}", entry.config), "image config", e.to_string()))?;
+    let config_json: serde_json::Value = serde_json::from_slice(&config_bytes).map_err(|e| {
+        Error::malformed(
+            format!("{name}: {}", entry.config),
+            "image config",
+            e.to_string(),
+        )
+    })?;
     let diff_ids: Vec<Digest> = config_json
         .pointer("/rootfs/diff_ids")
         .and_then(|v| v.as_array())
@@ -224,7 +243,11 @@ pub(crate) fn import_docker_archive(
         return Err(Error::malformed(
             format!("{name}: {}", entry.config),
             "image config",
-            format!("{} diff_ids for {} layers", diff_ids.len(), entry.layers.len()),
+            format!(
+                "{} diff_ids for {} layers",
+                diff_ids.len(),
+                entry.layers.len()
+            ),
         ));
     }
     let mut layers = Vec::new();
@@ -262,7 +285,11 @@ pub(crate) fn import_docker_archive(
     let manifest_bytes = serde_json::to_vec(&manifest)
         .map_err(|e| Error::malformed(name.clone(), "manifest", e.to_string()))?;
     let manifest_digest = staging.put_bytes(&manifest_bytes)?;
-    let root = descriptor(media::OCI_MANIFEST, &manifest_digest, manifest_bytes.len() as u64)?;
+    let root = descriptor(
+        media::OCI_MANIFEST,
+        &manifest_digest,
+        manifest_bytes.len() as u64,
+    )?;
     let descriptor = staging.publish(&root)?;
     Ok(Imported {
         descriptor,

@@ -182,7 +182,8 @@ impl Store {
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let mut w = self.blob_writer()?;
         let temp = w.file.path().to_path_buf();
-        w.write_all(bytes).map_err(|e| Error::io("write", temp, e))?;
+        w.write_all(bytes)
+            .map_err(|e| Error::io("write", temp, e))?;
         Ok(w.commit(None)?.0)
     }
 
@@ -263,12 +264,11 @@ impl Store {
     /// [`Store::gc`] keeps it as long as an image whose config lists `diff_id` is named.
     pub fn uncompressed_layer(&self, layer: &Descriptor, diff_id: &Digest) -> Result<PathBuf> {
         let media_type = layer.media_type().to_string();
-        let compression = media::layer_compression(&media_type).ok_or_else(|| {
-            Error::UnsupportedMediaType {
+        let compression =
+            media::layer_compression(&media_type).ok_or_else(|| Error::UnsupportedMediaType {
                 source_name: format!("layer {}", layer.digest()),
                 media_type: media_type.clone(),
-            }
-        })?;
+            })?;
         let digest = descriptor_digest(layer)?;
         let out = self.blob_path(diff_id);
         if compression == Compression::None {
@@ -289,14 +289,18 @@ impl Store {
         let path = self.blob_path(&digest);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingBlob(digest)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::MissingBlob(digest));
+            }
             Err(e) => return Err(Error::io("open", path, e)),
         };
         let mut writer = self
             .blob_writer()?
             .with_source(format!("decompressed layer {digest}"));
         let reader = HashReader::new(io::BufReader::with_capacity(BUF, file));
-        let read_err = |e: io::Error| Error::malformed(format!("layer {digest}"), "compressed layer", e.to_string());
+        let read_err = |e: io::Error| {
+            Error::malformed(format!("layer {digest}"), "compressed layer", e.to_string())
+        };
         let rest = match compression {
             Compression::Gzip => {
                 let mut dec = flate2::read::MultiGzDecoder::new(reader);

@@ -73,7 +73,9 @@ impl Store {
                 continue;
             }
             let path = self.blob_path(&d);
-            let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::symlink_metadata(&path)
+                .map(|m| m.len())
+                .unwrap_or(0);
             if !dry_run {
                 remove(&path)?;
                 let _ = std::fs::remove_file(self.verified_dir().join(d.hex()));
@@ -95,7 +97,11 @@ impl Store {
                 continue;
             }
             let path = entry.path();
-            let size = if meta.is_dir() { dir_size(&path) } else { meta.len() };
+            let size = if meta.is_dir() {
+                dir_size(&path)
+            } else {
+                meta.len()
+            };
             if !dry_run {
                 if meta.is_dir() {
                     std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
@@ -134,7 +140,11 @@ impl Store {
                     reachable.extend(c.blobs.keys().copied());
                     reachable.extend(c.diff_ids.iter().copied());
                     for (d, referrer) in c.missing {
-                        let who = if referrer == "index" { label.clone() } else { referrer };
+                        let who = if referrer == "index" {
+                            label.clone()
+                        } else {
+                            referrer
+                        };
                         report.missing.push((d, who));
                     }
                 }

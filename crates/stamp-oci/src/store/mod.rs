@@ -181,7 +181,9 @@ impl Store {
             .unwrap_or(name_or_digest);
         let is_hex = hex.len() >= MIN_DIGEST_PREFIX
             && hex.len() <= 64
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !is_hex {
             return Err(Error::NotFound(name_or_digest.to_string()));
         }
@@ -264,7 +266,8 @@ impl Store {
     pub(crate) fn read_index(&self) -> Result<ImageIndex> {
         let path = self.index_path();
         let bytes = read_limited(&path, INDEX_LIMIT, "index.json")?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::malformed(path.display().to_string(), "index.json", e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::malformed(path.display().to_string(), "index.json", e.to_string()))
     }
 
     fn write_index(&self, index: &ImageIndex) -> Result<()> {
@@ -411,10 +414,12 @@ pub(crate) fn descriptor_digest(d: &Descriptor) -> Result<Digest> {
 /// The `oci-spec` digest for ours (a `Digest` always prints as a valid sha256 digest, so this
 /// only fails if `oci-spec` changes its rules).
 pub(crate) fn oci_digest(d: &Digest) -> Result<oci_spec::image::Digest> {
-    d.to_string().parse().map_err(|e: oci_spec::OciSpecError| Error::BadDigest {
-        digest: d.to_string(),
-        why: e.to_string(),
-    })
+    d.to_string()
+        .parse()
+        .map_err(|e: oci_spec::OciSpecError| Error::BadDigest {
+            digest: d.to_string(),
+            why: e.to_string(),
+        })
 }
 
 /// Reads a whole small file, refusing anything larger than `limit`.

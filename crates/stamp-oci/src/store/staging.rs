@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use oci_spec::image::Descriptor;
 use tempfile::TempDir;
 
+use super::Store;
 use super::blob::{BlobWriter, read_small_at};
 use super::lock::FileLock;
 use super::walk::{Closure, walk};
-use super::Store;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -34,7 +34,11 @@ impl Staging {
     /// Starts writing a blob into the staging area; pass its digest to
     /// [`Staging::commit`] afterwards.
     pub fn writer(&self) -> Result<BlobWriter> {
-        BlobWriter::new(self.dir.path(), self.dir.path().to_path_buf(), self.store.gc_shared()?)
+        BlobWriter::new(
+            self.dir.path(),
+            self.dir.path().to_path_buf(),
+            self.store.gc_shared()?,
+        )
     }
 
     /// Commits a writer from [`Staging::writer`] (see [`BlobWriter::commit`]) and records it.

@@ -81,7 +81,11 @@ fn visit(
         return Err(Error::malformed(
             format!("{referrer} -> {digest}"),
             "descriptor",
-            format!("size {} but the blob has {} bytes", desc.size(), bytes.len()),
+            format!(
+                "size {} but the blob has {} bytes",
+                desc.size(),
+                bytes.len()
+            ),
         ));
     }
     c.blobs.insert(digest, desc.clone());
