@@ -16,6 +16,9 @@ command -v sgdisk >/dev/null || need+=(gdisk)
 command -v debugfs >/dev/null || need+=(e2fsprogs)
 command -v file >/dev/null || need+=(file)
 command -v python3 >/dev/null || need+=(python3)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v skopeo >/dev/null || need+=(skopeo)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
