@@ -133,7 +133,7 @@ fn check_image(store: &Store, imported: &Imported) -> Vec<Digest> {
             .read_to_end(&mut bytes)
             .unwrap();
         assert_eq!(Digest::of(&bytes), *diff_id);
-        assert!(media::layer_compression(&layer.media_type().to_string()).is_some());
+        assert!(media::layer_compression(layer.media_type().as_ref()).is_some());
     }
     assert!(store.fsck().unwrap().is_clean());
     diff_ids
@@ -411,6 +411,9 @@ fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8
     b.finish().unwrap();
 }
 
+/// A member edit for [`rewrite`].
+type Edit = dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>>;
+
 /// An oci-archive written by our own export, to break in various ways.
 fn good_oci_archive(t: &tempfile::TempDir) -> (PathBuf, Digest) {
     let store = temp_store(t, "origin");
@@ -429,7 +432,7 @@ fn malformed_oci_archives_are_refused_and_leave_nothing() {
     let (good, layer) = good_oci_archive(&t);
     let layer_member = format!("blobs/sha256/{}", layer.hex());
     let layer_name = layer.to_string();
-    let cases: Vec<(&str, Box<dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>>>, &str)> = vec![
+    let cases: Vec<(&str, Box<Edit>, &str)> = vec![
         (
             "missing blob",
             Box::new(|p: &str, d| (p != layer_member).then_some(d)),
