@@ -412,7 +412,7 @@ fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8
 }
 
 /// A member edit for [`rewrite`].
-type Edit = dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>>;
+type Edit<'a> = dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>> + 'a;
 
 /// An oci-archive written by our own export, to break in various ways.
 fn good_oci_archive(t: &tempfile::TempDir) -> (PathBuf, Digest) {
@@ -432,7 +432,7 @@ fn malformed_oci_archives_are_refused_and_leave_nothing() {
     let (good, layer) = good_oci_archive(&t);
     let layer_member = format!("blobs/sha256/{}", layer.hex());
     let layer_name = layer.to_string();
-    let cases: Vec<(&str, Box<Edit>, &str)> = vec![
+    let cases: Vec<(&str, Box<Edit<'_>>, &str)> = vec![
         (
             "missing blob",
             Box::new(|p: &str, d| (p != layer_member).then_some(d)),
