@@ -265,6 +265,74 @@ fn concurrent_processes_write_blobs_and_names() {
     assert!(tmp_entries(&store).is_empty());
 }
 
+/// Not a test on its own: a writer that is killed mid-blob by `a_killed_writer_leaves_only_a_temp_file`.
+#[test]
+fn child_process_slow_writer() {
+    let Ok(root) = std::env::var("STAMP_TEST_SLOW_STORE") else {
+        return;
+    };
+    let store = Store::open(Path::new(&root)).unwrap();
+    let mut w = store.blob_writer().unwrap();
+    w.write_all(&vec![1u8; 1 << 20]).unwrap();
+    w.flush().unwrap();
+    std::fs::write(Path::new(&root).join("ready"), b"").unwrap();
+    loop {
+        w.write_all(&[2u8; 4096]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_killed_writer_leaves_only_a_temp_file() {
+    let (_t, store) = temp_store();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_slow_writer",
+            "--test-threads=1",
+            "--quiet",
+        ])
+        .env("STAMP_TEST_SLOW_STORE", store.root())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = store.root().join("ready");
+    for _ in 0..1000 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(ready.exists(), "the writer did not start");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        std::fs::read_dir(store.root().join("blobs/sha256"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let temps = tmp_entries(&store);
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    assert!(store.fsck().unwrap().is_clean());
+    // A recent temp file may belong to a live writer: gc keeps it until it is an hour old.
+    assert!(store.gc(false).unwrap().removed_temp.is_empty());
+    let temp = store.root().join("tmp").join(&temps[0]);
+    assert!(
+        Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(&temp)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(store.gc(false).unwrap().removed_temp, vec![temp]);
+    assert!(tmp_entries(&store).is_empty());
+    // Doing it again completes.
+    let d = store.put_bytes(&vec![1u8; 1 << 20]).unwrap();
+    store.verify(&d).unwrap();
+}
+
 #[test]
 fn names_resolve_exactly_with_latest_and_by_digest_prefix() {
     let (_t, store) = temp_store();

@@ -197,12 +197,12 @@ pub(crate) fn import_docker_archive(
     let entries: Vec<DockerEntry> = serde_json::from_slice(&manifest_json)
         .map_err(|e| Error::malformed(name.clone(), "manifest.json", e.to_string()))?;
     let tags = |e: &DockerEntry| e.repo_tags.clone().unwrap_or_default();
+    let matches_tag =
+        |r: &String, t: &str| r == t || r.rsplit_once(':').is_some_and(|(_, x)| x == t);
     let entry = match tag {
-        Some(t) => entries.iter().find(|e| {
-            tags(e)
-                .iter()
-                .any(|r| r == t || r.rsplit_once(':').is_some_and(|(_, x)| x == t))
-        }),
+        Some(t) => entries
+            .iter()
+            .find(|e| tags(e).iter().any(|r| matches_tag(r, t))),
         None => entries.first(),
     }
     .ok_or_else(|| match tag {
@@ -293,6 +293,9 @@ pub(crate) fn import_docker_archive(
     let descriptor = staging.publish(&root)?;
     Ok(Imported {
         descriptor,
-        name: tags(entry).first().cloned(),
+        name: match tag {
+            Some(t) => tags(entry).into_iter().find(|r| matches_tag(r, t)),
+            None => tags(entry).into_iter().next(),
+        },
     })
 }

@@ -22,7 +22,12 @@ const BUF: usize = 256 << 10;
 ///
 /// [`BlobWriter::commit`] checks the digest and renames the file into `blobs/sha256/` (atomic:
 /// readers see the whole blob or nothing). Dropping the writer without committing removes the
-/// temp file. The writer holds off [`Store::gc`] while it exists.
+/// temp file. The writer holds off [`Store::gc`] while it exists; an operation that writes
+/// several blobs before naming them must also hold a [`Store::write_guard`] throughout, or a
+/// `gc` between two blobs may remove the first.
+///
+/// Durability: the temp file is fsynced before the rename, so after a crash a blob is either
+/// complete or absent (the rename itself may be lost, which only means a re-download).
 pub struct BlobWriter {
     file: NamedTempFile,
     hasher: Sha256,

@@ -59,6 +59,10 @@ impl Store {
     ///
     /// Refuses to run (with the error) if a referenced manifest or config cannot be read, since
     /// what it references would then look unreferenced: run [`Store::fsck`].
+    ///
+    /// Never call it while the same thread holds a [`BlobWriter`](super::BlobWriter), a
+    /// [`Staging`](super::Staging) or a [`WriteGuard`](super::WriteGuard): it would wait for
+    /// itself.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
         let _gc = self.gc_exclusive()?;
         let _index = self.index_lock()?;

@@ -14,6 +14,23 @@
 //! A blob only appears under `blobs/` once its content has been hashed and matched its name, by
 //! an atomic rename, so a killed process leaves only temp files, which [`Store::gc`] removes.
 //!
+//! Concurrency: `index.json` is updated read-modify-write under an exclusive `flock` on
+//! `index.lock` and replaced by rename, so readers never see a torn index and no update is lost.
+//! Blob writers and imports hold a shared `flock` on `gc.lock` and [`Store::gc`] takes it
+//! exclusively: a long operation made of several writes (a registry pull) must hold a
+//! [`Store::write_guard`] from its first blob until it has named its image.
+//!
+//! ```
+//! # fn main() -> stamp_oci::Result<()> {
+//! # let dir = tempfile::tempdir().map_err(|e| stamp_oci::Error::io("tempdir", "/tmp", e))?;
+//! let store = stamp_oci::Store::open(&dir.path().join("store"))?;
+//! let digest = store.put_bytes(b"{}")?;
+//! assert_eq!(store.read_small(&digest, 1024)?, b"{}");
+//! store.verify(&digest)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! [OCI image layout]: https://github.com/opencontainers/image-spec/blob/main/image-layout.md
 
 mod blob;
