@@ -39,6 +39,20 @@ pub struct Image {
 }
 
 impl Image {
+    /// The image's size as stored in a registry: the manifest, the config and every layer as
+    /// their descriptors declare them.
+    pub fn size(&self) -> u64 {
+        self.manifest.layers().iter().map(|l| l.size()).fold(
+            self.manifest_descriptor.size() + self.manifest.config().size(),
+            u64::saturating_add,
+        )
+    }
+
+    /// The config's `created` time (RFC 3339), if the image has one.
+    pub fn created(&self) -> Option<&str> {
+        self.config.as_ref()?.created().as_deref()
+    }
+
     /// The layers' diff_ids from the config (container images), one per layer.
     pub fn diff_ids(&self) -> Result<Vec<Digest>> {
         let Some(config) = &self.config else {

@@ -636,3 +636,101 @@ fn sources_parse() {
     );
     assert!(Source::parse("dir:").is_err());
 }
+
+#[test]
+fn import_detects_what_a_path_is() {
+    let t = tempfile::tempdir().unwrap();
+    let (oci, _) = good_oci_archive(&t);
+    let store = Store::open(&t.path().join("origin")).unwrap();
+    let detect = |p: &Path| Source::detect(p).unwrap();
+    assert!(matches!(detect(&oci), Source::OciArchive { .. }));
+    assert!(matches!(detect(store.root()), Source::OciDir { .. }));
+    assert!(matches!(detect(t.path()), Source::Dir { .. }));
+    let rootfs = t.path().join("r.tar.zst");
+    std::fs::write(&rootfs, compress(&rootfs_tar("detect"), "zst")).unwrap();
+    assert!(matches!(detect(&rootfs), Source::Rootfs { .. }));
+    let docker = t.path().join("d.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&docker).unwrap());
+    for name in [
+        format!("{}.tar", "a".repeat(64)),
+        "manifest.json".to_string(),
+        "repositories".to_string(),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        b.append_data(&mut h, name, &b"{}"[..]).unwrap();
+    }
+    b.finish().unwrap();
+    drop(b);
+    assert!(matches!(detect(&docker), Source::DockerArchive { .. }));
+}
+
+#[test]
+fn a_podman_multi_arch_list_imports_exports_and_picks_the_platform() {
+    let t = tempfile::tempdir().unwrap();
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let tag = |what: &str| format!("localhost/stamp-test-{what}-{}-{n}:1", std::process::id());
+    let (amd, arm, list) = (tag("amd64"), tag("arm64"), tag("list"));
+    for (name, arch) in [(&amd, "amd64"), (&arm, "arm64")] {
+        let rootfs = t.path().join(format!("{arch}.tar"));
+        std::fs::write(&rootfs, rootfs_tar(arch)).unwrap();
+        run(Command::new("podman")
+            .args(["import", "-q", "--arch", arch])
+            .arg(&rootfs)
+            .arg(name));
+    }
+    run(Command::new("podman").args(["manifest", "create", &list]));
+    for name in [&amd, &arm] {
+        run(Command::new("podman").args([
+            "manifest",
+            "add",
+            &list,
+            &format!("containers-storage:{name}"),
+        ]));
+    }
+    let archive_path = t.path().join("list.tar");
+    run(Command::new("podman").args([
+        "manifest",
+        "push",
+        "-q",
+        "--all",
+        &list,
+        &format!("oci-archive:{}", archive_path.display()),
+    ]));
+    let _ = Command::new("podman")
+        .args(["manifest", "rm", &list])
+        .output();
+    let _ = Command::new("podman")
+        .args(["rmi", "-f", &amd, &arm])
+        .output();
+
+    let store = temp_store(&t, "s");
+    let got = import(&store, &format!("oci-archive:{}", archive_path.display())).unwrap();
+    assert_eq!(got.descriptor.media_type().to_string(), media::OCI_INDEX);
+    let mut arm64 = oci_spec::image::Platform::default();
+    arm64.set_architecture(oci_spec::image::Arch::ARM64);
+    arm64.set_os(oci_spec::image::Os::Linux);
+    let image = store.image(&got.descriptor, Some(&arm64)).unwrap();
+    let config = image.config.as_ref().unwrap();
+    assert_eq!(config.architecture().to_string(), "arm64");
+    check_image(
+        &store,
+        &Imported {
+            descriptor: image.manifest_descriptor.clone(),
+            name: None,
+        },
+    );
+
+    // Export and re-import the whole list.
+    store.set_name("multi:1", &got.descriptor).unwrap();
+    let out = t.path().join("out.tar");
+    archive::export(&store, &store.resolve("multi:1").unwrap(), &out).unwrap();
+    let again = temp_store(&t, "again");
+    let back = import(&again, &format!("oci-archive:{}", out.display())).unwrap();
+    assert_eq!(back.descriptor.digest(), got.descriptor.digest());
+    let mut amd64 = arm64.clone();
+    amd64.set_architecture(oci_spec::image::Arch::Amd64);
+    let image = again.image(&back.descriptor, Some(&amd64)).unwrap();
+    assert_eq!(image.config.unwrap().architecture().to_string(), "amd64");
+    assert!(again.fsck().unwrap().is_clean());
+}

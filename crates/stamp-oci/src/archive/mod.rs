@@ -120,6 +120,68 @@ impl Source {
     }
 }
 
+impl Source {
+    /// What `stamp import PATH` imports: a directory with an `oci-layout` file is an OCI layout,
+    /// another directory a `dir:`; a file is an `oci-archive` when it holds `oci-layout`, a
+    /// `docker-archive` when it holds `manifest.json` (and nothing a root filesystem would),
+    /// else a `rootfs` tar. Reads the member names only as far as needed (a root filesystem
+    /// is recognised by its first member).
+    pub fn detect(path: &Path) -> Result<Source> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+        let path_buf = path.to_path_buf();
+        if meta.is_dir() {
+            return Ok(if path.join("oci-layout").is_file() {
+                Source::OciDir {
+                    path: path_buf,
+                    tag: None,
+                }
+            } else {
+                Source::Dir { path: path_buf }
+            });
+        }
+        let bad = |e: std::io::Error| {
+            Error::malformed(path.display().to_string(), "tar archive", e.to_string())
+        };
+        let mut archive = tar::Archive::new(open_decompressed(path)?);
+        let (mut layout, mut docker) = (false, false);
+        for entry in archive.entries().map_err(bad)? {
+            let entry = entry.map_err(bad)?;
+            let name = safe_member_path(&entry.path().map_err(bad)?, path)?;
+            match name.as_str() {
+                "oci-layout" => layout = true,
+                "manifest.json" => docker = true,
+                "" | "index.json" | "repositories" | "blobs" => {}
+                n if n.starts_with("blobs/") || is_image_archive_member(n) => {}
+                _ => return Ok(Source::Rootfs { path: path_buf }),
+            }
+        }
+        Ok(if layout {
+            Source::OciArchive {
+                path: path_buf,
+                tag: None,
+            }
+        } else if docker {
+            Source::DockerArchive {
+                path: path_buf,
+                tag: None,
+            }
+        } else {
+            Source::Rootfs { path: path_buf }
+        })
+    }
+}
+
+/// Whether a member name is one `docker save` writes: `<64 hex>` with an optional `.json` or
+/// `.tar` suffix, or a file in such a directory.
+fn is_image_archive_member(name: &str) -> bool {
+    let first = name.split('/').next().unwrap_or(name);
+    let stem = first
+        .strip_suffix(".json")
+        .or_else(|| first.strip_suffix(".tar"))
+        .unwrap_or(first);
+    stem.len() == 64 && stem.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Settings for images stamp makes itself (`rootfs:` and `dir:`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportOptions {
