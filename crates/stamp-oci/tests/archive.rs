@@ -723,6 +723,8 @@ fn a_podman_multi_arch_list_imports_exports_and_picks_the_platform() {
 
     // Export and re-import the whole list.
     store.set_name("multi:1", &got.descriptor).unwrap();
+    let gc = store.gc(false).unwrap();
+    assert!(gc.removed_blobs.is_empty(), "{gc:?}");
     let out = t.path().join("out.tar");
     archive::export(&store, &store.resolve("multi:1").unwrap(), &out).unwrap();
     let again = temp_store(&t, "again");
@@ -733,4 +735,36 @@ fn a_podman_multi_arch_list_imports_exports_and_picks_the_platform() {
     let image = again.image(&back.descriptor, Some(&amd64)).unwrap();
     assert_eq!(image.config.unwrap().architecture().to_string(), "amd64");
     assert!(again.fsck().unwrap().is_clean());
+}
+
+#[test]
+fn export_refuses_a_tampered_blob_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let store = temp_store(&t, "s");
+    let rootfs = t.path().join("rootfs.tar");
+    std::fs::write(&rootfs, rootfs_tar("tamper")).unwrap();
+    let a = import(&store, &format!("rootfs:{}", rootfs.display())).unwrap();
+    let image = store.image(&a.descriptor, None).unwrap();
+    let layer = digest_of(&image.manifest.layers()[0]);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(store.blob_path(&layer))
+            .unwrap();
+        f.write_all_at(b"X", 1000).unwrap();
+    }
+    let out = t.path().join("out.tar");
+    let err = archive::export(&store, &a.descriptor, &out).unwrap_err();
+    assert!(
+        matches!(&err, Error::Tampered { digest, .. } if *digest == layer),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".stamp-export"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
