@@ -768,3 +768,48 @@ fn export_refuses_a_tampered_blob_and_writes_nothing() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random bytes as any kind of archive: an error or an image, never a panic, and a
+        /// failed import leaves nothing.
+        #[test]
+        fn random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096), kind in 0usize..3) {
+            let t = tempfile::tempdir().unwrap();
+            let file = t.path().join("input");
+            std::fs::write(&file, &bytes).unwrap();
+            let transport = ["oci-archive", "docker-archive", "rootfs"][kind];
+            let store = temp_store(&t, "s");
+            if import(&store, &format!("{transport}:{}", file.display())).is_err() {
+                assert_untouched(&store);
+            }
+        }
+
+        /// A valid oci-archive with bytes flipped: an error or a verified image, never a panic.
+        #[test]
+        fn corrupted_oci_archive(flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..6)) {
+            let t = tempfile::tempdir().unwrap();
+            let (good, _) = good_oci_archive(&t);
+            let mut bytes = std::fs::read(&good).unwrap();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let bad = t.path().join("bad.tar");
+            std::fs::write(&bad, &bytes).unwrap();
+            let store = temp_store(&t, "s");
+            match import(&store, &format!("oci-archive:{}", bad.display())) {
+                Ok(got) => {
+                    store.image(&got.descriptor, None).unwrap();
+                    assert!(store.fsck().unwrap().is_clean());
+                }
+                Err(_) => assert_untouched(&store),
+            }
+        }
+    }
+}

@@ -644,3 +644,45 @@ fn fsck_reports_tampered_and_missing_blobs() {
     assert_eq!(r.missing, vec![(layer, img.manifest_digest.to_string())]);
     assert!(!r.is_clean());
 }
+
+/// Not a test on its own: checks `Store::default_root` against `STAMP_TEST_EXPECT_ROOT` in a
+/// process whose environment `default_root_follows_the_environment` chose.
+#[test]
+fn child_default_root() {
+    let Ok(expected) = std::env::var("STAMP_TEST_EXPECT_ROOT") else {
+        return;
+    };
+    assert_eq!(Store::default_root(), Path::new(&expected));
+}
+
+#[test]
+fn default_root_follows_the_environment() {
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("STAMP_STORE", "/s"),
+                ("XDG_DATA_HOME", "/x"),
+                ("HOME", "/h"),
+            ],
+            "/s",
+        ),
+        (&[("XDG_DATA_HOME", "/x"), ("HOME", "/h")], "/x/stamp/store"),
+        (
+            &[("XDG_DATA_HOME", "relative"), ("HOME", "/h")],
+            "/h/.local/share/stamp/store",
+        ),
+        (&[("HOME", "/h")], "/h/.local/share/stamp/store"),
+    ];
+    for (env, expected) in cases {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "child_default_root", "--quiet"])
+            .env_remove("STAMP_STORE")
+            .env_remove("XDG_DATA_HOME")
+            .env("STAMP_TEST_EXPECT_ROOT", expected)
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        assert!(cmd.status().unwrap().success(), "{env:?} -> {expected}");
+    }
+}
