@@ -635,6 +635,75 @@ fn sources_parse() {
         })
     );
     assert!(Source::parse("dir:").is_err());
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("a.tar");
+    std::fs::write(&file, b"").unwrap();
+    assert_eq!(
+        Source::parse(&format!(
+            "oci-archive:{}:localhost:5000/x:1",
+            file.display()
+        ))
+        .unwrap(),
+        Some(Source::OciArchive {
+            path: file.clone(),
+            tag: Some("localhost:5000/x:1".into())
+        })
+    );
+    assert_eq!(
+        Source::parse(&format!("docker-archive:{}", file.display())).unwrap(),
+        Some(Source::DockerArchive {
+            path: file,
+            tag: None
+        })
+    );
+}
+
+#[test]
+fn docker_archive_layers_may_be_symlinks_and_oci_style_paths() {
+    let t = tempfile::tempdir().unwrap();
+    let layer = rootfs_tar("links");
+    let diff_id = Digest::of(&layer);
+    let gz = compress(&layer, "gz");
+    let gz_digest = Digest::of(&gz);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string(), diff_id.to_string()]}
+    }))
+    .unwrap();
+    let path = t.path().join("d.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let mut add = |p: &str, d: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(d.len() as u64);
+        h.set_mode(0o444);
+        b.append_data(&mut h, p, d).unwrap();
+    };
+    add("flat.tar", &layer);
+    add(&format!("blobs/sha256/{}", gz_digest.hex()), &gz);
+    add("cfg.json", &config);
+    let manifest = format!(
+        r#"[{{"Config":"cfg.json","RepoTags":null,"Layers":["id/layer.tar","blobs/sha256/{}"]}}]"#,
+        gz_digest.hex()
+    );
+    add("manifest.json", manifest.as_bytes());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "id/layer.tar", "../flat.tar")
+        .unwrap();
+    b.into_inner().unwrap();
+    let store = temp_store(&t, "s");
+    let got = import(&store, &format!("docker-archive:{}", path.display())).unwrap();
+    assert_eq!(got.name, None);
+    let image = store.image(&got.descriptor, None).unwrap();
+    let types: Vec<String> = image
+        .manifest
+        .layers()
+        .iter()
+        .map(|l| l.media_type().to_string())
+        .collect();
+    assert_eq!(types, [media::OCI_LAYER_TAR, media::OCI_LAYER_GZIP]);
+    assert_eq!(check_image(&store, &got), vec![diff_id, diff_id]);
 }
 
 #[test]

@@ -68,8 +68,9 @@ pub enum Source {
 
 impl Source {
     /// Parses `oci:`, `oci-archive:`, `docker-archive:`, `rootfs:` and `dir:` sources;
-    /// `Ok(None)` for anything else (a registry reference). A `:TAG` suffix is only split off
-    /// when the whole string is not an existing path.
+    /// `Ok(None)` for anything else (a registry reference). A `:TAG` suffix (which may itself
+    /// contain ':', as in `oci-archive:a.tar:localhost:5000/x:1`) is split off after the
+    /// shortest prefix that is an existing path; when none exists, at the first ':'.
     pub fn parse(s: &str) -> Result<Option<Source>> {
         let Some((transport, rest)) = s.split_once(':') else {
             return Ok(None);
@@ -89,9 +90,16 @@ impl Source {
             if Path::new(rest).exists() {
                 return (PathBuf::from(rest), None);
             }
-            match rest.rsplit_once(':') {
-                Some((p, t)) if !p.is_empty() && !t.is_empty() && !t.contains('/') => {
-                    (PathBuf::from(p), Some(t.to_string()))
+            // The path is the shortest prefix that exists (a name may contain ':'), else
+            // everything before the first ':' as skopeo does.
+            let colons = rest.match_indices(':').map(|(i, _)| i);
+            let split = colons
+                .clone()
+                .find(|&i| Path::new(&rest[..i]).exists())
+                .or_else(|| colons.clone().next());
+            match split {
+                Some(i) if i > 0 && i + 1 < rest.len() => {
+                    (PathBuf::from(&rest[..i]), Some(rest[i + 1..].to_string()))
                 }
                 _ => (PathBuf::from(rest), None),
             }
