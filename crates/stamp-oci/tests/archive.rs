@@ -240,6 +240,27 @@ fn skopeo_reads_the_store_as_an_oci_layout() {
         &format!("oci:{}:example.org/skopeo:test", store.root().display()),
     ]));
     assert!(out.contains("amd64"), "{out}");
+    // podman's storage takes it too (through skopeo), and sees the same layer.
+    let name = format!("localhost/stamp-test-skopeo-{}:1", std::process::id());
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        &format!("oci:{}:example.org/skopeo:test", store.root().display()),
+        &format!("containers-storage:{name}"),
+    ]));
+    let id = name.clone();
+    let layers = run(Command::new("podman").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{range .RootFS.Layers}}{{.}}{{end}}",
+        id.trim(),
+    ]));
+    let image = store.image(&a.descriptor, None).unwrap();
+    assert_eq!(layers.trim(), image.diff_ids().unwrap()[0].to_string());
+    let _ = Command::new("podman")
+        .args(["rmi", "-f", id.trim()])
+        .output();
 }
 
 #[test]
