@@ -7,13 +7,18 @@
 //! Disk images travel as OCI artifacts or KubeVirt containerDisks.
 #![deny(missing_docs)]
 
+pub mod archive;
 mod digest;
-mod error;
 pub mod disk;
+mod error;
+pub mod image;
 pub mod media;
 mod reference;
 pub mod registry;
+pub mod store;
 
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
+pub use image::{Image, ImageKind};
 pub use reference::Reference;
+pub use store::{BlobWriter, Named, Store};
