@@ -118,6 +118,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A disk image could not be read.
+    #[error("{path}: {source}")]
+    Disk {
+        /// The disk file.
+        path: PathBuf,
+        /// What went wrong.
+        source: stamp_disk::Error,
+    },
 }
 
 impl Error {

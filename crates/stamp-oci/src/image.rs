@@ -152,7 +152,7 @@ pub(crate) fn load(store: &Store, d: &Descriptor, platform: Option<&Platform>) -
     ))
 }
 
-fn pick_platform(
+pub(crate) fn pick_platform(
     index: &ImageIndex,
     want: Option<&Platform>,
     digest: &Digest,

@@ -10,6 +10,7 @@
 pub mod archive;
 mod digest;
 pub mod disk;
+pub mod distribution;
 mod error;
 pub mod image;
 pub mod media;

@@ -254,7 +254,7 @@ pub struct MkdiskArgs {
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// The image store (default $STAMP_STORE, else $XDG_DATA_HOME/stamp/store).
-    #[arg(long, value_name = "DIR", env = "STAMP_STORE", global = true)]
+    #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
 }
 

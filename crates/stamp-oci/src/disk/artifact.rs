@@ -11,7 +11,10 @@ use super::chunk::{Piece, split};
 use crate::digest::{Digest, DigestWriter};
 use crate::error::{Error, Result};
 use crate::media;
-use crate::store::{BlobWriter, Store};
+use oci_spec::image::Descriptor;
+
+use crate::store::{BlobWriter, Store, descriptor};
+use crate::image::Image;
 
 /// Reads and checks a disk file to be stored: its format, virtual size, and that it stands alone.
 pub fn describe(path: &Path) -> Result<(String, u64)> {
@@ -31,10 +34,11 @@ pub fn describe(path: &Path) -> Result<(String, u64)> {
     Ok((info.format, info.virtual_size))
 }
 
-/// Stores the disk file at `path` as an artifact; returns the manifest's digest and size.
+/// Stores the disk file at `path` as an artifact; returns the manifest's descriptor.
 ///
-/// `config` supplies the optional fields (boot mode, architecture, source image); the format,
-/// sizes, digest and file name are read from the file.
+/// The optional fields (boot mode, architecture, source image) are the caller's; the format,
+/// sizes, digest and file name are read from the file. Hold a [`crate::store::WriteGuard`] until
+/// the manifest is named, or `gc` may collect it.
 pub fn store_disk(
     store: &Store,
     path: &Path,
@@ -42,8 +46,10 @@ pub fn store_disk(
     architecture: Option<String>,
     source_image: Option<Digest>,
     progress: &dyn Fn(u64),
-) -> Result<(Digest, u64)> {
+) -> Result<Descriptor> {
     let (format, virtual_size) = describe(path)?;
+    // Keeps gc from collecting the layers before the caller names the manifest.
+    let _guard = store.write_guard()?;
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     // The whole file's digest is computed while the chunker reads it.
@@ -111,11 +117,11 @@ pub fn store_disk(
     let bytes = serde_json::to_vec(&manifest)
         .map_err(|e| Error::malformed(name, "manifest", e.to_string()))?;
     let digest = store.put_bytes(&bytes)?;
-    Ok((digest, bytes.len() as u64))
+    descriptor(media::OCI_MANIFEST, &digest, bytes.len() as u64)
 }
 
-/// Writes the disk of an artifact to `out` by concatenating its layers, verifying each layer
-/// and the whole file against the config's digest.
+/// Writes the disk of an artifact to `out`, verifying every layer and the whole file against
+/// the config's digest.
 pub fn write_disk(
     store: &Store,
     config: &DiskConfig,
@@ -123,33 +129,79 @@ pub fn write_disk(
     out: &mut dyn Write,
     progress: &dyn Fn(u64),
 ) -> Result<()> {
-    let mut whole = DigestWriter::new(out);
+    let mut disk = Reassembly::open(store, layers)?;
     let mut buf = vec![0u8; 1 << 20];
-    for layer in layers {
-        let mut r = store.open_verified(layer)?;
+    loop {
+        let n = disk
+            .read(&mut buf)
+            .map_err(|e| Error::io("read the layers of", &config.file_name, e))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", &config.file_name, e))?;
+        progress(n as u64);
+    }
+    disk.finish(config)
+}
+
+/// The disk file of an artifact read back from its layers, hashed as it is read.
+pub struct Reassembly {
+    files: std::vec::IntoIter<std::fs::File>,
+    current: Option<std::fs::File>,
+    hash: DigestWriter<std::io::Sink>,
+}
+
+impl Reassembly {
+    /// Verifies the layers (a tampered one is [`Error::Tampered`]) and opens them in order.
+    pub fn open(store: &Store, layers: &[Digest]) -> Result<Self> {
+        let mut files = Vec::with_capacity(layers.len());
+        for layer in layers {
+            store.verify_cached(layer)?;
+            let path = store.blob_path(layer);
+            files.push(std::fs::File::open(&path).map_err(|e| Error::io("open blob", &path, e))?);
+        }
+        Ok(Reassembly {
+            files: files.into_iter(),
+            current: None,
+            hash: DigestWriter::new(std::io::sink()),
+        })
+    }
+
+    /// Checks what was read against the config's file digest and size.
+    pub fn finish(self, config: &DiskConfig) -> Result<()> {
+        let (digest, size, _) = self.hash.finish();
+        if digest != config.file_digest || size != config.file_size {
+            return Err(Error::DigestMismatch {
+                source_name: format!("the reassembled disk {}", config.file_name),
+                expected: config.file_digest,
+                actual: digest,
+                size,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Read for Reassembly {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let n = r
-                .read(&mut buf)
-                .map_err(|e| Error::io("read blob", store.blob_path(layer), e))?;
-            if n == 0 {
-                break;
+            let file = match &mut self.current {
+                Some(f) => f,
+                None => match self.files.next() {
+                    Some(f) => self.current.insert(f),
+                    None => return Ok(0),
+                },
+            };
+            let n = file.read(buf)?;
+            if n == 0 && !buf.is_empty() {
+                self.current = None;
+                continue;
             }
-            whole
-                .write_all(&buf[..n])
-                .map_err(|e| Error::io("write", &config.file_name, e))?;
-            progress(n as u64);
+            self.hash.write_all(&buf[..n])?;
+            return Ok(n);
         }
     }
-    let (digest, size, _) = whole.finish();
-    if digest != config.file_digest || size != config.file_size {
-        return Err(Error::DigestMismatch {
-            source_name: format!("the reassembled disk {}", config.file_name),
-            expected: config.file_digest,
-            actual: digest,
-            size,
-        });
-    }
-    Ok(())
 }
 
 /// A reader that copies what it reads into a writer (here: a hasher).
@@ -164,4 +216,18 @@ impl<R: Read> Read for TeeReader<'_, R> {
         self.copy.write_all(&buf[..n])?;
         Ok(n)
     }
+}
+
+/// The config and layer digests of a disk artifact.
+pub fn parts(image: &Image) -> Result<(DiskConfig, Vec<Digest>)> {
+    let name = image.manifest_digest.to_string();
+    let config: DiskConfig = serde_json::from_slice(&image.config_bytes)
+        .map_err(|e| Error::malformed(name.clone(), "disk config", e.to_string()))?;
+    let layers = image
+        .manifest
+        .layers()
+        .iter()
+        .map(|l| l.digest().to_string().parse())
+        .collect::<Result<Vec<Digest>>>()?;
+    Ok((config, layers))
 }

@@ -3,17 +3,69 @@
 
 use std::io::{Read, Write};
 
+use oci_spec::image::Descriptor;
+use serde_json::json;
+
+use super::artifact::{Reassembly, parts};
 use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::media;
+use crate::store::{Store, descriptor};
 
 /// The uid and gid KubeVirt runs qemu as.
 pub const KUBEVIRT_QEMU_ID: u64 = 107;
+
+/// Makes a containerDisk image in the store from the disk artifact `disk`; returns its manifest
+/// descriptor (unnamed: push it, or name it with [`Store::set_name`] while holding a write guard).
+///
+/// The layer's entries are dated `mtime` (SOURCE_DATE_EPOCH or 0), so the same disk always
+/// gives the same digests.
+pub fn build(store: &Store, disk: &Image, mtime: u64) -> Result<Descriptor> {
+    let _guard = store.write_guard()?;
+    let (config, layers) = parts(disk)?;
+    let file_name = match config.format.as_str() {
+        "raw" => "disk.img".to_string(),
+        other => format!("disk.{other}"),
+    };
+    let mut reader = Reassembly::open(store, &layers)?;
+    let mut w = store.blob_writer()?;
+    write_layer(
+        &mut reader,
+        &config.file_name,
+        &file_name,
+        config.file_size,
+        mtime,
+        &mut w,
+    )?;
+    reader.finish(&config)?;
+    let (layer, layer_size) = w.commit(None)?;
+    let image_config = json!({
+        "architecture": config.architecture.as_deref().unwrap_or("amd64"),
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [layer] },
+    });
+    let config_bytes = serde_json::to_vec(&image_config)
+        .map_err(|e| Error::malformed(config.file_name.clone(), "image config", e.to_string()))?;
+    let config_digest = store.put_bytes(&config_bytes)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": { "mediaType": media::OCI_CONFIG, "digest": config_digest, "size": config_bytes.len() },
+        "layers": [{ "mediaType": media::OCI_LAYER_TAR, "digest": layer, "size": layer_size }],
+    });
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| Error::malformed(config.file_name.clone(), "manifest", e.to_string()))?;
+    let digest = store.put_bytes(&bytes)?;
+    descriptor(media::OCI_MANIFEST, &digest, bytes.len() as u64)
+}
 
 /// Writes an uncompressed layer tar holding `disk/` and `disk/<file_name>` with `len` bytes from
 /// `disk`; `mtime` is the time of both entries (SOURCE_DATE_EPOCH or 0, for reproducible digests).
 ///
 /// The layer stays uncompressed: a qcow2 stores no zero clusters already, and gzip of a
 /// multi-gigabyte disk on one core would dominate the push.
-pub(crate) fn write_layer(
+fn write_layer(
     disk: impl Read,
     disk_name: &str,
     file_name: &str,

@@ -2,6 +2,7 @@
 //! config describing it) and a KubeVirt containerDisk (the disk under `/disk/` in a one-layer
 //! container image).
 
+pub mod artifact;
 pub(crate) mod chunk;
 pub mod containerdisk;
 

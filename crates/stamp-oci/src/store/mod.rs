@@ -458,7 +458,7 @@ pub(crate) fn read_limited(path: &Path, limit: u64, what: &'static str) -> Resul
 }
 
 /// A descriptor for a blob.
-pub(crate) fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Result<Descriptor> {
+pub fn descriptor(media_type: &str, digest: &Digest, size: u64) -> Result<Descriptor> {
     Ok(Descriptor::new(
         MediaType::from(media_type),
         size,

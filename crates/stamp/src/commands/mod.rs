@@ -1,12 +1,19 @@
 //! One module per verb; each turns parsed arguments into library calls and prints the result.
 
+mod archive;
 mod check;
 mod compare;
 mod convert;
 mod create;
+mod gc;
+mod images;
 mod info;
 mod mkdisk;
 mod mkfs;
+mod names;
+mod pull;
+mod push;
+mod registry;
 
 use anyhow::{Context, Result};
 use stamp_disk::Format;
@@ -24,6 +31,16 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Create(a) => create::run(a),
         Command::Mkfs(a) => mkfs::run(a, cancel),
         Command::Mkdisk(a) => mkdisk::run(a, cancel),
+        Command::Pull(a) => pull::run(a),
+        Command::Push(a) => push::run(a),
+        Command::Images(a) => images::run_images(a),
+        Command::Inspect(a) => images::run_inspect(a),
+        Command::Tag(a) => names::run_tag(a),
+        Command::Rmi(a) => names::run_rmi(a),
+        Command::Gc(a) => gc::run_gc(a),
+        Command::Fsck(a) => gc::run_fsck(a),
+        Command::Import(a) => archive::run_import(a),
+        Command::Export(a) => archive::run_export(a),
     }
 }
 

@@ -1,0 +1,207 @@
+//! Pulling images from a registry into the store and pushing them from the store to a
+//! registry: the registry client and the store put together, with digests checked both ways.
+
+use std::sync::Mutex;
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, Platform};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{Image, pick_platform};
+use crate::media;
+use crate::reference::Reference;
+use crate::registry::{BlobSink, Client, Manifest};
+use crate::store::{BlobWriter, MANIFEST_LIMIT, Store, descriptor, descriptor_digest};
+
+/// How many blobs move at once.
+const PARALLEL_BLOBS: usize = 3;
+
+/// What a transfer reports as it goes, one blob at a time (several blobs move at once).
+pub trait TransferProgress: Sync {
+    /// A blob of `size` bytes starts moving.
+    fn start(&self, digest: &Digest, size: u64);
+    /// `done` bytes of the blob have moved so far.
+    fn advance(&self, digest: &Digest, done: u64);
+    /// The blob is complete; `moved` is false when nothing had to be sent (already there).
+    fn finish(&self, digest: &Digest, moved: bool);
+}
+
+/// A [`TransferProgress`] that reports nothing.
+pub struct Quiet;
+
+impl TransferProgress for Quiet {
+    fn start(&self, _: &Digest, _: u64) {}
+    fn advance(&self, _: &Digest, _: u64) {}
+    fn finish(&self, _: &Digest, _: bool) {}
+}
+
+/// Pulls `r` into the store and names it `r`; returns the descriptor of the manifest stored
+/// (of the chosen platform's manifest when `r` is a multi-platform index).
+///
+/// Blobs the store has are not downloaded again, so a pull that was killed resumes where it
+/// stopped. Every blob is verified against its digest before it becomes visible.
+pub fn pull(
+    store: &Store,
+    client: &Client,
+    r: &Reference,
+    platform: Option<&Platform>,
+    progress: &dyn TransferProgress,
+) -> Result<Descriptor> {
+    // Keeps gc from collecting what this pull has stored until it is named.
+    let _guard = store.write_guard()?;
+    let mut fetched = client.get_manifest(r)?;
+    if media::is_index(&fetched.media_type) {
+        let index: ImageIndex = serde_json::from_slice(&fetched.bytes)
+            .map_err(|e| Error::malformed(r.to_string(), "image index", e.to_string()))?;
+        let chosen = pick_platform(&index, platform, &fetched.digest)?;
+        let digest = descriptor_digest(&chosen)?;
+        fetched = client.get_manifest(&r.with_digest(digest))?;
+        if !media::is_manifest(&fetched.media_type) {
+            return Err(Error::malformed(
+                r.to_string(),
+                "image index",
+                format!("{digest} is a {}, not an image manifest", fetched.media_type),
+            ));
+        }
+    }
+    let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
+        .map_err(|e| Error::malformed(r.to_string(), "image manifest", e.to_string()))?;
+    check_media_types(&r.to_string(), &manifest)?;
+    let mut blobs = vec![manifest.config().clone()];
+    blobs.extend(manifest.layers().iter().cloned());
+    let wanted = blobs
+        .iter()
+        .map(|d| Ok((descriptor_digest(d)?, d.size())))
+        .collect::<Result<Vec<_>>>()?;
+    for_each_parallel(&wanted, |digest, size| {
+        if store.has_blob(digest) {
+            progress.finish(digest, false);
+            return Ok(());
+        }
+        progress.start(digest, size);
+        let mut w = store
+            .blob_writer()?
+            .with_source(format!("{}@{digest}", r.repository));
+        client.get_blob(r, digest, size, &mut w, &|n| progress.advance(digest, n))?;
+        w.commit(Some(digest))?;
+        progress.finish(digest, true);
+        Ok(())
+    })?;
+    let stored = store.put_bytes(&fetched.bytes)?;
+    let desc = manifest_descriptor(&fetched, stored)?;
+    store.set_name(&r.to_string(), &desc)?;
+    Ok(desc)
+}
+
+/// Pushes `image` from the store to `remote`: every blob the registry lacks (mounted from
+/// `mount_from`, a repository of the same registry, when it has them), then the manifest
+/// byte for byte, so the registry's digest is the store's. Returns that digest.
+///
+/// Every blob is verified before it is sent: a tampered blob stops the push.
+pub fn push(
+    store: &Store,
+    client: &Client,
+    image: &Image,
+    remote: &Reference,
+    mount_from: Option<&str>,
+    progress: &dyn TransferProgress,
+) -> Result<Digest> {
+    let manifest_bytes = store.read_small(&image.manifest_digest, MANIFEST_LIMIT)?;
+    let mut blobs = vec![image.manifest.config().clone()];
+    blobs.extend(image.manifest.layers().iter().cloned());
+    let wanted = blobs
+        .iter()
+        .map(|d| Ok((descriptor_digest(d)?, d.size())))
+        .collect::<Result<Vec<_>>>()?;
+    for (digest, _) in &wanted {
+        store.verify_cached(digest)?;
+    }
+    for_each_parallel(&wanted, |digest, size| {
+        progress.start(digest, size);
+        let path = store.blob_path(digest);
+        let outcome = client.push_blob(remote, digest, size, &path, mount_from, &|n| {
+            progress.advance(digest, n)
+        })?;
+        progress.finish(digest, outcome.uploaded());
+        Ok(())
+    })?;
+    let media_type = image.manifest_descriptor.media_type().to_string();
+    client.put_manifest(remote, &manifest_bytes, &media_type)
+}
+
+/// Refuses a manifest with a layer stamp cannot use, before anything is downloaded.
+fn check_media_types(source: &str, m: &ImageManifest) -> Result<()> {
+    let config = m.config().media_type().to_string();
+    let disk = m.artifact_type().as_ref().map(|a| a.to_string()).as_deref()
+        == Some(media::STAMP_DISK_ARTIFACT)
+        || config == media::STAMP_DISK_CONFIG;
+    for layer in m.layers() {
+        let t = layer.media_type().to_string();
+        let known = if disk {
+            t == media::STAMP_DISK_CHUNK
+        } else {
+            media::layer_compression(&t).is_some()
+        };
+        if !known {
+            return Err(Error::UnsupportedMediaType {
+                source_name: format!("{source} layer {}", layer.digest()),
+                media_type: t,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The descriptor of a fetched manifest stored under `stored`.
+fn manifest_descriptor(m: &Manifest, stored: Digest) -> Result<Descriptor> {
+    if stored != m.digest {
+        return Err(Error::DigestMismatch {
+            source_name: "manifest".into(),
+            expected: m.digest,
+            actual: stored,
+            size: m.bytes.len() as u64,
+        });
+    }
+    descriptor(&m.media_type, &stored, m.bytes.len() as u64)
+}
+
+/// Runs `f` on every (digest, size), [`PARALLEL_BLOBS`] at a time; the first error wins.
+fn for_each_parallel(
+    items: &[(Digest, u64)],
+    f: impl Fn(&Digest, u64) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = Mutex::new(items.iter());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_BLOBS.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let item = match next.lock() {
+                        Ok(mut it) => it.next().copied(),
+                        Err(_) => None,
+                    };
+                    let Some((digest, size)) = item else { return };
+                    if let Err(e) = f(&digest, size) {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl BlobSink for BlobWriter {
+    fn reset(&mut self) -> std::io::Result<()> {
+        BlobWriter::reset(self).map_err(std::io::Error::other)
+    }
+}

@@ -1,0 +1,93 @@
+//! `stamp pull`: an image from a registry or an archive into the store.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use oci_spec::image::Platform;
+use stamp_oci::archive::{self, ImportOptions, Source};
+use stamp_oci::disk::artifact;
+use stamp_oci::{ImageKind, Reference, Store};
+
+use super::registry::{Bars, client, open_store};
+use crate::cli::PullArgs;
+
+pub fn run(a: PullArgs) -> Result<u8> {
+    let store = open_store(&a.store)?;
+    let platform = a.platform.as_deref().map(parse_platform).transpose()?;
+    let (desc, name) = match Source::parse(&a.reference)? {
+        Some(source) => {
+            let _guard = store.write_guard()?;
+            let imported = archive::import(&store, &source, &ImportOptions::default())
+                .with_context(|| format!("cannot import {}", a.reference))?;
+            let name = imported.name.unwrap_or_else(|| default_name(&source));
+            store.set_name(&name, &imported.descriptor)?;
+            (imported.descriptor, name)
+        }
+        None => {
+            let r: Reference = a.reference.parse()?;
+            let client = client(&a.registry)?;
+            let bars = Bars::new(a.quiet);
+            let desc = stamp_oci::distribution::pull(&store, &client, &r, platform.as_ref(), &bars)
+                .with_context(|| format!("cannot pull {r}"))?;
+            (desc, r.to_string())
+        }
+    };
+    let image = store.image(&desc, platform.as_ref())?;
+    if let Some(out) = &a.output {
+        if image.kind != ImageKind::Disk {
+            bail!("{name} is not a disk image; -o writes the disk of a stamp disk artifact");
+        }
+        write_disk(&store, &image, out)?;
+    }
+    if a.quiet {
+        println!("{}", image.manifest_digest);
+    } else {
+        println!("Pulled {name}\nDigest: {}", image.manifest_digest);
+        if let Some(out) = &a.output {
+            println!("Disk: {}", out.display());
+        }
+    }
+    Ok(0)
+}
+
+/// Writes a disk artifact's disk to `out` (temporary name, renamed when verified).
+pub fn write_disk(store: &Store, image: &stamp_oci::Image, out: &Path) -> Result<()> {
+    let (config, layers) = artifact::parts(image)?;
+    let file = stamp_disk::OutputFile::create(out)?;
+    artifact::write_disk(store, &config, &layers, &mut file.file(), &|_| {})
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    file.commit()?;
+    Ok(())
+}
+
+/// The name of an archive's image when it carries none: its file name.
+fn default_name(source: &Source) -> String {
+    let path = match source {
+        Source::OciDir { path, .. }
+        | Source::OciArchive { path, .. }
+        | Source::DockerArchive { path, .. }
+        | Source::Rootfs { path }
+        | Source::Dir { path } => path,
+    };
+    let stem = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let stem = stem.split('.').next().unwrap_or("image").to_lowercase();
+    format!("localhost/{stem}:latest")
+}
+
+/// Parses `OS/ARCH[/VARIANT]`.
+pub fn parse_platform(s: &str) -> Result<Platform> {
+    let mut parts = s.split('/');
+    let (Some(os), Some(arch)) = (parts.next(), parts.next()) else {
+        bail!("--platform must be OS/ARCH[/VARIANT], like linux/amd64");
+    };
+    let mut p = Platform::default();
+    p.set_os(os.into());
+    p.set_architecture(arch.into());
+    if let Some(v) = parts.next() {
+        p.set_variant(Some(v.to_string()));
+    }
+    Ok(p)
+}

@@ -1,0 +1,58 @@
+//! `stamp push`: an image from the store to a registry, as it is or a disk as a containerDisk
+//! or a stamp disk artifact.
+
+use anyhow::{Context, Result, bail};
+use stamp_oci::disk::containerdisk;
+use stamp_oci::{ImageKind, Reference};
+
+use super::registry::{Bars, client, open_store};
+use crate::cli::{PushArgs, PushAs};
+
+pub fn run(a: PushArgs) -> Result<u8> {
+    let store = open_store(&a.store)?;
+    let desc = store.resolve(&a.local)?;
+    let mut image = store.image(&desc, None)?;
+    let remote_text = a.remote.as_deref().unwrap_or(&a.local);
+    let remote: Reference = remote_text
+        .parse()
+        .with_context(|| format!("cannot push to '{remote_text}'"))?;
+    match a.push_as {
+        PushAs::Image => {}
+        PushAs::Artifact | PushAs::Containerdisk if image.kind != ImageKind::Disk => bail!(
+            "{} is not a disk image; --as {} pushes a disk imported with `stamp import DISK` or built by stamp",
+            a.local,
+            if a.push_as == PushAs::Artifact { "artifact" } else { "containerdisk" }
+        ),
+        PushAs::Artifact => {}
+        PushAs::Containerdisk => {
+            let mtime = stamp_oci::archive::source_date_epoch().unwrap_or(0).max(0) as u64;
+            let desc = containerdisk::build(&store, &image, mtime)
+                .with_context(|| format!("cannot make a containerDisk of {}", a.local))?;
+            image = store.image(&desc, None)?;
+        }
+    }
+    // Blobs of an image pulled from the same registry are mounted, not uploaded again.
+    let mount_from = a
+        .local
+        .parse::<Reference>()
+        .ok()
+        .filter(|l| l.registry == remote.registry)
+        .map(|l| l.repository);
+    let client = client(&a.registry)?;
+    let bars = Bars::new(a.quiet);
+    let digest = stamp_oci::distribution::push(
+        &store,
+        &client,
+        &image,
+        &remote,
+        mount_from.as_deref(),
+        &bars,
+    )
+    .with_context(|| format!("cannot push {} to {remote}", a.local))?;
+    if a.quiet {
+        println!("{digest}");
+    } else {
+        println!("Pushed {remote}\nDigest: {digest}");
+    }
+    Ok(0)
+}
