@@ -316,7 +316,7 @@ impl Tree {
                 old_node.entry = entry;
                 return Ok(old);
             }
-            old_node.names -= 1;
+            self.unname(old);
         }
         let id = self.push(entry);
         self.nodes[parent.index()].children.insert(name, id);
@@ -336,10 +336,112 @@ impl Tree {
         let (parent, name) = self.parent_of(path, mtime)?;
         let name = name.ok_or_else(|| bad_path(path, "the root cannot be a hard link"))?;
         if let Some(old) = self.nodes[parent.index()].children.insert(name, t) {
-            self.nodes[old.index()].names -= 1;
+            self.unname(old);
         }
         self.nodes[t.index()].names += 1;
         Ok(t)
+    }
+
+    /// Removes the name `path` and, if it is a directory, everything below it, as `rm -rf` does:
+    /// every removed name drops one from its node's link count ([`Tree::names`]). Returns the
+    /// node the name referred to, or None if there is no such name (a missing component or one
+    /// that is not a directory is not an error). Removing the root is an error.
+    pub fn remove(&mut self, path: &[u8]) -> Result<Option<NodeId>> {
+        let comps = normalize(path)?;
+        let Some((last, dirs)) = comps.split_last() else {
+            return Err(bad_path(path, "the root cannot be removed"));
+        };
+        let mut cur = self.root();
+        for d in dirs {
+            match self.nodes[cur.index()].children.get(*d).copied() {
+                Some(id) if self.nodes[id.index()].entry.is_dir() => cur = id,
+                _ => return Ok(None),
+            }
+        }
+        let Some(id) = self.nodes[cur.index()].children.remove(*last) else {
+            return Ok(None);
+        };
+        self.unname(id);
+        Ok(Some(id))
+    }
+
+    /// Removes every child of directory `dir` (and everything below them), as [`Tree::remove`]
+    /// does for each; `dir` itself and its metadata stay.
+    pub fn clear(&mut self, dir: NodeId) {
+        let kids = std::mem::take(&mut self.nodes[dir.index()].children);
+        for (_, kid) in kids {
+            self.unname(kid);
+        }
+    }
+
+    /// Makes sure `path` is a directory: missing components (the last included) are created as
+    /// directories (mode 0755, root, time `mtime`); existing directories keep their metadata. A
+    /// component that exists but is not a directory is an error.
+    pub fn ensure_dir(&mut self, path: &[u8], mtime: Timestamp) -> Result<NodeId> {
+        let (parent, name) = self.parent_of(path, mtime)?;
+        let Some(name) = name else {
+            return Ok(parent);
+        };
+        match self.nodes[parent.index()].children.get(&name).copied() {
+            Some(id) if self.nodes[id.index()].entry.is_dir() => Ok(id),
+            Some(_) => Err(bad_path(
+                path,
+                &format!("'{}' is not a directory", String::from_utf8_lossy(&name)),
+            )),
+            None => {
+                let id = self.push(Entry::new(Kind::Dir, 0o755, mtime));
+                self.nodes[parent.index()].children.insert(name, id);
+                Ok(id)
+            }
+        }
+    }
+
+    /// Returns true if and only if some node is no longer reachable from the root (left behind
+    /// by a replaced or removed name).
+    pub fn has_orphans(&self) -> bool {
+        self.nodes.iter().any(|n| n.names == 0)
+    }
+
+    /// Drops the nodes no name refers to any more (left by replaced or removed entries), so that
+    /// [`Tree::len`] counts only reachable nodes. The remaining nodes keep their creation order,
+    /// but their [`NodeId`]s change.
+    pub fn compact(&mut self) {
+        if !self.has_orphans() {
+            return;
+        }
+        let mut map: Vec<Option<NodeId>> = vec![None; self.nodes.len()];
+        let mut next = 0u32;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.names > 0 {
+                map[i] = Some(NodeId(next));
+                next += 1;
+            }
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        self.nodes = nodes
+            .into_iter()
+            .filter(|n| n.names > 0)
+            .map(|mut n| {
+                n.children = std::mem::take(&mut n.children)
+                    .into_iter()
+                    .filter_map(|(k, v)| map[v.index()].map(|v| (k, v)))
+                    .collect();
+                n
+            })
+            .collect();
+    }
+
+    /// Drops one name of node `id`; a node left without names is an orphan, and an orphaned
+    /// directory loses its children the same way (iteratively, whatever the depth).
+    fn unname(&mut self, id: NodeId) {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            let n = &mut self.nodes[id.index()];
+            n.names = n.names.saturating_sub(1);
+            if n.names == 0 {
+                stack.extend(std::mem::take(&mut n.children).into_values());
+            }
+        }
     }
 
     /// Every (path, node) pair in depth-first name order, the root first as an empty path. A node
