@@ -601,6 +601,70 @@ mod tests {
     }
 
     #[test]
+    fn remove_and_clear_drop_subtrees_and_their_link_counts() {
+        let mut t = Tree::default();
+        let f = t.insert(b"d/sub/f", file(b"f")).unwrap();
+        t.link(b"keep", b"d/sub/f").unwrap();
+        t.insert(b"d/g", file(b"g")).unwrap();
+        assert_eq!(t.names(f), 2);
+        assert_eq!(
+            t.remove(b"d/sub").unwrap().map(|id| t.entry(id).is_dir()),
+            Some(true)
+        );
+        assert_eq!(t.names(f), 1);
+        assert_eq!(t.get(b"d/sub/f"), None);
+        assert_eq!(t.get(b"keep"), Some(f));
+        // Missing names and non-directory parents are nothing to remove.
+        assert_eq!(t.remove(b"d/nothing").unwrap(), None);
+        assert_eq!(t.remove(b"keep/x").unwrap(), None);
+        assert!(t.remove(b"/").is_err());
+        assert!(t.remove(b"../x").is_err());
+        let d = t.get(b"d").unwrap();
+        t.clear(d);
+        assert_eq!(t.children(d).count(), 0);
+        assert!(t.has_orphans());
+        t.compact();
+        assert!(!t.has_orphans());
+        // Root, d and keep.
+        assert_eq!(t.len(), 3);
+        let keep = t.get(b"keep").unwrap();
+        assert_eq!(t.names(keep), 1);
+        assert_eq!(t.entry(keep).size(), 1);
+    }
+
+    #[test]
+    fn replacing_a_directory_by_a_file_drops_the_subtree_links() {
+        let mut t = Tree::default();
+        let f = t.insert(b"d/f", file(b"f")).unwrap();
+        t.link(b"l", b"d/f").unwrap();
+        t.insert(b"d", file(b"now a file")).unwrap();
+        assert_eq!(t.names(f), 1);
+        // A link over a directory does the same.
+        let g = t.insert(b"e/g", file(b"g")).unwrap();
+        t.link(b"m", b"e/g").unwrap();
+        t.link(b"e", b"l").unwrap();
+        assert_eq!(t.names(g), 1);
+        assert_eq!(t.names(f), 2);
+    }
+
+    #[test]
+    fn ensure_dir_creates_missing_directories_only() {
+        let mut t = Tree::default();
+        t.insert(b"a", Entry::new(Kind::Dir, 0o700, Timestamp::from_secs(3)))
+            .unwrap();
+        let c = t.ensure_dir(b"a/b/c", Timestamp::from_secs(9)).unwrap();
+        assert_eq!(t.get(b"a/b/c"), Some(c));
+        assert_eq!(t.entry(t.get(b"a").unwrap()).mode, 0o700);
+        assert_eq!(t.entry(c).mode, 0o755);
+        assert_eq!(t.entry(c).mtime, Timestamp::from_secs(9));
+        assert_eq!(t.ensure_dir(b"a/b/c", Timestamp::default()).unwrap(), c);
+        assert_eq!(t.ensure_dir(b"", Timestamp::default()).unwrap(), t.root());
+        t.insert(b"f", file(b"")).unwrap();
+        assert!(t.ensure_dir(b"f", Timestamp::default()).is_err());
+        assert!(t.ensure_dir(b"f/x", Timestamp::default()).is_err());
+    }
+
+    #[test]
     fn escaping_and_overlong_paths_are_refused() {
         let mut t = Tree::default();
         assert!(t.insert(b"../etc/passwd", file(b"")).is_err());
