@@ -374,26 +374,33 @@ impl Tree {
         }
     }
 
-    /// Makes sure `path` is a directory: missing components (the last included) are created as
-    /// directories (mode 0755, root, time `mtime`); existing directories keep their metadata. A
-    /// component that exists but is not a directory is an error.
-    pub fn ensure_dir(&mut self, path: &[u8], mtime: Timestamp) -> Result<NodeId> {
-        let (parent, name) = self.parent_of(path, mtime)?;
-        let Some(name) = name else {
-            return Ok(parent);
-        };
-        match self.nodes[parent.index()].children.get(&name).copied() {
-            Some(id) if self.nodes[id.index()].entry.is_dir() => Ok(id),
-            Some(_) => Err(bad_path(
+    /// Makes sure `path` is a directory the way an overlay upper layer does: missing components
+    /// (the last included) are created as directories (mode 0755, root, time `mtime`), existing
+    /// directories keep their metadata, and a component that is not a directory (a file, a
+    /// symlink, ...) is replaced by a new directory, its name dropped as [`Tree::remove`] does.
+    pub fn make_dirs(&mut self, path: &[u8], mtime: Timestamp) -> Result<NodeId> {
+        let comps = normalize(path)?;
+        if comps.len() > MAX_DEPTH {
+            return Err(bad_path(
                 path,
-                &format!("'{}' is not a directory", String::from_utf8_lossy(&name)),
-            )),
-            None => {
-                let id = self.push(Entry::new(Kind::Dir, 0o755, mtime));
-                self.nodes[parent.index()].children.insert(name, id);
-                Ok(id)
-            }
+                &format!("nested deeper than {MAX_DEPTH} directories"),
+            ));
         }
+        let mut cur = self.root();
+        for c in comps {
+            cur = match self.nodes[cur.index()].children.get(c).copied() {
+                Some(id) if self.nodes[id.index()].entry.is_dir() => id,
+                old => {
+                    if let Some(old) = old {
+                        self.unname(old);
+                    }
+                    let id = self.push(Entry::new(Kind::Dir, 0o755, mtime));
+                    self.nodes[cur.index()].children.insert(c.to_vec(), id);
+                    id
+                }
+            };
+        }
+        Ok(cur)
     }
 
     /// Returns true if and only if some node is no longer reachable from the root (left behind
@@ -648,20 +655,24 @@ mod tests {
     }
 
     #[test]
-    fn ensure_dir_creates_missing_directories_only() {
+    fn make_dirs_creates_missing_directories_and_replaces_non_directories() {
         let mut t = Tree::default();
         t.insert(b"a", Entry::new(Kind::Dir, 0o700, Timestamp::from_secs(3)))
             .unwrap();
-        let c = t.ensure_dir(b"a/b/c", Timestamp::from_secs(9)).unwrap();
+        let c = t.make_dirs(b"a/b/c", Timestamp::from_secs(9)).unwrap();
         assert_eq!(t.get(b"a/b/c"), Some(c));
         assert_eq!(t.entry(t.get(b"a").unwrap()).mode, 0o700);
         assert_eq!(t.entry(c).mode, 0o755);
         assert_eq!(t.entry(c).mtime, Timestamp::from_secs(9));
-        assert_eq!(t.ensure_dir(b"a/b/c", Timestamp::default()).unwrap(), c);
-        assert_eq!(t.ensure_dir(b"", Timestamp::default()).unwrap(), t.root());
-        t.insert(b"f", file(b"")).unwrap();
-        assert!(t.ensure_dir(b"f", Timestamp::default()).is_err());
-        assert!(t.ensure_dir(b"f/x", Timestamp::default()).is_err());
+        assert_eq!(t.make_dirs(b"a/b/c", Timestamp::default()).unwrap(), c);
+        assert_eq!(t.make_dirs(b"", Timestamp::default()).unwrap(), t.root());
+        let f = t.insert(b"f", file(b"")).unwrap();
+        t.link(b"g", b"f").unwrap();
+        let d = t.make_dirs(b"f/x", Timestamp::default()).unwrap();
+        assert!(t.entry(t.get(b"f").unwrap()).is_dir());
+        assert_eq!(t.get(b"f/x"), Some(d));
+        assert_eq!(t.names(f), 1);
+        assert!(t.make_dirs(b"../x", Timestamp::default()).is_err());
     }
 
     #[test]

@@ -35,7 +35,10 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 ///   whole name (a removed subtree included); a directory over a directory takes the new
 ///   metadata and keeps the lower children.
 /// - Missing parent directories are implied (mode 0755, root, the entry's time); existing ones
-///   keep their metadata. Markers imply their directory too.
+///   keep their metadata. Markers imply their directory too. A lower non-directory where a
+///   parent directory is implied (a file, or a symlink such as `lib -> usr/lib`) is replaced by
+///   the implied directory, as the overlay upper layer of containers/storage makes it; symlinks
+///   are never followed.
 /// - A hard link refers to its target as the merged tree has it when the link is applied (a
 ///   lower layer's file, or an earlier entry of the same layer); a link to a target that comes
 ///   later in the same layer is resolved at the end of the layer. Link counts follow every
@@ -47,7 +50,7 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 ///
 /// Errors name the layer (its position and path) and the entry: compressed layers, paths
 /// escaping the root, whiteouts of `.` or `..`, `.wh.` names used as directories, hard links to
-/// targets in no layer, a parent that is not a directory.
+/// targets in no layer or to directories.
 pub fn from_layers(layers: &[PathBuf], opts: &SourceOptions) -> Result<Tree> {
     let mut tree = Tree::default();
     let root = tree.root();
@@ -191,12 +194,18 @@ fn apply(tree: &mut Tree, items: Vec<Item>, name: &str) -> Result<()> {
                     What::Entry(e) => e.mtime,
                     What::Link(_) => tree.entry(tree.root()).mtime,
                 };
-                tree.ensure_dir(&dir, mtime)
+                tree.make_dirs(&dir, mtime)
                     .map_err(|e| named(e, name, &member.path))?;
             }
             Item::Member(path, member) => {
                 // A later member at the same path replaces a link still waiting for its target.
                 pending.retain(|p| p.path != path);
+                let mtime = match &member.what {
+                    What::Entry(e) => e.mtime,
+                    What::Link(_) => tree.entry(tree.root()).mtime,
+                };
+                tree.make_dirs(parent(&path), mtime)
+                    .map_err(|e| named(e, name, &member.path))?;
                 match member.what {
                     What::Entry(e) => {
                         tree.insert(&path, e)
@@ -237,6 +246,9 @@ fn apply(tree: &mut Tree, items: Vec<Item>, name: &str) -> Result<()> {
         let mut left = Vec::new();
         for p in pending {
             if tree.get(&p.target).is_some() {
+                let mtime = tree.entry(tree.root()).mtime;
+                tree.make_dirs(parent(&p.path), mtime)
+                    .map_err(|e| named(e, name, &p.raw))?;
                 tree.link(&p.path, &p.target)
                     .map_err(|e| named(e, name, &p.raw))?;
             } else {
@@ -257,6 +269,14 @@ fn apply(tree: &mut Tree, items: Vec<Item>, name: &str) -> Result<()> {
         pending = left;
     }
     Ok(())
+}
+
+/// The parent directory of a normalized path (`""` for the root's children).
+fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|c| *c == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
 }
 
 /// Names the layer and the member as written in an error from the tree.
