@@ -948,20 +948,31 @@ impl Model {
                 }
             }
         }
-        while !pending.is_empty() {
-            let before = pending.len();
-            let mut left = Vec::new();
-            for (p, t) in pending {
-                if self.names.contains_key(&t) {
-                    self.link(&p, &t).map_err(|()| Refused::Other)?;
-                } else {
-                    left.push((p, t));
-                }
+        // Targets there first, in order, then links waiting for a link's path.
+        let mut queue: std::collections::VecDeque<usize> = Default::default();
+        let mut waiting: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, (_, t)) in pending.iter().enumerate() {
+            if self.names.contains_key(t) {
+                queue.push_back(i);
+            } else {
+                waiting.entry(t.clone()).or_default().push(i);
             }
-            if left.len() == before {
-                return Err(Refused::Unresolved(left));
+        }
+        while let Some(i) = queue.pop_front() {
+            let (p, t) = &pending[i];
+            self.link(p, t).map_err(|()| Refused::Other)?;
+            if let Some(w) = waiting.remove(p) {
+                queue.extend(w);
             }
-            pending = left;
+        }
+        if !waiting.is_empty() {
+            return Err(Refused::Unresolved(
+                waiting
+                    .values()
+                    .flatten()
+                    .map(|&i| pending[i].clone())
+                    .collect(),
+            ));
         }
         Ok(())
     }
@@ -1178,7 +1189,7 @@ fn gen_layers() -> impl Strategy<Value = Vec<Vec<Op>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     /// Valid sequences (ops the model refuses dropped): the trees must be equal.
     #[test]

@@ -2,6 +2,7 @@
 //! would extract them, but in memory: whiteouts and opaque directories remove lower content, and
 //! file contents stay regions of the layer tars.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -185,7 +186,10 @@ fn apply(tree: &mut Tree, items: Vec<Item>, name: &str) -> Result<()> {
             Item::Member(..) | Item::Skip => {}
         }
     }
-    let mut pending: Vec<PendingLink> = Vec::new();
+    // Links waiting for their targets, in archive order (None once a later member took the
+    // path), and the index of the one waiting at each path.
+    let mut pending: Vec<Option<PendingLink>> = Vec::new();
+    let mut pending_at: HashMap<Vec<u8>, usize> = HashMap::new();
     for item in items {
         match item {
             Item::Skip => {}
@@ -199,7 +203,9 @@ fn apply(tree: &mut Tree, items: Vec<Item>, name: &str) -> Result<()> {
             }
             Item::Member(path, member) => {
                 // A later member at the same path replaces a link still waiting for its target.
-                pending.retain(|p| p.path != path);
+                if let Some(i) = pending_at.remove(&path) {
+                    pending[i] = None;
+                }
                 let mtime = match &member.what {
                     What::Entry(e) => e.mtime,
                     What::Link(_) => tree.entry(tree.root()).mtime,
@@ -228,45 +234,54 @@ fn apply(tree: &mut Tree, items: Vec<Item>, name: &str) -> Result<()> {
                             tree.link(&path, &t)
                                 .map_err(|e| named(e, name, &member.path))?;
                         } else {
-                            pending.push(PendingLink {
+                            pending_at.insert(path.clone(), pending.len());
+                            pending.push(Some(PendingLink {
                                 path,
                                 raw: member.path,
                                 target: t,
-                            });
+                            }));
                         }
                     }
                 }
             }
         }
     }
-    // Links to targets later in the layer; a link may target another such link, so resolve
-    // until nothing changes.
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut left = Vec::new();
-        for p in pending {
-            if tree.get(&p.target).is_some() {
-                let mtime = tree.entry(tree.root()).mtime;
-                tree.make_dirs(parent(&p.path), mtime)
-                    .map_err(|e| named(e, name, &p.raw))?;
-                tree.link(&p.path, &p.target)
-                    .map_err(|e| named(e, name, &p.raw))?;
-            } else {
-                left.push(p);
-            }
+    resolve_pending(tree, pending.into_iter().flatten().collect(), name)
+}
+
+/// Applies the hard links that came before their targets, once the rest of the layer is
+/// applied: first those whose targets are there, in archive order, then, as each link is
+/// made, those waiting for its path (a link to a link). Linear in the number of links.
+fn resolve_pending(tree: &mut Tree, pending: Vec<PendingLink>, name: &str) -> Result<()> {
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let mut waiting: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    for (i, p) in pending.iter().enumerate() {
+        if tree.get(&p.target).is_some() {
+            queue.push_back(i);
+        } else {
+            waiting.entry(&p.target).or_default().push(i);
         }
-        if left.len() == before {
-            let Some(p) = left.first() else { break };
-            return Err(bad_member(
-                name,
-                &p.raw,
-                &format!(
-                    "hard link to '{}', which is neither in this layer nor in a lower one",
-                    p.target.escape_ascii()
-                ),
-            ));
+    }
+    while let Some(i) = queue.pop_front() {
+        let p = &pending[i];
+        let mtime = tree.entry(tree.root()).mtime;
+        tree.make_dirs(parent(&p.path), mtime)
+            .map_err(|e| named(e, name, &p.raw))?;
+        tree.link(&p.path, &p.target)
+            .map_err(|e| named(e, name, &p.raw))?;
+        if let Some(w) = waiting.remove(p.path.as_slice()) {
+            queue.extend(w);
         }
-        pending = left;
+    }
+    if let Some(p) = waiting.values().flatten().min().map(|&i| &pending[i]) {
+        return Err(bad_member(
+            name,
+            &p.raw,
+            &format!(
+                "hard link to '{}', which is neither in this layer nor in a lower one",
+                p.target.escape_ascii()
+            ),
+        ));
     }
     Ok(())
 }
