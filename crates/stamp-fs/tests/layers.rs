@@ -1652,6 +1652,7 @@ fn three_layers_match_podman() {
         },
         &[],
     )
+    .pax(&[("SCHILY.xattr.user.origin", b"layer 3")])
     .file("etc/n1", b"n")
     .link("etc/n2", "etc/n1")
     .whiteout("srv")
