@@ -1697,3 +1697,47 @@ fn debian_rootfs_with_a_whiteout_layer_matches_podman() {
         .whiteout("usr/bin/bash");
     check_against_podman(d.path(), &[base, l2.finish()]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Corrupted layers (bytes overwritten anywhere in a valid layer, or the layer truncated)
+    /// give a tree or an error, never a panic.
+    #[test]
+    fn corrupted_layers_never_panic(
+        ops in prop::collection::vec(gen_op(), 1..12),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..20),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let ops = sanitize(&[ops], false).remove(0);
+        let lower = write_layer(d.path(), 0, &ops);
+        let upper = write_layer(d.path(), 1, &ops);
+        let mut bytes = std::fs::read(&upper).unwrap();
+        let headers: Vec<usize> = tar::Archive::new(&bytes[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().raw_header_position() as usize)
+            .collect();
+        // Flip within the headers and data, not the zero padding after them.
+        let used = bytes.iter().rposition(|b| *b != 0).map_or(bytes.len(), |i| i + 1);
+        for (i, b) in flips {
+            let i = i.index(used);
+            bytes[i] = b;
+        }
+        // Valid checksums, so that the damage reaches the fields (half of the time).
+        if cut.is_none() {
+            for h in headers {
+                let block = &mut bytes[h..h + 512];
+                block[148..156].fill(b' ');
+                let sum: u32 = block.iter().map(|b| u32::from(*b)).sum();
+                block[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            }
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len()));
+        }
+        std::fs::write(&upper, &bytes).unwrap();
+        let _ = from_layers(&[lower, upper], &SourceOptions::default());
+    }
+}
