@@ -36,14 +36,18 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 ///   whole name (a removed subtree included); a directory over a directory takes the new
 ///   metadata and keeps the lower children.
 /// - Missing parent directories are implied (mode 0755, root, the entry's time); existing ones
-///   keep their metadata. Markers imply their directory too. A lower non-directory where a
+///   keep their metadata (podman's overlay view shows the upper layer's implied 0755 directory
+///   instead; image builders write parent entries, so this differs only for hand-made layers).
+///   Markers imply their directory too. A lower non-directory where a
 ///   parent directory is implied (a file, or a symlink such as `lib -> usr/lib`) is replaced by
 ///   the implied directory, as the overlay upper layer of containers/storage makes it; symlinks
 ///   are never followed.
 /// - A hard link refers to its target as the merged tree has it when the link is applied (a
 ///   lower layer's file, or an earlier entry of the same layer); a link to a target that comes
 ///   later in the same layer is resolved at the end of the layer. Link counts follow every
-///   removal: a whited-out name drops one link.
+///   removal: a whited-out name drops one link. The link's own header metadata is ignored (the
+///   node keeps its target's), as GNU tar and umoci do; tar writers record the node's own
+///   metadata there, so containers/storage, which applies it, gives the same result.
 ///
 /// Metadata (ownership, modes, nanosecond times, PAX xattrs, devices) comes from the headers as
 /// in [`super::from_tar`]; no file content is read. The layers must be plain regular files and
