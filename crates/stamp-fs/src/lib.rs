@@ -6,8 +6,9 @@
 //! or a copy of the data. The writers turn a tree into a stream of [`stamp_disk::Extent`]s that any
 //! `stamp-disk` writer consumes directly.
 //!
-//! It does not know where trees come from beyond directories and tar archives (OCI layers are
-//! `stamp-oci`) nor how disks are stored (that is `stamp-disk`).
+//! It does not know where trees come from beyond directories, tar archives and the layer tars of
+//! a container image (`source::from_layers`; fetching and storing images is `stamp-oci`) nor how
+//! disks are stored (that is `stamp-disk`).
 #![deny(missing_docs)]
 
 mod error;

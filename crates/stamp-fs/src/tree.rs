@@ -316,7 +316,7 @@ impl Tree {
                 old_node.entry = entry;
                 return Ok(old);
             }
-            old_node.names -= 1;
+            self.unname(old);
         }
         let id = self.push(entry);
         self.nodes[parent.index()].children.insert(name, id);
@@ -336,10 +336,119 @@ impl Tree {
         let (parent, name) = self.parent_of(path, mtime)?;
         let name = name.ok_or_else(|| bad_path(path, "the root cannot be a hard link"))?;
         if let Some(old) = self.nodes[parent.index()].children.insert(name, t) {
-            self.nodes[old.index()].names -= 1;
+            self.unname(old);
         }
         self.nodes[t.index()].names += 1;
         Ok(t)
+    }
+
+    /// Removes the name `path` and, if it is a directory, everything below it, as `rm -rf` does:
+    /// every removed name drops one from its node's link count ([`Tree::names`]). Returns the
+    /// node the name referred to, or None if there is no such name (a missing component or one
+    /// that is not a directory is not an error). Removing the root is an error.
+    pub fn remove(&mut self, path: &[u8]) -> Result<Option<NodeId>> {
+        let comps = normalize(path)?;
+        let Some((last, dirs)) = comps.split_last() else {
+            return Err(bad_path(path, "the root cannot be removed"));
+        };
+        let mut cur = self.root();
+        for d in dirs {
+            match self.nodes[cur.index()].children.get(*d).copied() {
+                Some(id) if self.nodes[id.index()].entry.is_dir() => cur = id,
+                _ => return Ok(None),
+            }
+        }
+        let Some(id) = self.nodes[cur.index()].children.remove(*last) else {
+            return Ok(None);
+        };
+        self.unname(id);
+        Ok(Some(id))
+    }
+
+    /// Removes every child of directory `dir` (and everything below them), as [`Tree::remove`]
+    /// does for each; `dir` itself and its metadata stay.
+    pub fn clear(&mut self, dir: NodeId) {
+        let kids = std::mem::take(&mut self.nodes[dir.index()].children);
+        for (_, kid) in kids {
+            self.unname(kid);
+        }
+    }
+
+    /// Makes sure `path` is a directory the way an overlay upper layer does: missing components
+    /// (the last included) are created as directories (mode 0755, root, time `mtime`), existing
+    /// directories keep their metadata, and a component that is not a directory (a file, a
+    /// symlink, ...) is replaced by a new directory, its name dropped as [`Tree::remove`] does.
+    pub fn make_dirs(&mut self, path: &[u8], mtime: Timestamp) -> Result<NodeId> {
+        let comps = normalize(path)?;
+        if comps.len() > MAX_DEPTH {
+            return Err(bad_path(
+                path,
+                &format!("nested deeper than {MAX_DEPTH} directories"),
+            ));
+        }
+        let mut cur = self.root();
+        for c in comps {
+            cur = match self.nodes[cur.index()].children.get(c).copied() {
+                Some(id) if self.nodes[id.index()].entry.is_dir() => id,
+                old => {
+                    if let Some(old) = old {
+                        self.unname(old);
+                    }
+                    let id = self.push(Entry::new(Kind::Dir, 0o755, mtime));
+                    self.nodes[cur.index()].children.insert(c.to_vec(), id);
+                    id
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Returns true if and only if some node is no longer reachable from the root (left behind
+    /// by a replaced or removed name).
+    pub fn has_orphans(&self) -> bool {
+        self.nodes.iter().any(|n| n.names == 0)
+    }
+
+    /// Drops the nodes no name refers to any more (left by replaced or removed entries), so that
+    /// [`Tree::len`] counts only reachable nodes. The remaining nodes keep their creation order,
+    /// but their [`NodeId`]s change.
+    pub fn compact(&mut self) {
+        if !self.has_orphans() {
+            return;
+        }
+        let mut map: Vec<Option<NodeId>> = vec![None; self.nodes.len()];
+        let mut next = 0u32;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.names > 0 {
+                map[i] = Some(NodeId(next));
+                next += 1;
+            }
+        }
+        let nodes = std::mem::take(&mut self.nodes);
+        self.nodes = nodes
+            .into_iter()
+            .filter(|n| n.names > 0)
+            .map(|mut n| {
+                n.children = std::mem::take(&mut n.children)
+                    .into_iter()
+                    .filter_map(|(k, v)| map[v.index()].map(|v| (k, v)))
+                    .collect();
+                n
+            })
+            .collect();
+    }
+
+    /// Drops one name of node `id`; a node left without names is an orphan, and an orphaned
+    /// directory loses its children the same way (iteratively, whatever the depth).
+    fn unname(&mut self, id: NodeId) {
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            let n = &mut self.nodes[id.index()];
+            n.names = n.names.saturating_sub(1);
+            if n.names == 0 {
+                stack.extend(std::mem::take(&mut n.children).into_values());
+            }
+        }
     }
 
     /// Every (path, node) pair in depth-first name order, the root first as an empty path. A node
@@ -496,6 +605,74 @@ mod tests {
         // Replacing one name drops its count.
         t.insert(b"bin/b", file(b"y")).unwrap();
         assert_eq!(t.names(a), 1);
+    }
+
+    #[test]
+    fn remove_and_clear_drop_subtrees_and_their_link_counts() {
+        let mut t = Tree::default();
+        let f = t.insert(b"d/sub/f", file(b"f")).unwrap();
+        t.link(b"keep", b"d/sub/f").unwrap();
+        t.insert(b"d/g", file(b"g")).unwrap();
+        assert_eq!(t.names(f), 2);
+        assert_eq!(
+            t.remove(b"d/sub").unwrap().map(|id| t.entry(id).is_dir()),
+            Some(true)
+        );
+        assert_eq!(t.names(f), 1);
+        assert_eq!(t.get(b"d/sub/f"), None);
+        assert_eq!(t.get(b"keep"), Some(f));
+        // Missing names and non-directory parents are nothing to remove.
+        assert_eq!(t.remove(b"d/nothing").unwrap(), None);
+        assert_eq!(t.remove(b"keep/x").unwrap(), None);
+        assert!(t.remove(b"/").is_err());
+        assert!(t.remove(b"../x").is_err());
+        let d = t.get(b"d").unwrap();
+        t.clear(d);
+        assert_eq!(t.children(d).count(), 0);
+        assert!(t.has_orphans());
+        t.compact();
+        assert!(!t.has_orphans());
+        // Root, d and keep.
+        assert_eq!(t.len(), 3);
+        let keep = t.get(b"keep").unwrap();
+        assert_eq!(t.names(keep), 1);
+        assert_eq!(t.entry(keep).size(), 1);
+    }
+
+    #[test]
+    fn replacing_a_directory_by_a_file_drops_the_subtree_links() {
+        let mut t = Tree::default();
+        let f = t.insert(b"d/f", file(b"f")).unwrap();
+        t.link(b"l", b"d/f").unwrap();
+        t.insert(b"d", file(b"now a file")).unwrap();
+        assert_eq!(t.names(f), 1);
+        // A link over a directory does the same.
+        let g = t.insert(b"e/g", file(b"g")).unwrap();
+        t.link(b"m", b"e/g").unwrap();
+        t.link(b"e", b"l").unwrap();
+        assert_eq!(t.names(g), 1);
+        assert_eq!(t.names(f), 2);
+    }
+
+    #[test]
+    fn make_dirs_creates_missing_directories_and_replaces_non_directories() {
+        let mut t = Tree::default();
+        t.insert(b"a", Entry::new(Kind::Dir, 0o700, Timestamp::from_secs(3)))
+            .unwrap();
+        let c = t.make_dirs(b"a/b/c", Timestamp::from_secs(9)).unwrap();
+        assert_eq!(t.get(b"a/b/c"), Some(c));
+        assert_eq!(t.entry(t.get(b"a").unwrap()).mode, 0o700);
+        assert_eq!(t.entry(c).mode, 0o755);
+        assert_eq!(t.entry(c).mtime, Timestamp::from_secs(9));
+        assert_eq!(t.make_dirs(b"a/b/c", Timestamp::default()).unwrap(), c);
+        assert_eq!(t.make_dirs(b"", Timestamp::default()).unwrap(), t.root());
+        let f = t.insert(b"f", file(b"")).unwrap();
+        t.link(b"g", b"f").unwrap();
+        let d = t.make_dirs(b"f/x", Timestamp::default()).unwrap();
+        assert!(t.entry(t.get(b"f").unwrap()).is_dir());
+        assert_eq!(t.get(b"f/x"), Some(d));
+        assert_eq!(t.names(f), 1);
+        assert!(t.make_dirs(b"../x", Timestamp::default()).is_err());
     }
 
     #[test]

@@ -67,10 +67,6 @@ struct PendingLink {
 
 /// Reads the uncompressed tar file at `file`; errors name the archive `name`.
 fn read_plain(file: &Path, name: &str, opts: &SourceOptions) -> Result<Tree> {
-    let f = File::open(file).map_err(|e| Error::io("open", file, e))?;
-    let data = Arc::new(PathBuf::from(file));
-    let mut archive = tar::Archive::new(f);
-    let io = |e| Error::io("read tar", PathBuf::from(name), e);
     let mut tree = Tree::default();
     // The root keeps the default metadata unless the archive has a `./` entry, but its time is
     // clamped like every other.
@@ -79,14 +75,77 @@ fn read_plain(file: &Path, name: &str, opts: &SourceOptions) -> Result<Tree> {
     let re = tree.entry_mut(root);
     (re.mtime, re.atime, re.ctime) = (rt, rt, rt);
     let mut pending: Vec<PendingLink> = Vec::new();
+    members(file, name, opts, |m| {
+        match m.what {
+            What::Link(target) => {
+                if tree.get(&target).is_some() {
+                    tree.link(&m.path, &target)
+                        .map_err(|e| name_source(e, name))?;
+                } else {
+                    pending.push(PendingLink {
+                        link: m.path,
+                        target,
+                    });
+                }
+            }
+            What::Entry(e) => {
+                tree.insert(&m.path, e).map_err(|e| name_source(e, name))?;
+            }
+        }
+        Ok(())
+    })?;
+    // Hard links that came before their targets.
+    for p in pending {
+        tree.link(&p.link, &p.target)
+            .map_err(|e| name_source(e, name))?;
+    }
+    Ok(tree)
+}
+
+/// One member of a tar archive, its header and PAX records parsed.
+pub(super) struct Member {
+    /// The path as written in the archive (not normalized).
+    pub(super) path: Vec<u8>,
+    /// What the member makes.
+    pub(super) what: What,
+}
+
+/// What a tar member makes.
+pub(super) enum What {
+    /// A file, directory, symlink, device or FIFO with its metadata; a regular file's content is
+    /// its region of the archive.
+    Entry(Entry),
+    /// A hard link to this target path (as written in the archive).
+    Link(Vec<u8>),
+}
+
+/// The error for the member `path` of the source `name`.
+pub(super) fn bad_member(name: &str, path: &[u8], detail: &str) -> Error {
+    Error::BadPath {
+        source_name: name.to_string(),
+        path: String::from_utf8_lossy(path).into_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Calls `each` with every member of the uncompressed tar file at `file`, in archive order,
+/// reading headers only (contents are skipped by seeking and referred to as regions of `file`).
+/// Global PAX headers are skipped; GNU sparse members and unknown types are errors naming the
+/// archive `name` and the member.
+pub(super) fn members(
+    file: &Path,
+    name: &str,
+    opts: &SourceOptions,
+    mut each: impl FnMut(Member) -> Result<()>,
+) -> Result<()> {
+    let f = File::open(file).map_err(|e| Error::io("open", file, e))?;
+    let data = Arc::new(PathBuf::from(file));
+    let mut archive = tar::Archive::new(f);
+    let io = |e| Error::io("read tar", PathBuf::from(name), e);
     for entry in archive.entries_with_seek().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let path = entry.path_bytes().into_owned();
-        let bad = |detail: &str| Error::BadPath {
-            source_name: name.to_string(),
-            path: String::from_utf8_lossy(&path).into_owned(),
-            detail: detail.to_string(),
-        };
+        let bad = |detail: &str| bad_member(name, &path, detail);
         let header = entry.header().clone();
         let etype = header.entry_type();
         if matches!(etype, EntryType::XGlobalHeader) {
@@ -143,12 +202,10 @@ fn read_plain(file: &Path, name: &str, opts: &SourceOptions) -> Result<Tree> {
                     .link_name_bytes()
                     .ok_or_else(|| bad("hard link without a target"))?
                     .into_owned();
-                if tree.get(&target).is_some() {
-                    tree.link(&path, &target)
-                        .map_err(|e| name_source(e, name))?;
-                } else {
-                    pending.push(PendingLink { link: path, target });
-                }
+                each(Member {
+                    path,
+                    what: What::Link(target),
+                })?;
                 continue;
             }
             EntryType::GNULongName | EntryType::GNULongLink | EntryType::XHeader => continue,
@@ -170,14 +227,12 @@ fn read_plain(file: &Path, name: &str, opts: &SourceOptions) -> Result<Tree> {
             ctime: opts.clamp(meta.ctime.unwrap_or(meta.mtime)),
             xattrs: meta.xattrs,
         };
-        tree.insert(&path, e).map_err(|e| name_source(e, name))?;
+        each(Member {
+            path,
+            what: What::Entry(e),
+        })?;
     }
-    // Hard links that came before their targets.
-    for p in pending {
-        tree.link(&p.link, &p.target)
-            .map_err(|e| name_source(e, name))?;
-    }
-    Ok(tree)
+    Ok(())
 }
 
 /// An entry's metadata from its header, overridden by its PAX records.

@@ -1,4 +1,5 @@
-//! Tree sources: a [`Tree`] from a host directory or a tar archive (plain, gzip, zstd or xz).
+//! Tree sources: a [`Tree`] from a host directory, a tar archive (plain, gzip, zstd or xz), or
+//! the layers of a container image flattened with their whiteouts ([`from_layers`]).
 //!
 //! Sources never copy file contents into memory: a directory's files are referred to by path, a
 //! plain tar's members by their offset in the archive. A compressed tar (or a tar read from stdin)
@@ -8,6 +9,7 @@
 
 mod archive;
 mod dir;
+mod layers;
 mod pax;
 mod spool;
 
@@ -18,6 +20,7 @@ use crate::{Error, Result, Timestamp, Tree};
 
 pub use archive::from_tar;
 pub use dir::from_dir;
+pub use layers::from_layers;
 
 /// Options common to every source.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
