@@ -60,7 +60,10 @@ pub fn pull(
             return Err(Error::malformed(
                 r.to_string(),
                 "image index",
-                format!("{digest} is a {}, not an image manifest", fetched.media_type),
+                format!(
+                    "{digest} is a {}, not an image manifest",
+                    fetched.media_type
+                ),
             ));
         }
     }

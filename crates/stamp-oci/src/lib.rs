@@ -12,6 +12,7 @@ mod digest;
 pub mod disk;
 pub mod distribution;
 mod error;
+mod flatten;
 pub mod image;
 pub mod media;
 mod reference;
@@ -20,6 +21,7 @@ pub mod store;
 
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
+pub use flatten::flatten;
 pub use image::{Image, ImageKind};
 pub use reference::Reference;
 pub use store::{BlobWriter, Named, Store};

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::media;
 use oci_spec::image::Descriptor;
 
-use crate::store::{BlobWriter, Store, descriptor};
 use crate::image::Image;
+use crate::store::{BlobWriter, Store, descriptor};
 
 /// Reads and checks a disk file to be stored: its format, virtual size, and that it stands alone.
 pub fn describe(path: &Path) -> Result<(String, u64)> {
@@ -94,9 +94,8 @@ pub fn store_disk(
         architecture,
         source_image,
     };
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| {
-        Error::malformed(name.clone(), "disk config", e.to_string())
-    })?;
+    let config_bytes = serde_json::to_vec(&config)
+        .map_err(|e| Error::malformed(name.clone(), "disk config", e.to_string()))?;
     let config_digest = store.put_bytes(&config_bytes)?;
     let manifest = json!({
         "schemaVersion": 2,

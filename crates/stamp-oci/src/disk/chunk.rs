@@ -95,7 +95,11 @@ mod tests {
         let after = layers(&data);
         assert_eq!(after.concat(), data);
         let same = after.iter().filter(|l| before.contains(l)).count();
-        assert!(same + 2 >= after.len(), "{same} of {} layers kept", after.len());
+        assert!(
+            same + 2 >= after.len(),
+            "{same} of {} layers kept",
+            after.len()
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ fn write_layer(
     let io = |e: std::io::Error| Error::io("write containerDisk layer for", disk_name, e);
     let mut b = tar::Builder::new(out);
     let mut dir = header(tar::EntryType::Directory, 0o755, 0, mtime);
-    b.append_data(&mut dir, "disk/", std::io::empty()).map_err(io)?;
+    b.append_data(&mut dir, "disk/", std::io::empty())
+        .map_err(io)?;
     let mut file = header(tar::EntryType::Regular, 0o644, len, mtime);
     let mut limited = disk.take(len);
     b.append_data(&mut file, format!("disk/{file_name}"), &mut limited)
@@ -124,13 +125,16 @@ mod tests {
         }
         assert_eq!(
             seen,
-            [("disk/".to_string(), 0), ("disk/disk.qcow2".to_string(), 5000)]
+            [
+                ("disk/".to_string(), 0),
+                ("disk/disk.qcow2".to_string(), 5000)
+            ]
         );
     }
 
     #[test]
     fn a_short_disk_is_an_error() {
-        let data = vec![0u8; 10];
+        let data = [0u8; 10];
         let err = write_layer(&data[..], "d.raw", "disk.img", 5000, 0, Vec::new()).unwrap_err();
         assert!(err.to_string().contains("d.raw"), "{err}");
     }

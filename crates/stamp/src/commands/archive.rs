@@ -2,9 +2,9 @@
 //! out of the store.
 
 use anyhow::{Context, Result, bail};
+use stamp_oci::ImageKind;
 use stamp_oci::archive::{self, ImportOptions, Source};
 use stamp_oci::disk::artifact;
-use stamp_oci::ImageKind;
 
 use super::pull::write_disk;
 use super::registry::open_store;
@@ -29,7 +29,10 @@ pub fn run_import(a: ImportArgs) -> Result<u8> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image".into());
-        format!("localhost/{}:latest", stem.split('.').next().unwrap_or("image").to_lowercase())
+        format!(
+            "localhost/{}:latest",
+            stem.split('.').next().unwrap_or("image").to_lowercase()
+        )
     });
     store.set_name(&name, &desc)?;
     println!("Imported {name}\nDigest: {}", desc.digest());
@@ -42,7 +45,10 @@ pub fn run_export(a: ExportArgs) -> Result<u8> {
     if a.disk {
         let image = store.image(&desc, None)?;
         if image.kind != ImageKind::Disk {
-            bail!("{} is not a disk image; leave out --disk to export an OCI archive", a.reference);
+            bail!(
+                "{} is not a disk image; leave out --disk to export an OCI archive",
+                a.reference
+            );
         }
         write_disk(&store, &image, &a.output)?;
     } else {
@@ -62,7 +68,10 @@ fn is_disk(path: &std::path::Path) -> Result<bool> {
     let format = stamp_disk::detect_path(path)?;
     Ok(match format {
         stamp_disk::Format::Raw => {
-            matches!(path.extension().and_then(|e| e.to_str()), Some("raw" | "img"))
+            matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("raw" | "img")
+            )
         }
         // An OVA is a tar of disks: import its disk with `stamp convert` first.
         stamp_disk::Format::Ova => false,

@@ -103,7 +103,13 @@ pub fn run_inspect(a: InspectArgs) -> Result<u8> {
         }
     }
     if image.kind == ImageKind::Disk {
-        for key in ["format", "virtualSize", "fileSize", "bootMode", "architecture"] {
+        for key in [
+            "format",
+            "virtualSize",
+            "fileSize",
+            "bootMode",
+            "architecture",
+        ] {
             if let Some(v) = config.get(key) {
                 println!("{:<10}{}", format!("{key}:"), v);
             }
@@ -111,7 +117,12 @@ pub fn run_inspect(a: InspectArgs) -> Result<u8> {
     }
     println!("Layers:");
     for l in image.manifest.layers() {
-        println!("  {}  {:>10}  {}", l.digest(), human_size(l.size()), l.media_type());
+        println!(
+            "  {}  {:>10}  {}",
+            l.digest(),
+            human_size(l.size()),
+            l.media_type()
+        );
     }
     Ok(0)
 }
@@ -138,8 +149,14 @@ mod tests {
 
     #[test]
     fn names_split_at_the_tag_not_the_port() {
-        assert_eq!(split_name("localhost:5000/deb:12"), ("localhost:5000/deb", "12"));
-        assert_eq!(split_name("localhost:5000/deb"), ("localhost:5000/deb", "<none>"));
+        assert_eq!(
+            split_name("localhost:5000/deb:12"),
+            ("localhost:5000/deb", "12")
+        );
+        assert_eq!(
+            split_name("localhost:5000/deb"),
+            ("localhost:5000/deb", "<none>")
+        );
         assert_eq!(split_name("deb@sha256:ab"), ("deb", "<none>"));
     }
 }

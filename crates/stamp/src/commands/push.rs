@@ -21,7 +21,11 @@ pub fn run(a: PushArgs) -> Result<u8> {
         PushAs::Artifact | PushAs::Containerdisk if image.kind != ImageKind::Disk => bail!(
             "{} is not a disk image; --as {} pushes a disk imported with `stamp import DISK` or built by stamp",
             a.local,
-            if a.push_as == PushAs::Artifact { "artifact" } else { "containerdisk" }
+            if a.push_as == PushAs::Artifact {
+                "artifact"
+            } else {
+                "containerdisk"
+            }
         ),
         PushAs::Artifact => {}
         PushAs::Containerdisk => {
