@@ -191,3 +191,27 @@ pub(crate) fn pick_platform(
             ))
         })
 }
+
+/// The bytes of an OCI image manifest of `config` and `layers` (an OCI 1.1 artifact's when
+/// `artifact_type` is set), ready to store; `source` names what it is made from, for errors.
+pub(crate) fn manifest_bytes(
+    source: &str,
+    config: &Descriptor,
+    layers: &[Descriptor],
+    artifact_type: Option<&str>,
+    title: Option<&str>,
+) -> Result<Vec<u8>> {
+    let mut m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": config,
+        "layers": layers,
+    });
+    if let Some(t) = artifact_type {
+        m["artifactType"] = t.into();
+    }
+    if let Some(t) = title {
+        m["annotations"] = serde_json::json!({ "org.opencontainers.image.title": t });
+    }
+    serde_json::to_vec(&m).map_err(|e| Error::malformed(source, "manifest", e.to_string()))
+}

@@ -1,6 +1,7 @@
 //! FAT timestamps: local time (taken as UTC) with 2-second resolution, 1980 to 2107.
 
 use crate::Timestamp;
+use crate::tree::civil_from_days;
 
 /// A FAT date and time: `(date, time, tenths)` as stored in a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,20 +38,6 @@ pub(crate) fn fat_time(t: Timestamp, limit: Option<i64>) -> FatTime {
         time: ((h as u16) << 11) | ((mi as u16) << 5) | (s / 2) as u16,
         tenths: ((s % 2) * 100) as u8 + (nsec / 10_000_000).min(99) as u8,
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::Path;
 use super::{ImportOptions, Imported, Magic, magic_of};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::image::manifest_bytes;
 use crate::media;
 use crate::store::{BlobWriter, Staging, Store, descriptor};
 
@@ -133,14 +134,9 @@ pub(crate) fn one_layer_image(
     let config_bytes = serde_json::to_vec(&config)
         .map_err(|e| Error::malformed(what.to_string(), "image config", e.to_string()))?;
     let config_digest = staging.put_bytes(&config_bytes)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": descriptor(media::OCI_CONFIG, &config_digest, config_bytes.len() as u64)?,
-        "layers": [descriptor(media_type, &layer, size)?],
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::malformed(what.to_string(), "manifest", e.to_string()))?;
+    let config = descriptor(media::OCI_CONFIG, &config_digest, config_bytes.len() as u64)?;
+    let layer = descriptor(media_type, &layer, size)?;
+    let manifest_bytes = manifest_bytes(what, &config, &[layer], None, None)?;
     let manifest_digest = staging.put_bytes(&manifest_bytes)?;
     let root = descriptor(
         media::OCI_MANIFEST,
@@ -152,24 +148,7 @@ pub(crate) fn one_layer_image(
 
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
 pub(crate) fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    stamp_fs::Timestamp::from_secs(secs).to_rfc3339()
 }
 
 #[cfg(test)]

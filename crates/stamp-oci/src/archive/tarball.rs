@@ -11,6 +11,7 @@ use super::layout::{check_layout, parse_index, select};
 use super::{Imported, Magic, magic_of, open_decompressed, safe_member_path};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::image::manifest_bytes;
 use crate::media;
 use crate::store::{MANIFEST_LIMIT, Staging, Store, descriptor};
 
@@ -276,14 +277,8 @@ pub(crate) fn import_docker_archive(
         };
         layers.push(descriptor(media_type, &m.digest, m.size)?);
     }
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": descriptor(media::OCI_CONFIG, &config.digest, config.size)?,
-        "layers": layers,
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::malformed(name.clone(), "manifest", e.to_string()))?;
+    let config = descriptor(media::OCI_CONFIG, &config.digest, config.size)?;
+    let manifest_bytes = manifest_bytes(&name, &config, &layers, None, None)?;
     let manifest_digest = staging.put_bytes(&manifest_bytes)?;
     let root = descriptor(
         media::OCI_MANIFEST,

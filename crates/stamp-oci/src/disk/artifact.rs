@@ -4,8 +4,6 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use serde_json::json;
-
 use super::DiskConfig;
 use super::chunk::{Piece, split};
 use crate::digest::{Digest, DigestWriter};
@@ -13,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::media;
 use oci_spec::image::Descriptor;
 
-use crate::image::Image;
+use crate::image::{Image, manifest_bytes};
 use crate::store::{BlobWriter, Store, descriptor};
 
 /// Reads and checks a disk file to be stored: its format, virtual size, and that it stands alone.
@@ -97,24 +95,21 @@ pub fn store_disk(
     let config_bytes = serde_json::to_vec(&config)
         .map_err(|e| Error::malformed(name.clone(), "disk config", e.to_string()))?;
     let config_digest = store.put_bytes(&config_bytes)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "artifactType": media::STAMP_DISK_ARTIFACT,
-        "config": {
-            "mediaType": media::STAMP_DISK_CONFIG,
-            "digest": config_digest,
-            "size": config_bytes.len(),
-        },
-        "layers": layers.iter().map(|(d, size)| json!({
-            "mediaType": media::STAMP_DISK_CHUNK,
-            "digest": d,
-            "size": size,
-        })).collect::<Vec<_>>(),
-        "annotations": { "org.opencontainers.image.title": config.file_name },
-    });
-    let bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::malformed(name, "manifest", e.to_string()))?;
+    let layers = layers
+        .iter()
+        .map(|(d, size)| descriptor(media::STAMP_DISK_CHUNK, d, *size))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = manifest_bytes(
+        &name,
+        &descriptor(
+            media::STAMP_DISK_CONFIG,
+            &config_digest,
+            config_bytes.len() as u64,
+        )?,
+        &layers,
+        Some(media::STAMP_DISK_ARTIFACT),
+        Some(&config.file_name),
+    )?;
     let digest = store.put_bytes(&bytes)?;
     descriptor(media::OCI_MANIFEST, &digest, bytes.len() as u64)
 }

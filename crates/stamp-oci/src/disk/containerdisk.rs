@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::artifact::{Reassembly, parts};
 use crate::error::{Error, Result};
-use crate::image::Image;
+use crate::image::{Image, manifest_bytes};
 use crate::media;
 use crate::store::{Store, descriptor};
 
@@ -48,14 +48,13 @@ pub fn build(store: &Store, disk: &Image, mtime: u64) -> Result<Descriptor> {
     let config_bytes = serde_json::to_vec(&image_config)
         .map_err(|e| Error::malformed(config.file_name.clone(), "image config", e.to_string()))?;
     let config_digest = store.put_bytes(&config_bytes)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": { "mediaType": media::OCI_CONFIG, "digest": config_digest, "size": config_bytes.len() },
-        "layers": [{ "mediaType": media::OCI_LAYER_TAR, "digest": layer, "size": layer_size }],
-    });
-    let bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::malformed(config.file_name.clone(), "manifest", e.to_string()))?;
+    let bytes = manifest_bytes(
+        &config.file_name,
+        &descriptor(media::OCI_CONFIG, &config_digest, config_bytes.len() as u64)?,
+        &[descriptor(media::OCI_LAYER_TAR, &layer, layer_size)?],
+        None,
+        None,
+    )?;
     let digest = store.put_bytes(&bytes)?;
     descriptor(media::OCI_MANIFEST, &digest, bytes.len() as u64)
 }

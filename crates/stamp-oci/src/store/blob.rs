@@ -336,22 +336,10 @@ impl Store {
 
 /// Reads a small file whole and checks it hashes to `d`.
 pub(crate) fn read_small_at(path: &Path, d: &Digest, limit: u64) -> Result<Vec<u8>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::MissingBlob(*d)),
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
-    let mut bytes = Vec::new();
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
-    if bytes.len() as u64 > limit {
-        return Err(Error::malformed(
-            d.to_string(),
-            "blob",
-            format!("larger than the limit of {limit} bytes for manifests and configs"),
-        ));
+    if !path.exists() {
+        return Err(Error::MissingBlob(*d));
     }
+    let bytes = super::read_limited(path, limit, "blob (manifest or config)")?;
     let actual = Digest::of(&bytes);
     if actual != *d {
         return Err(Error::Tampered {
