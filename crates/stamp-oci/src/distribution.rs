@@ -24,6 +24,11 @@ pub trait TransferProgress: Sync {
     fn advance(&self, digest: &Digest, done: u64);
     /// The blob is complete; `moved` is false when nothing had to be sent (already there).
     fn finish(&self, digest: &Digest, moved: bool);
+    /// Whether the user asked to stop (Ctrl-C): transfers then fail soon with
+    /// [`Error::Interrupted`], leaving no partial blob.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A [`TransferProgress`] that reports nothing.
@@ -76,7 +81,7 @@ pub fn pull(
         .iter()
         .map(|d| Ok((descriptor_digest(d)?, d.size())))
         .collect::<Result<Vec<_>>>()?;
-    for_each_parallel(&wanted, |digest, size| {
+    let downloaded = for_each_parallel(&wanted, |digest, size| {
         if store.has_blob(digest) {
             progress.finish(digest, false);
             return Ok(());
@@ -85,11 +90,16 @@ pub fn pull(
         let mut w = store
             .blob_writer()?
             .with_source(format!("{}@{digest}", r.repository));
-        client.get_blob(r, digest, size, &mut w, &|n| progress.advance(digest, n))?;
+        let mut sink = Cancellable {
+            inner: &mut w,
+            progress,
+        };
+        client.get_blob(r, digest, size, &mut sink, &|n| progress.advance(digest, n))?;
         w.commit(Some(digest))?;
         progress.finish(digest, true);
         Ok(())
-    })?;
+    });
+    interrupted_or(downloaded, progress)?;
     let stored = store.put_bytes(&fetched.bytes)?;
     let desc = manifest_descriptor(&fetched, stored)?;
     store.set_name(&r.to_string(), &desc)?;
@@ -119,15 +129,19 @@ pub fn push(
     for (digest, _) in &wanted {
         store.verify_cached(digest)?;
     }
-    for_each_parallel(&wanted, |digest, size| {
+    let uploaded = for_each_parallel(&wanted, |digest, size| {
         progress.start(digest, size);
-        let path = store.blob_path(digest);
-        let outcome = client.push_blob(remote, digest, size, &path, mount_from, &|n| {
+        let source = CancellableFile {
+            path: store.blob_path(digest),
+            progress,
+        };
+        let outcome = client.push_blob(remote, digest, size, &source, mount_from, &|n| {
             progress.advance(digest, n)
         })?;
         progress.finish(digest, outcome.uploaded());
         Ok(())
-    })?;
+    });
+    interrupted_or(uploaded, progress)?;
     let media_type = image.manifest_descriptor.media_type().to_string();
     client.put_manifest(remote, &manifest_bytes, &media_type)
 }
@@ -200,6 +214,77 @@ fn for_each_parallel(
     match first_error.into_inner() {
         Ok(Some(e)) => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// `result`, or [`Error::Interrupted`] when it failed because the user asked to stop.
+fn interrupted_or(result: Result<()>, progress: &dyn TransferProgress) -> Result<()> {
+    match result {
+        Err(_) if progress.cancelled() => Err(Error::Interrupted),
+        other => other,
+    }
+}
+
+/// The error a transfer's reader or writer returns once the user has asked to stop (not
+/// `ErrorKind::Interrupted`, which `write_all` and `read_exact` would retry forever).
+fn cancelled_error() -> std::io::Error {
+    std::io::Error::other("interrupted by the user")
+}
+
+/// A download sink that fails its next write once the transfer is cancelled.
+struct Cancellable<'a, W> {
+    inner: W,
+    progress: &'a dyn TransferProgress,
+}
+
+impl<W: BlobSink> std::io::Write for Cancellable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.progress.cancelled() {
+            return Err(cancelled_error());
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: BlobSink> BlobSink for Cancellable<'_, W> {
+    fn reset(&mut self) -> std::io::Result<()> {
+        self.inner.reset()
+    }
+}
+
+/// A blob file to upload whose reads fail once the transfer is cancelled.
+struct CancellableFile<'a> {
+    path: std::path::PathBuf,
+    progress: &'a dyn TransferProgress,
+}
+
+impl crate::registry::BlobSource for CancellableFile<'_> {
+    fn open(&self) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        if self.progress.cancelled() {
+            return Err(cancelled_error());
+        }
+        Ok(Box::new(CancellableRead {
+            file: std::fs::File::open(&self.path)?,
+            progress: self.progress,
+        }))
+    }
+}
+
+struct CancellableRead<'a> {
+    file: std::fs::File,
+    progress: &'a dyn TransferProgress,
+}
+
+impl std::io::Read for CancellableRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.progress.cancelled() {
+            return Err(cancelled_error());
+        }
+        self.file.read(buf)
     }
 }
 

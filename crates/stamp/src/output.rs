@@ -2,6 +2,7 @@
 //! exit codes.
 
 use stamp_disk::Error as DiskError;
+use stamp_oci::Error as OciError;
 
 /// Exit code for an interrupted run (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -43,14 +44,22 @@ pub fn print_error(err: &anyhow::Error) {
 
 /// The exit code for an error that ended a command whose error code is `error_code`.
 pub fn exit_code_for(err: &anyhow::Error, error_code: u8) -> u8 {
-    match err.chain().find_map(|e| e.downcast_ref::<DiskError>()) {
-        Some(DiskError::Interrupted) => EXIT_INTERRUPTED,
-        _ => error_code,
+    let interrupted = err.chain().any(|e| {
+        matches!(e.downcast_ref::<DiskError>(), Some(DiskError::Interrupted))
+            || matches!(e.downcast_ref::<OciError>(), Some(OciError::Interrupted))
+    });
+    if interrupted {
+        EXIT_INTERRUPTED
+    } else {
+        error_code
     }
 }
 
 /// What the user can do about `err`, if anything useful can be said.
 fn hint_for(err: &anyhow::Error) -> Option<String> {
+    if let Some(oci) = err.chain().find_map(|e| e.downcast_ref::<OciError>()) {
+        return oci_hint(oci);
+    }
     let disk = err.chain().find_map(|e| e.downcast_ref::<DiskError>())?;
     Some(match disk {
         DiskError::Missing { what, missing, .. } => format!(
@@ -65,6 +74,20 @@ fn hint_for(err: &anyhow::Error) -> Option<String> {
         }
         DiskError::InvalidOption(_) => "see `stamp help convert` for the formats and their options".into(),
         DiskError::Interrupted => "nothing was written; run the command again to finish it".into(),
+        _ => return None,
+    })
+}
+
+/// What the user can do about a store or registry error.
+fn oci_hint(err: &OciError) -> Option<String> {
+    Some(match err {
+        OciError::Tampered { .. } => "the store's copy was modified after it was written; `stamp fsck` lists every damaged blob, then `stamp rmi` the image and pull or import it again".into(),
+        OciError::Auth { .. } => "pass --creds USER:PASSWORD, or log in with `podman login` (stamp reads its auth.json and ~/.docker/config.json)".into(),
+        OciError::Registry { detail, .. } if detail.contains("certificate") || detail.contains("tls") || detail.contains("TLS") => {
+            "for a registry with a self-signed certificate pass --cert-dir DIR (its CA as DIR/*.crt), or --tls-verify=false".into()
+        }
+        OciError::NotFound(_) => "`stamp images` lists what is in the store; check the name and tag".into(),
+        OciError::Interrupted => "what was complete is kept; run the command again to finish it".into(),
         _ => return None,
     })
 }

@@ -10,8 +10,9 @@ use stamp_oci::{ImageKind, Reference, Store};
 
 use super::registry::{Bars, client, open_store};
 use crate::cli::PullArgs;
+use crate::progress::CancelFlag;
 
-pub fn run(a: PullArgs) -> Result<u8> {
+pub fn run(a: PullArgs, cancel: &CancelFlag) -> Result<u8> {
     let store = open_store(&a.store)?;
     let platform = a.platform.as_deref().map(parse_platform).transpose()?;
     let (desc, name) = match Source::parse(&a.reference)? {
@@ -26,7 +27,7 @@ pub fn run(a: PullArgs) -> Result<u8> {
         None => {
             let r: Reference = a.reference.parse()?;
             let client = client(&a.registry)?;
-            let bars = Bars::new(a.quiet);
+            let bars = Bars::new(a.quiet, cancel);
             let desc = stamp_oci::distribution::pull(&store, &client, &r, platform.as_ref(), &bars)
                 .with_context(|| format!("cannot pull {r}"))?;
             (desc, r.to_string())

@@ -7,8 +7,9 @@ use stamp_oci::{ImageKind, Reference};
 
 use super::registry::{Bars, client, open_store};
 use crate::cli::{PushArgs, PushAs};
+use crate::progress::CancelFlag;
 
-pub fn run(a: PushArgs) -> Result<u8> {
+pub fn run(a: PushArgs, cancel: &CancelFlag) -> Result<u8> {
     let store = open_store(&a.store)?;
     let desc = store.resolve(&a.local)?;
     let mut image = store.image(&desc, None)?;
@@ -43,7 +44,7 @@ pub fn run(a: PushArgs) -> Result<u8> {
         .filter(|l| l.registry == remote.registry)
         .map(|l| l.repository);
     let client = client(&a.registry)?;
-    let bars = Bars::new(a.quiet);
+    let bars = Bars::new(a.quiet, cancel);
     let digest = stamp_oci::distribution::push(
         &store,
         &client,

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -12,6 +13,7 @@ use stamp_oci::registry::{Client, RegistryOptions};
 use stamp_oci::{Digest, Store};
 
 use crate::cli::{RegistryArgs, StoreArgs};
+use crate::progress::CancelFlag;
 
 /// Opens (creating if needed) the store named by `--store`/`STAMP_STORE`, else the default.
 pub fn open_store(a: &StoreArgs) -> Result<Store> {
@@ -42,19 +44,26 @@ pub fn client(a: &RegistryArgs) -> Result<Client> {
 pub struct Bars {
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
+    cancel: CancelFlag,
 }
 
 impl Bars {
-    /// Bars on stderr when it is a terminal and `quiet` is false.
-    pub fn new(quiet: bool) -> Self {
+    /// Bars on stderr when it is a terminal and `quiet` is false; Ctrl-C (`cancel`) stops the
+    /// transfer.
+    pub fn new(quiet: bool, cancel: &CancelFlag) -> Self {
         Bars {
             multi: (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new),
             bars: Mutex::new(HashMap::new()),
+            cancel: cancel.clone(),
         }
     }
 }
 
 impl TransferProgress for Bars {
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
     fn start(&self, digest: &Digest, size: u64) {
         let Some(multi) = &self.multi else { return };
         let bar = multi.add(ProgressBar::new(size));
