@@ -778,6 +778,19 @@ fn store_verbs_images_tag_rmi_gc_export_import() {
     assert_eq!(mine["kind"], "container image");
     assert!(mine["size"].as_u64().unwrap() > 50_000);
 
+    // STAMP_STORE names the same store as --store.
+    let by_env: Run = Command::new(env!("CARGO_BIN_EXE_stamp"))
+        .env("STAMP_STORE", store.path())
+        .args(["images", "--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(by_env.code, 0, "{}", by_env.stderr);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&by_env.stdout).unwrap(),
+        serde_json::Value::Array(images.clone())
+    );
+
     store.ok("tag", &["localhost/verbs:1", "localhost/verbs:2"]);
     let names: Vec<_> = store
         .images()
@@ -827,4 +840,79 @@ fn store_verbs_images_tag_rmi_gc_export_import() {
         assert!(!store.blob(b).exists(), "gc left {b}");
     }
     assert_eq!(store.run("fsck", &[]).code, 0);
+}
+
+#[test]
+fn blob_whose_bytes_do_not_match_its_digest_fails_the_pull_and_stores_nothing() {
+    let reg = support::registry(Flavour::Plain);
+    let (a, digest) = store_with_small_image("localhost/mismatch:1", 200_000);
+    let layer = layer_digests(&a.inspect(&digest))[0].clone();
+    let repo = support::unique_repo("mismatch");
+    a.push(
+        "image",
+        "localhost/mismatch:1",
+        &format!("{}/{repo}:1", reg.host),
+    );
+    // Every answer for the layer has its last byte flipped, retries included.
+    let proxy = Proxy::start(
+        reg.addr,
+        vec![Rule::new("GET", &layer, Fault::FlipByte, 1000)],
+    );
+    let b = Store::new();
+    let r = b.run(
+        "pull",
+        &["--tls-verify=false", &format!("{}/{repo}:1", proxy.host)],
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains(&layer), "error: {}", r.stderr);
+    eprintln!("{}", r.stderr.trim());
+    if b.path().exists() {
+        assert!(b.images().is_empty(), "{:?}", b.images());
+        assert!(!b.blob(&layer).exists(), "the bad layer was stored");
+        let fsck = b.run("fsck", &[]);
+        assert_eq!(fsck.code, 0, "{}{}", fsck.stdout, fsck.stderr);
+    }
+}
+
+#[test]
+fn malformed_manifest_is_a_clear_error_and_stores_nothing() {
+    let reg = support::registry(Flavour::Plain);
+    let mt = "application/vnd.oci.image.manifest.v1+json".to_string();
+    for (what, body) in [
+        ("not JSON", b"{\"schemaVersion\": 2, \"layers\": [".to_vec()),
+        (
+            "no config",
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#.to_vec(),
+        ),
+        (
+            "bad digest",
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:../../etc/passwd","size":2},"layers":[]}"#.to_vec(),
+        ),
+    ] {
+        let proxy = Proxy::start(
+            reg.addr,
+            vec![
+                Rule::new(
+                    "HEAD",
+                    "/manifests/",
+                    Fault::Respond(mt.clone(), body.clone()),
+                    10,
+                ),
+                Rule::new("GET", "/manifests/", Fault::Respond(mt.clone(), body), 10),
+            ],
+        );
+        let store = Store::new();
+        let remote = format!("{}/{}:1", proxy.host, support::unique_repo("malformed"));
+        let r = store.run("pull", &["--tls-verify=false", &remote]);
+        assert_eq!(r.code, 1, "{what}: {}{}", r.stdout, r.stderr);
+        eprintln!("{what}: {}", r.stderr.trim());
+        assert!(
+            r.stderr.contains("manifest") && !r.stderr.contains("panicked"),
+            "{what}: {}",
+            r.stderr
+        );
+        if store.path().exists() {
+            assert!(store.images().is_empty(), "{what}: {:?}", store.images());
+        }
+    }
 }
