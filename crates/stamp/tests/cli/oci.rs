@@ -3,7 +3,9 @@
 //! stamp-oci's test support) and podman with runc: round trips, tampered blobs, a killed pull,
 //! containerDisk and disk-artifact layouts, registry failures, and the store verbs.
 //!
-//! Every test uses its own temporary store and repository names. The Debian tests need the
+//! Every test uses its own temporary stores, its own registry (stopped and deleted when the test
+//! ends: the shared ones of the support module are never dropped, and the Debian image would
+//! fill /tmp) and unique repository names. The Debian tests need the
 //! rootfs tar (`$STAMP_DEBIAN_TAR`, else the cache of `scripts/debian-image.sh --tar`) and say
 //! they are skipped without it; the podman part says it is skipped without podman and runc.
 
@@ -235,12 +237,13 @@ fn debian_round_trip_through_registry_keeps_the_digest_and_podman_interoperates(
         eprintln!("skipped: no Debian rootfs tar; run scripts/debian-image.sh --tar");
         return;
     };
-    let reg = support::registry(Flavour::Tls);
+    let reg = &support::start(Flavour::Tls);
     let a = Store::new();
     let digest = a.pull(&format!("rootfs:{}", s(&tar)));
     let remote = format!("{}/{}:v1", reg.host, support::unique_repo("debian"));
     a.ok("tag", &[&digest, "localhost/debian:v1"]);
     assert_eq!(a.push("image", "localhost/debian:v1", &remote), digest);
+    drop(a);
 
     let b = Store::new();
     assert_eq!(
@@ -249,6 +252,7 @@ fn debian_round_trip_through_registry_keeps_the_digest_and_podman_interoperates(
         "pull after push changed the digest"
     );
     assert!(b.ok("fsck", &[]).contains("0 tampered"));
+    drop(b);
 
     podman_interop(&remote, reg);
 }
@@ -373,7 +377,7 @@ fn podman_interop(remote: &str, reg: &support::Registry) {
 
 #[test]
 fn flipped_byte_in_a_layer_blob_is_reported_as_tampered_by_push_export_and_fsck() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let (store, digest) = store_with_small_image("localhost/tamper:1", 300_000);
     let layer = layer_digests(&store.inspect(&digest))[0].clone();
     let path = store.blob(&layer);
@@ -427,7 +431,7 @@ fn killed_pull_completes_when_run_again_and_leaves_a_consistent_store() {
         eprintln!("skipped: no Debian rootfs tar; run scripts/debian-image.sh --tar");
         return;
     };
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let src = Store::new();
     let digest = src.pull(&format!("rootfs:{}", s(&tar)));
     let remote = format!("{}/{}:v1", reg.host, support::unique_repo("kill"));
@@ -493,7 +497,7 @@ fn killed_pull_completes_when_run_again_and_leaves_a_consistent_store() {
 
 #[test]
 fn containerdisk_has_one_layer_with_disk_dir_and_one_qcow2_owned_by_107() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let a = Store::new();
     let qcow = a.dir.path().join("disk.qcow2");
     small_qcow2(&qcow);
@@ -555,7 +559,7 @@ fn containerdisk_has_one_layer_with_disk_dir_and_one_qcow2_owned_by_107() {
 
 #[test]
 fn disk_artifact_round_trips_byte_identical_and_a_changed_mebibyte_uploads_few_layers() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let a = Store::new();
     let qcow = a.dir.path().join("disk.qcow2");
     small_qcow2(&qcow);
@@ -647,7 +651,7 @@ fn disk_artifact_round_trips_byte_identical_and_a_changed_mebibyte_uploads_few_l
 
 #[test]
 fn registry_answering_500_twice_then_ok_is_retried() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let (a, digest) = store_with_small_image("localhost/retry:1", 10_000);
     let repo = support::unique_repo("retry");
     a.push(
@@ -679,7 +683,7 @@ fn registry_answering_500_twice_then_ok_is_retried() {
 
 #[test]
 fn manifest_with_an_unknown_layer_media_type_names_it_and_stores_nothing() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_digest = format!("sha256:{:x}", Sha256::digest(config));
@@ -725,7 +729,7 @@ fn manifest_with_an_unknown_layer_media_type_names_it_and_stores_nothing() {
 
 #[test]
 fn pull_of_a_missing_tag_says_not_found() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let store = Store::new();
     let remote = format!("{}/{}:nope", reg.host, support::unique_repo("missing"));
     let r = store.run("pull", &["--tls-verify=false", &remote]);
@@ -735,7 +739,7 @@ fn pull_of_a_missing_tag_says_not_found() {
 
 #[test]
 fn wrong_credentials_say_authentication() {
-    let reg = support::registry(Flavour::Basic);
+    let reg = &support::start(Flavour::Basic);
     let (a, digest) = store_with_small_image("localhost/auth:1", 1000);
     let remote = format!("{}/{}:1", reg.host, support::unique_repo("auth"));
     let good = format!("{}:{}", support::USER, support::PASSWORD);
@@ -844,7 +848,7 @@ fn store_verbs_images_tag_rmi_gc_export_import() {
 
 #[test]
 fn blob_whose_bytes_do_not_match_its_digest_fails_the_pull_and_stores_nothing() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let (a, digest) = store_with_small_image("localhost/mismatch:1", 200_000);
     let layer = layer_digests(&a.inspect(&digest))[0].clone();
     let repo = support::unique_repo("mismatch");
@@ -876,7 +880,7 @@ fn blob_whose_bytes_do_not_match_its_digest_fails_the_pull_and_stores_nothing() 
 
 #[test]
 fn malformed_manifest_is_a_clear_error_and_stores_nothing() {
-    let reg = support::registry(Flavour::Plain);
+    let reg = &support::start(Flavour::Plain);
     let mt = "application/vnd.oci.image.manifest.v1+json".to_string();
     for (what, body) in [
         ("not JSON", b"{\"schemaVersion\": 2, \"layers\": [".to_vec()),
