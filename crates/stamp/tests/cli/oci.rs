@@ -369,8 +369,30 @@ fn podman_interop(remote: &str, reg: &support::Registry) {
         podman_digest.trim(),
         "stamp's digest of podman's image"
     );
-    assert_eq!(layer_digests(&c.inspect(&built)).len(), 2);
+    let inspect = c.inspect(&built);
+    let layers = inspect["manifest"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{inspect}");
     assert!(c.ok("fsck", &[]).contains("0 tampered"));
+
+    // The top layer, as stamp stored it, carries the whiteouts of the deleted files.
+    let top = &layers[1];
+    let file = std::fs::File::open(c.blob(top["digest"].as_str().unwrap())).unwrap();
+    let reader: Box<dyn Read> = if top["mediaType"].as_str().unwrap().ends_with("gzip") {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let names: Vec<String> = tar::Archive::new(reader)
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "etc/.wh.motd"),
+        "no whiteout of /etc/motd in podman's layer: {names:?}"
+    );
 }
 
 // 2. Tamper.
@@ -621,16 +643,16 @@ fn disk_artifact_round_trips_byte_identical_and_a_changed_mebibyte_uploads_few_l
         after.len(),
         before.len()
     );
-    eprintln!(
-        "disk artifact: {changed} of {} layers changed ({} before)",
-        after.len(),
-        before.len()
-    );
     let uploads = proxy
         .requests()
         .iter()
         .filter(|r| r.starts_with("POST ") && r.contains("/blobs/uploads/"))
         .count();
+    eprintln!(
+        "disk artifact: {changed} of {} layers changed ({} before), {uploads} uploads",
+        after.len(),
+        before.len()
+    );
     // The changed chunks and the config; the unchanged chunks are skipped.
     assert!(
         uploads <= changed + 1,
