@@ -45,7 +45,8 @@ pub struct Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         if let Ok(mut c) = self.child.lock() {
-            let _ = c.kill();
+            // Closing its stdin makes the shell stop the registry; SIGKILL would orphan it.
+            drop(c.stdin.take());
             let _ = c.wait();
         }
     }

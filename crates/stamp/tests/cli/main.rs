@@ -4,10 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "../../../stamp-oci/tests/support/mod.rs"]
+mod support;
 
 mod compare;
 mod convert;
 mod debian;
 mod fixtures;
 mod mkfs;
+mod oci;
 mod usage;
