@@ -124,6 +124,8 @@ fn oci_reference_seeds() {
     }
     oci_common::reference(&[0xff, 0xfe, b':', b'/']);
     oci_common::reference("a/".repeat(200).as_bytes());
+    // Found by fuzzing: fits the limit as written, not once normalised to docker.io/.
+    oci_common::reference(format!("a/{}", "b".repeat(248)).as_bytes());
 }
 
 #[test]
