@@ -58,10 +58,10 @@ pub fn archive(data: &[u8]) -> usize {
             tag: None,
         },
     ];
-    if let Ok(s) = Source::detect(&path) {
-        if !sources.contains(&s) {
-            sources.push(s);
-        }
+    if let Ok(s) = Source::detect(&path)
+        && !sources.contains(&s)
+    {
+        sources.push(s);
     }
     for (i, source) in sources.iter().enumerate() {
         let result = archive::import(&store, source, &ImportOptions::default());
