@@ -10,7 +10,9 @@ pub fn exercise(data: &[u8], format: Option<Format>) {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let Ok(r) = stamp_disk::open(&path, format) else { return };
+    let Ok(r) = stamp_disk::open(&path, format) else {
+        return;
+    };
     let _ = r.info();
     let _ = r.check();
     let _ = r.allocation();

@@ -154,6 +154,13 @@ impl FromStr for Reference {
         } else {
             path.to_string()
         };
+        // The limit holds for the normalised name too (as in Docker's ParseNormalizedNamed),
+        // so that a parsed reference always prints as one that parses.
+        if registry.len() + 1 + repository.len() > MAX_NAME_LEN {
+            return Err(bad(
+                "the name (with its default registry) is longer than 255 characters",
+            ));
+        }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, Some(_)) => None,
@@ -252,6 +259,17 @@ mod tests {
     use proptest::prelude::*;
 
     const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    /// Found by the `oci_reference` fuzz target: a 250-character name parsed, but its
+    /// normalised form (`docker.io/...`) is over the limit and did not parse back.
+    #[test]
+    fn a_name_too_long_once_normalised_is_refused() {
+        let name = format!("a/{}", "b".repeat(248));
+        assert!(name.parse::<Reference>().is_err());
+        let fits = format!("a/{}", "b".repeat(255 - "docker.io/a/".len()));
+        let r: Reference = fits.parse().unwrap();
+        assert_eq!(r.to_string().parse::<Reference>().unwrap(), r);
+    }
 
     fn p(s: &str) -> Reference {
         s.parse().unwrap()
