@@ -147,9 +147,13 @@ pub fn start(flavour: Flavour) -> Registry {
         let log = std::fs::File::create(d.join("registry.log")).unwrap();
         let child = Command::new("sh")
             .arg("-c")
-            .arg(r#"docker-registry serve "$1" & pid=$!; read _ignored; kill $pid"#)
+            // The shell stops the registry and deletes its data when its stdin closes: on
+            // drop, and also when the test process exits (shared registries live in statics,
+            // which are never dropped).
+            .arg(r#"docker-registry serve "$1" & pid=$!; read _ignored; kill $pid; wait $pid; rm -rf "$2""#)
             .arg("sh")
             .arg(&cfg)
+            .arg(d)
             .stdin(Stdio::piped())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
