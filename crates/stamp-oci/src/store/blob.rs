@@ -47,6 +47,10 @@ impl std::fmt::Debug for BlobWriter {
 }
 
 impl BlobWriter {
+    /// The temporary file being written.
+    pub(crate) fn temp_path(&self) -> &Path {
+        self.file.path()
+    }
     pub(crate) fn new(temp_dir: &Path, dest_dir: PathBuf, gc: FileLock) -> Result<Self> {
         let file = tempfile::Builder::new()
             .prefix("blob-")
@@ -309,13 +313,13 @@ impl Store {
         let rest = match compression {
             Compression::Gzip => {
                 let mut dec = flate2::read::MultiGzDecoder::new(reader);
-                io::copy(&mut dec, &mut writer).map_err(read_err)?;
+                copy_decoded(&mut dec, &mut writer, read_err)?;
                 dec.into_inner()
             }
             Compression::Zstd => {
                 let mut dec = zstd::stream::read::Decoder::with_buffer(io::BufReader::new(reader))
                     .map_err(read_err)?;
-                io::copy(&mut dec, &mut writer).map_err(read_err)?;
+                copy_decoded(&mut dec, &mut writer, read_err)?;
                 dec.finish().into_inner()
             }
             Compression::None => return Ok(out),
@@ -331,6 +335,26 @@ impl Store {
         writer.commit(Some(diff_id))?;
         self.record_verified(diff_id);
         Ok(out)
+    }
+}
+
+/// Copies a decoder's output into `w`: a read error is the layer's (`read_err`), a write
+/// error the store's (a full disk is not a malformed layer).
+fn copy_decoded(
+    dec: &mut impl Read,
+    w: &mut BlobWriter,
+    read_err: impl Fn(io::Error) -> Error,
+) -> Result<()> {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match dec.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        w.write_all(&buf[..n])
+            .map_err(|e| Error::io("write the decompressed layer to", w.temp_path(), e))?;
     }
 }
 
