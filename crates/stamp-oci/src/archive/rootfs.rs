@@ -137,13 +137,7 @@ pub(crate) fn one_layer_image(
     let config = descriptor(media::OCI_CONFIG, &config_digest, config_bytes.len() as u64)?;
     let layer = descriptor(media_type, &layer, size)?;
     let manifest_bytes = manifest_bytes(what, &config, &[layer], None, None)?;
-    let manifest_digest = staging.put_bytes(&manifest_bytes)?;
-    let root = descriptor(
-        media::OCI_MANIFEST,
-        &manifest_digest,
-        manifest_bytes.len() as u64,
-    )?;
-    staging.publish(&root)
+    staging.publish_manifest(&manifest_bytes)
 }
 
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).

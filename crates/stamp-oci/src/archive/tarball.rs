@@ -279,13 +279,7 @@ pub(crate) fn import_docker_archive(
     }
     let config = descriptor(media::OCI_CONFIG, &config.digest, config.size)?;
     let manifest_bytes = manifest_bytes(&name, &config, &layers, None, None)?;
-    let manifest_digest = staging.put_bytes(&manifest_bytes)?;
-    let root = descriptor(
-        media::OCI_MANIFEST,
-        &manifest_digest,
-        manifest_bytes.len() as u64,
-    )?;
-    let descriptor = staging.publish(&root)?;
+    let descriptor = staging.publish_manifest(&manifest_bytes)?;
     Ok(Imported {
         descriptor,
         name: match tag {

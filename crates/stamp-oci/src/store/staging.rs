@@ -84,6 +84,13 @@ impl Staging {
         self.staged.get(d).copied()
     }
 
+    /// Stages `bytes` as an OCI image manifest and publishes it with everything it references.
+    pub fn publish_manifest(mut self, bytes: &[u8]) -> Result<Descriptor> {
+        let digest = self.put_bytes(bytes)?;
+        let root = super::descriptor(crate::media::OCI_MANIFEST, &digest, bytes.len() as u64)?;
+        self.publish(&root)
+    }
+
     /// Checks that everything `root` references is staged or stored (sizes included), then
     /// moves the staged blobs it references into the store. Returns `root`.
     pub fn publish(self, root: &Descriptor) -> Result<Descriptor> {
