@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sha2::{Digest, Sha256};
+
 /// A fresh temporary directory.
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
@@ -112,4 +114,31 @@ pub fn temp_leftovers(dir: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.') && n.ends_with(".tmp"))
         .collect()
+}
+
+/// The Debian rootfs tar: `$STAMP_DEBIAN_TAR`, which must exist when set, else
+/// `${XDG_CACHE_HOME:-~/.cache}/stamp-dev/debian-rootfs.tar` if it exists.
+pub fn debian_tar() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STAMP_DEBIAN_TAR") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "STAMP_DEBIAN_TAR={} does not exist",
+            p.display()
+        );
+        return Some(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let p = cache.join("stamp-dev/debian-rootfs.tar");
+    p.is_file().then_some(p)
+}
+
+/// The SHA-256 of a file, read in a stream.
+pub fn sha256(path: &Path) -> [u8; 32] {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    h.finalize().into()
 }

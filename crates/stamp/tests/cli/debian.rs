@@ -73,26 +73,6 @@ fn debian_rootfs_image_matches_its_tar_and_is_identical_when_rebuilt_as_root_or_
     }
 }
 
-/// The Debian rootfs tar: `$STAMP_DEBIAN_TAR`, which must exist when set, else
-/// `${XDG_CACHE_HOME:-~/.cache}/stamp-dev/debian-rootfs.tar` if it exists.
-fn debian_tar() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("STAMP_DEBIAN_TAR") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "STAMP_DEBIAN_TAR={} does not exist",
-            p.display()
-        );
-        return Some(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let p = cache.join("stamp-dev/debian-rootfs.tar");
-    p.is_file().then_some(p)
-}
-
 /// `stamp mkfs ext4 --from TAR -o OUT` with default options, run as `user` (uid and gid) when
 /// given. SOURCE_DATE_EPOCH is removed: the image must keep the tar's own times.
 fn mkfs_command(stamp: &Path, tar: &Path, out: &Path, user: Option<u32>) -> Output {
@@ -173,13 +153,6 @@ fn chmod(path: &Path, mode: u32) {
 /// it just created.
 fn is_root(dir: &Path) -> bool {
     std::fs::metadata(dir).unwrap().uid() == 0
-}
-
-/// The SHA-256 of a file, read in a stream.
-fn sha256(path: &Path) -> [u8; 32] {
-    let mut h = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
-    h.finalize().into()
 }
 
 /// Runs `e2fsck -fn` and asserts it exits 0.

@@ -135,39 +135,6 @@ fn layer_digests(inspect: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn sha256_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    format!("{:x}", h.finalize())
-}
-
-/// The Debian rootfs tar, as in debian.rs.
-fn debian_tar() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("STAMP_DEBIAN_TAR") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "STAMP_DEBIAN_TAR={} does not exist",
-            p.display()
-        );
-        return Some(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let p = cache.join("stamp-dev/debian-rootfs.tar");
-    p.is_file().then_some(p)
-}
-
 /// A small root filesystem tar: a few directories, files (one of `big` bytes) and a symlink.
 fn small_rootfs(path: &Path, tag: &str, big: usize) {
     let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
@@ -596,7 +563,7 @@ fn disk_artifact_round_trips_byte_identical_and_a_changed_mebibyte_uploads_few_l
         &["-q", "--tls-verify=false", "-o", s(&back), &remote],
     );
     assert_eq!(r.trim(), pushed);
-    assert_eq!(sha256_file(&back), sha256_file(&qcow), "back.qcow2 differs");
+    assert_eq!(sha256(&back), sha256(&qcow), "back.qcow2 differs");
     let v = b.inspect(&remote);
     assert_eq!(
         v["manifest"]["artifactType"].as_str(),
@@ -666,7 +633,7 @@ fn disk_artifact_round_trips_byte_identical_and_a_changed_mebibyte_uploads_few_l
         "pull",
         &["-q", "--tls-verify=false", "-o", s(&back), &second],
     );
-    assert_eq!(sha256_file(&back), sha256_file(&raw));
+    assert_eq!(sha256(&back), sha256(&raw));
 }
 
 // 6. Errors.
