@@ -7,10 +7,10 @@ use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, Platform};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{Image, pick_platform};
+use crate::image::{Image, is_disk_manifest, pick_platform};
 use crate::media;
 use crate::reference::Reference;
-use crate::registry::{BlobSink, Client, Manifest};
+use crate::registry::{BlobSink, Client};
 use crate::store::{BlobWriter, MANIFEST_LIMIT, Store, descriptor, descriptor_digest};
 
 /// How many blobs move at once.
@@ -100,8 +100,9 @@ pub fn pull(
         Ok(())
     });
     interrupted_or(downloaded, progress)?;
+    // The client checked the manifest's digest; the store checks it again as it writes.
     let stored = store.put_bytes(&fetched.bytes)?;
-    let desc = manifest_descriptor(&fetched, stored)?;
+    let desc = descriptor(&fetched.media_type, &stored, fetched.bytes.len() as u64)?;
     store.set_name(&r.to_string(), &desc)?;
     Ok(desc)
 }
@@ -148,10 +149,7 @@ pub fn push(
 
 /// Refuses a manifest with a layer stamp cannot use, before anything is downloaded.
 fn check_media_types(source: &str, m: &ImageManifest) -> Result<()> {
-    let config = m.config().media_type().to_string();
-    let disk = m.artifact_type().as_ref().map(|a| a.to_string()).as_deref()
-        == Some(media::STAMP_DISK_ARTIFACT)
-        || config == media::STAMP_DISK_CONFIG;
+    let disk = is_disk_manifest(m);
     for layer in m.layers() {
         let t = layer.media_type().to_string();
         let known = if disk {
@@ -167,19 +165,6 @@ fn check_media_types(source: &str, m: &ImageManifest) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The descriptor of a fetched manifest stored under `stored`.
-fn manifest_descriptor(m: &Manifest, stored: Digest) -> Result<Descriptor> {
-    if stored != m.digest {
-        return Err(Error::DigestMismatch {
-            source_name: "manifest".into(),
-            expected: m.digest,
-            actual: stored,
-            size: m.bytes.len() as u64,
-        });
-    }
-    descriptor(&m.media_type, &stored, m.bytes.len() as u64)
 }
 
 /// Runs `f` on every (digest, size), [`PARALLEL_BLOBS`] at a time; the first error wins.

@@ -120,9 +120,7 @@ pub(crate) fn load(store: &Store, d: &Descriptor, platform: Option<&Platform>) -
         let config_bytes = store.read_small(&config_digest, MANIFEST_LIMIT)?;
         let config_type = manifest.config().media_type().to_string();
         let artifact_type = manifest.artifact_type().as_ref().map(|a| a.to_string());
-        let (kind, config) = if artifact_type.as_deref() == Some(media::STAMP_DISK_ARTIFACT)
-            || config_type == media::STAMP_DISK_CONFIG
-        {
+        let (kind, config) = if is_disk_manifest(&manifest) {
             (ImageKind::Disk, None)
         } else if config_type == media::OCI_CONFIG || config_type == media::DOCKER_CONFIG {
             let config: ImageConfiguration =
@@ -150,6 +148,14 @@ pub(crate) fn load(store: &Store, d: &Descriptor, platform: Option<&Platform>) -
         "image index",
         "indexes nested too deep",
     ))
+}
+
+/// Whether `m` is a stamp disk artifact: by its artifactType, or by its config's media type.
+pub(crate) fn is_disk_manifest(m: &ImageManifest) -> bool {
+    m.artifact_type()
+        .as_ref()
+        .is_some_and(|a| a.to_string() == media::STAMP_DISK_ARTIFACT)
+        || m.config().media_type().to_string() == media::STAMP_DISK_CONFIG
 }
 
 pub(crate) fn pick_platform(

@@ -129,6 +129,17 @@ impl Source {
 }
 
 impl Source {
+    /// The file or directory the source reads.
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::OciDir { path, .. }
+            | Source::OciArchive { path, .. }
+            | Source::DockerArchive { path, .. }
+            | Source::Rootfs { path }
+            | Source::Dir { path } => path,
+        }
+    }
+
     /// What `stamp import PATH` imports: a directory with an `oci-layout` file is an OCI layout,
     /// another directory a `dir:`; a file is an `oci-archive` when it holds `oci-layout`, a
     /// `docker-archive` when it holds `manifest.json` (and nothing a root filesystem would),

@@ -12,7 +12,7 @@ use crate::media;
 use oci_spec::image::Descriptor;
 
 use crate::image::{Image, manifest_bytes};
-use crate::store::{BlobWriter, Store, descriptor};
+use crate::store::{BlobWriter, Store, descriptor, descriptor_digest};
 
 /// Reads and checks a disk file to be stored: its format, virtual size, and that it stands alone.
 pub fn describe(path: &Path) -> Result<(String, u64)> {
@@ -221,7 +221,7 @@ pub fn parts(image: &Image) -> Result<(DiskConfig, Vec<Digest>)> {
         .manifest
         .layers()
         .iter()
-        .map(|l| l.digest().to_string().parse())
+        .map(descriptor_digest)
         .collect::<Result<Vec<Digest>>>()?;
     Ok((config, layers))
 }

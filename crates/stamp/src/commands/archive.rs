@@ -1,6 +1,8 @@
 //! `stamp import` and `stamp export`: archives, root filesystem tars and disk images in and
 //! out of the store.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use stamp_oci::ImageKind;
 use stamp_oci::archive::{self, ImportOptions, Source};
@@ -23,17 +25,7 @@ pub fn run_import(a: ImportArgs) -> Result<u8> {
             .with_context(|| format!("cannot import {}", a.source.display()))?;
         (imported.descriptor, imported.name)
     };
-    let name = a.name.or(name).unwrap_or_else(|| {
-        let stem = a
-            .source
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        format!(
-            "localhost/{}:latest",
-            stem.split('.').next().unwrap_or("image").to_lowercase()
-        )
-    });
+    let name = a.name.or(name).unwrap_or_else(|| local_name(&a.source));
     store.set_name(&name, &desc)?;
     println!("Imported {name}\nDigest: {}", desc.digest());
     Ok(0)
@@ -59,9 +51,24 @@ pub fn run_export(a: ExportArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The name an imported image gets when neither the user nor the archive names it:
+/// `localhost/<file name up to its first dot, lowercased>:latest`.
+pub fn local_name(path: &Path) -> String {
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = file
+        .split('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("image");
+    format!("localhost/{}:latest", stem.to_lowercase())
+}
+
 /// Whether `path` is a disk image (by its content; raw only by a .raw or .img name), rather
 /// than an archive or a root filesystem tar.
-fn is_disk(path: &std::path::Path) -> Result<bool> {
+fn is_disk(path: &Path) -> Result<bool> {
     if path.is_dir() {
         return Ok(false);
     }

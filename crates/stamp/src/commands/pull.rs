@@ -8,6 +8,7 @@ use stamp_oci::archive::{self, ImportOptions, Source};
 use stamp_oci::disk::artifact;
 use stamp_oci::{ImageKind, Reference, Store};
 
+use super::archive::local_name;
 use super::registry::{Bars, client, open_store};
 use crate::cli::PullArgs;
 use crate::progress::CancelFlag;
@@ -20,7 +21,7 @@ pub fn run(a: PullArgs, cancel: &CancelFlag) -> Result<u8> {
             let _guard = store.write_guard()?;
             let imported = archive::import(&store, &source, &ImportOptions::default())
                 .with_context(|| format!("cannot import {}", a.reference))?;
-            let name = imported.name.unwrap_or_else(|| default_name(&source));
+            let name = imported.name.unwrap_or_else(|| local_name(source.path()));
             store.set_name(&name, &imported.descriptor)?;
             (imported.descriptor, name)
         }
@@ -59,23 +60,6 @@ pub fn write_disk(store: &Store, image: &stamp_oci::Image, out: &Path) -> Result
         .with_context(|| format!("cannot write {}", out.display()))?;
     file.commit()?;
     Ok(())
-}
-
-/// The name of an archive's image when it carries none: its file name.
-fn default_name(source: &Source) -> String {
-    let path = match source {
-        Source::OciDir { path, .. }
-        | Source::OciArchive { path, .. }
-        | Source::DockerArchive { path, .. }
-        | Source::Rootfs { path }
-        | Source::Dir { path } => path,
-    };
-    let stem = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "image".into());
-    let stem = stem.split('.').next().unwrap_or("image").to_lowercase();
-    format!("localhost/{stem}:latest")
 }
 
 /// Parses `OS/ARCH[/VARIANT]`.
