@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod boot;
+pub mod cache;
 mod error;
 pub mod pipeline;
 pub mod recipe;

@@ -240,3 +240,41 @@ impl OutputFile {
         Ok(())
     }
 }
+
+/// Copies the file `src` to `dst` (through a temporary name, renamed on success), keeping holes
+/// as holes: only the ranges SEEK_DATA reports are copied, in the kernel where it can
+/// (`copy_file_range`, which may share blocks on filesystems with reflinks). Returns the bytes
+/// copied.
+pub fn copy_sparse(src: &Path, dst: &Path) -> Result<u64> {
+    let input = ImageFile::open(src)?;
+    let out = OutputFile::create(dst)?;
+    let mut copied = 0u64;
+    for range in crate::raw::data_ranges(&input) {
+        let mut off_in = range.start;
+        let mut off_out = range.start;
+        while off_in < range.end {
+            let want = usize::try_from(range.end - off_in)
+                .unwrap_or(1 << 30)
+                .min(1 << 30);
+            let n = rustix::fs::copy_file_range(
+                input.file(),
+                Some(&mut off_in),
+                out.file(),
+                Some(&mut off_out),
+                want,
+            )
+            .map_err(|e| Error::io("copy", dst, e.into()))?;
+            if n == 0 {
+                return Err(Error::io(
+                    "copy",
+                    src,
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
+            }
+            copied += n as u64;
+        }
+    }
+    out.set_len(input.len())?;
+    out.commit()?;
+    Ok(copied)
+}

@@ -21,7 +21,7 @@ pub trait DiskWriter: Send {
 }
 
 /// What a writer produced.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct DiskSummary {
     /// The image written.
     pub path: PathBuf,

@@ -55,6 +55,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Export an image from the store as an OCI archive (or a disk artifact as its disk).
     Export(ExportArgs),
+    /// Build a bootable disk (every format at once) from a container image or a Dockerfile.
+    Build(BuildArgs),
 }
 
 impl Command {
@@ -424,4 +426,85 @@ pub struct ExportArgs {
     pub disk: bool,
     /// A name or digest in the store.
     pub reference: String,
+}
+
+/// How the built disk boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootArg {
+    /// UEFI: a Unified Kernel Image, systemd-boot or GRUB EFI on the ESP.
+    Uefi,
+    /// Legacy BIOS (not supported yet).
+    Bios,
+    /// Both UEFI and legacy BIOS (not supported yet).
+    Hybrid,
+}
+
+/// The boot method to force instead of the first the image supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoaderArg {
+    /// A Unified Kernel Image from the image's systemd-stub.
+    Uki,
+    /// systemd-boot with a loader entry.
+    SystemdBoot,
+    /// GRUB EFI with a generated grub.cfg.
+    Grub,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The recipe (stamp.toml): users, files, units, disk size, kernel command line, first boot.
+    #[arg(short = 'f', long = "file", value_name = "RECIPE")]
+    pub recipe: Option<PathBuf>,
+    /// An output disk; the format follows the extension (.raw .img .qcow2 .vmdk .vhd .vhdx .vdi
+    /// .ova .tar.gz for gce) unless -O says. Repeat for several outputs written in one pass.
+    #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
+    pub outputs: Vec<PathBuf>,
+    /// Output format for the -o of the same position (raw, qcow2, vmdk, vhd, vhdx, vdi, ova, gce).
+    #[arg(short = 'O', long = "format", value_name = "FMT")]
+    pub formats: Vec<String>,
+    /// Disk size, with K/M/G/T suffixes (by default the content plus the recipe's extra space).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Firmware to boot with.
+    #[arg(long, value_enum, default_value = "uefi")]
+    pub boot: BootArg,
+    /// Force the boot loader instead of the first the image supports (uki, systemd-boot, grub).
+    #[arg(long, value_enum)]
+    pub loader: Option<LoaderArg>,
+    /// Take the kernel, initrd and modules from this image (for application images, which then
+    /// boot stamp's init and run their entrypoint).
+    #[arg(long, value_name = "REF")]
+    pub kernel: Option<String>,
+    /// Extra kernel command-line arguments (after the recipe's).
+    #[arg(long, value_name = "ARGS")]
+    pub cmdline: Vec<String>,
+    /// Also record the disk in the store under this name (for `stamp push`, `stamp run`).
+    #[arg(long, value_name = "NAME")]
+    pub tag: Option<String>,
+    /// The platform to pick from a multi-platform image.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// Build the image from this Dockerfile with podman (or buildah) first.
+    #[arg(long, value_name = "PATH")]
+    pub dockerfile: Option<PathBuf>,
+    /// The build context for --dockerfile (default: the Dockerfile's directory).
+    #[arg(long, value_name = "DIR", requires = "dockerfile")]
+    pub context: Option<PathBuf>,
+    /// Build again even when the store has this build's outputs.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p', long)]
+    pub progress: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The image to build from: a name in the store, a registry reference, or oci:DIR[:TAG],
+    /// oci-archive:FILE, docker-archive:FILE, rootfs:FILE.tar[.gz|.zst|.xz], dir:PATH.
+    #[arg(required_unless_present = "dockerfile", conflicts_with = "dockerfile")]
+    pub source: Option<String>,
 }

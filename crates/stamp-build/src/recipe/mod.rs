@@ -38,7 +38,20 @@ impl Recipe {
     /// Reads and validates `path`. Errors name the file, the line and the key.
     pub fn load(path: &Path) -> Result<Recipe> {
         let _ = path;
-        Err(crate::Error::InvalidOption("recipes are not written yet".into()))
+        Err(crate::Error::InvalidOption(
+            "recipes are not written yet".into(),
+        ))
+    }
+
+    /// The kernel command-line arguments the recipe asks for (serial console first).
+    pub fn kernel_cmdline(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.serial_console {
+            v.push("console=tty0".into());
+            v.push("console=ttyS0,115200".into());
+        }
+        v.extend(self.cmdline.iter().cloned());
+        v
     }
 
     /// Applies the recipe to `tree`.

@@ -25,6 +25,8 @@ pub struct Ext4Options {
     pub size: Option<u64>,
     /// Free space added when sizing automatically, in percent of the content and metadata.
     pub extra_space_percent: u32,
+    /// Free space added when sizing automatically, in bytes, on top of the percentage.
+    pub extra_space_bytes: u64,
     /// Volume label (at most 16 bytes).
     pub label: Option<String>,
     /// Filesystem UUID; derived from the tree and `seed` when `None`.
@@ -44,6 +46,7 @@ impl Default for Ext4Options {
         Ext4Options {
             size: None,
             extra_space_percent: 20,
+            extra_space_bytes: 0,
             label: None,
             uuid: None,
             inodes: None,

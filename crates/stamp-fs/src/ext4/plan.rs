@@ -89,7 +89,8 @@ impl Plan {
                         lo = mid;
                     }
                 }
-                blocks = hi.saturating_mul(100 + extra) / 100;
+                blocks = (hi.saturating_mul(100 + extra) / 100)
+                    .saturating_add(opts.extra_space_bytes.div_ceil(bs));
                 for _ in 0..200 {
                     if blocks > MAX_BLOCKS {
                         break;

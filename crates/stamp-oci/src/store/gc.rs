@@ -19,7 +19,8 @@ const STALE_TEMP: Duration = Duration::from_secs(3600);
 pub struct GcReport {
     /// Unreferenced blobs and their sizes.
     pub removed_blobs: Vec<(Digest, u64)>,
-    /// Stale temp files and staging directories.
+    /// Stale temp files, staging directories and build-cache entries (`cache/build/KEY`, which
+    /// `stamp build` recreates when it needs them).
     pub removed_temp: Vec<PathBuf>,
     /// Total bytes freed (blobs and temp files).
     pub removed_bytes: u64,
@@ -115,6 +116,17 @@ impl Store {
             }
             report.removed_bytes += size;
             report.removed_temp.push(path);
+        }
+        let cache = self.root().join("cache").join("build");
+        if let Ok(entries) = std::fs::read_dir(&cache) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                report.removed_bytes += dir_size(&path);
+                if !dry_run {
+                    std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
+                }
+                report.removed_temp.push(path);
+            }
         }
         Ok(report)
     }

@@ -1,6 +1,7 @@
 //! One module per verb; each turns parsed arguments into library calls and prints the result.
 
 mod archive;
+mod build;
 mod check;
 mod compare;
 mod convert;
@@ -41,6 +42,7 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Fsck(a) => gc::run_fsck(a),
         Command::Import(a) => archive::run_import(a),
         Command::Export(a) => archive::run_export(a),
+        Command::Build(a) => build::run(a, cancel),
     }
 }
 

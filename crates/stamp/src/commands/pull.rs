@@ -3,37 +3,27 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use oci_spec::image::Platform;
+use oci_spec::image::{Descriptor, Platform};
 use stamp_oci::archive::{self, ImportOptions, Source};
 use stamp_oci::disk::artifact;
 use stamp_oci::{ImageKind, Reference, Store};
 
 use super::archive::local_name;
 use super::registry::{Bars, client, open_store};
-use crate::cli::PullArgs;
+use crate::cli::{PullArgs, RegistryArgs};
 use crate::progress::CancelFlag;
 
 pub fn run(a: PullArgs, cancel: &CancelFlag) -> Result<u8> {
     let store = open_store(&a.store)?;
     let platform = a.platform.as_deref().map(parse_platform).transpose()?;
-    let (desc, name) = match Source::parse(&a.reference)? {
-        Some(source) => {
-            let _guard = store.write_guard()?;
-            let imported = archive::import(&store, &source, &ImportOptions::default())
-                .with_context(|| format!("cannot import {}", a.reference))?;
-            let name = imported.name.unwrap_or_else(|| local_name(source.path()));
-            store.set_name(&name, &imported.descriptor)?;
-            (imported.descriptor, name)
-        }
-        None => {
-            let r: Reference = a.reference.parse()?;
-            let client = client(&a.registry)?;
-            let bars = Bars::new(a.quiet, cancel);
-            let desc = stamp_oci::distribution::pull(&store, &client, &r, platform.as_ref(), &bars)
-                .with_context(|| format!("cannot pull {r}"))?;
-            (desc, r.to_string())
-        }
-    };
+    let (desc, name) = fetch(
+        &store,
+        &a.reference,
+        &a.registry,
+        platform.as_ref(),
+        a.quiet,
+        cancel,
+    )?;
     let image = store.image(&desc, platform.as_ref())?;
     if let Some(out) = &a.output {
         if image.kind != ImageKind::Disk {
@@ -50,6 +40,36 @@ pub fn run(a: PullArgs, cancel: &CancelFlag) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Brings `reference` into the store: imports an archive source (oci:, oci-archive:, ...) or
+/// pulls a registry reference. Returns the manifest's descriptor and the name it got.
+pub fn fetch(
+    store: &Store,
+    reference: &str,
+    registry: &RegistryArgs,
+    platform: Option<&Platform>,
+    quiet: bool,
+    cancel: &CancelFlag,
+) -> Result<(Descriptor, String)> {
+    Ok(match Source::parse(reference)? {
+        Some(source) => {
+            let _guard = store.write_guard()?;
+            let imported = archive::import(store, &source, &ImportOptions::default())
+                .with_context(|| format!("cannot import {reference}"))?;
+            let name = imported.name.unwrap_or_else(|| local_name(source.path()));
+            store.set_name(&name, &imported.descriptor)?;
+            (imported.descriptor, name)
+        }
+        None => {
+            let r: Reference = reference.parse()?;
+            let client = client(registry)?;
+            let bars = Bars::new(quiet, cancel);
+            let desc = stamp_oci::distribution::pull(store, &client, &r, platform, &bars)
+                .with_context(|| format!("cannot pull {r}"))?;
+            (desc, r.to_string())
+        }
+    })
 }
 
 /// Writes a disk artifact's disk to `out` (temporary name, renamed when verified).
