@@ -7,6 +7,7 @@ mod common;
 #[path = "../../../stamp-oci/tests/support/mod.rs"]
 mod support;
 
+mod build;
 mod compare;
 mod convert;
 mod debian;
