@@ -59,7 +59,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed()
     );
     for (p, id) in boot.esp.walk() {
-        eprintln!("  /{} {}", String::from_utf8_lossy(&p), boot.esp.entry(id).size());
+        eprintln!(
+            "  /{} {}",
+            String::from_utf8_lossy(&p),
+            boot.esp.entry(id).size()
+        );
     }
     let esp = fat(&boot.esp, &FatOptions::default())?;
     let root = ext4(

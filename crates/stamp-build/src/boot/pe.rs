@@ -810,4 +810,38 @@ pub(crate) mod tests {
         assert_eq!(pe.sections[2].pointer_to_raw_data, 0x800);
         assert!(!out.windows(16).any(|w| w == [0xaa; 16]));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_never_panic(d in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let _ = parse(&d, "random");
+            let new = [NewSection { name: ".linux", data: SectionData::Bytes(vec![1; 10]), characteristics: 0 }];
+            let _ = append_sections(&d, "random", MACHINE_X86_64, &new);
+        }
+
+        #[test]
+        fn corrupted_headers_never_panic(
+            edits in proptest::collection::vec((0usize..0x400, proptest::prelude::any::<u8>()), 1..16),
+            cut in 0usize..0x900,
+        ) {
+            let mut d = synthetic();
+            for (at, v) in edits {
+                d[at] = v;
+            }
+            d.truncate(cut);
+            let new = [
+                NewSection { name: ".osrel", data: SectionData::Bytes(vec![1; 3]), characteristics: 0 },
+                NewSection { name: ".linux", data: SectionData::Bytes(vec![2; 700]), characteristics: 0 },
+            ];
+            if let Ok((out, placed)) = append_sections(&d, "corrupt", MACHINE_X86_64, &new) {
+                // Whatever was accepted gives a file that parses, with the sections in it.
+                let pe = parse(&out, "out").unwrap();
+                let last = pe.sections.last().unwrap();
+                proptest::prop_assert_eq!(&last.name, b".linux");
+                proptest::prop_assert_eq!(last.virtual_address, placed[1].virtual_address);
+                let at = last.pointer_to_raw_data as usize;
+                proptest::prop_assert_eq!(&out[at..at + 700], &[2u8; 700][..]);
+            }
+        }
+    }
 }
