@@ -20,12 +20,18 @@ const MAX_HOST_DEPTH: usize = 256;
 /// Applies the recipe's files and directories, in order.
 pub fn apply(r: &Recipe, io: &mut Io<'_>) -> Result<()> {
     for f in &r.files {
-        apply_one(f, io)?;
+        apply_one(r, f, io)?;
     }
     Ok(())
 }
 
-fn resolve(io: &Io<'_>, f: &FileSpec, o: Option<&Owner>, file: &'static str) -> Result<u32> {
+fn resolve(
+    r: &Recipe,
+    io: &Io<'_>,
+    f: &FileSpec,
+    o: Option<&Owner>,
+    file: &'static str,
+) -> Result<u32> {
     match o {
         None => Ok(0),
         Some(Owner::Id(i)) => Ok(*i),
@@ -35,20 +41,18 @@ fn resolve(io: &Io<'_>, f: &FileSpec, o: Option<&Owner>, file: &'static str) -> 
             } else {
                 "group"
             };
-            io.recipe_err(
-                &super::Origin {
-                    line: f.origin.line,
-                    key: format!("{}.{what}", f.origin.key),
-                },
-                format!("no {what} {n:?} in the image's {file}"),
-            )
+            let mut o = r.origin(&format!("{}.{what}", f.origin.key));
+            if o.line == 0 {
+                o.line = f.origin.line;
+            }
+            io.recipe_err(&o, format!("no {what} {n:?} in the image's {file}"))
         }),
     }
 }
 
-fn apply_one(f: &FileSpec, io: &mut Io<'_>) -> Result<()> {
-    let uid = resolve(io, f, f.owner.as_ref(), "/etc/passwd")?;
-    let gid = resolve(io, f, f.group.as_ref(), "/etc/group")?;
+fn apply_one(r: &Recipe, f: &FileSpec, io: &mut Io<'_>) -> Result<()> {
+    let uid = resolve(r, io, f, f.owner.as_ref(), "/etc/passwd")?;
+    let gid = resolve(r, io, f, f.group.as_ref(), "/etc/group")?;
     let set = |io: &mut Io<'_>, id: NodeId, mode: Option<u32>| {
         let e = io.tree.entry_mut(id);
         if let Some(m) = mode {

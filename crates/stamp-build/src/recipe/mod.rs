@@ -182,8 +182,6 @@ pub struct Units {
     pub disable: Vec<String>,
     /// Units to mask (`/etc/systemd/system/<unit>` → `/dev/null`).
     pub mask: Vec<String>,
-    /// Where `[units]` was written.
-    pub origin: Origin,
 }
 
 /// `[firstboot]`: what the image does on its first boot.
@@ -229,10 +227,20 @@ impl Recipe {
         parse::parse(text, path)
     }
 
-    /// Where dotted `key` was written (its line, 0 if unknown).
+    /// Where dotted `key` was written: its line, or its nearest written parent's (0 if none).
     pub fn origin(&self, key: &str) -> Origin {
+        let mut k = key;
+        let line = loop {
+            if let Some(l) = self.lines.get(k) {
+                break *l;
+            }
+            match k.rfind(['.', '[']) {
+                Some(i) => k = &k[..i],
+                None => break 0,
+            }
+        };
         Origin {
-            line: self.lines.get(key).copied().unwrap_or(0),
+            line,
             key: key.to_string(),
         }
     }

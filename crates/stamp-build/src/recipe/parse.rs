@@ -619,10 +619,7 @@ fn convert(raw: RawRecipe, cx: &Ctx<'_>) -> Result<Recipe> {
         });
     }
 
-    let mut units = Units {
-        origin: cx.origin("units"),
-        ..Units::default()
-    };
+    let mut units = Units::default();
     for (name, content) in raw.units.files {
         if !valid_unit(&name) {
             return Err(cx.err(

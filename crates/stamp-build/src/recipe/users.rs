@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use stamp_fs::{Kind, NodeId};
 
 use super::tree_io::Io;
-use super::{Origin, Recipe, User};
+use super::{Recipe, User};
 use crate::{Error, Result};
 
 /// First uid and gid given to users without one (Debian's and Fedora's FIRST_UID).
@@ -122,6 +122,7 @@ pub fn apply(r: &Recipe, io: &mut Io<'_>) -> Result<()> {
 
     for u in &r.users {
         add_user(
+            r,
             io,
             u,
             &mut passwd,
@@ -172,6 +173,7 @@ pub fn apply(r: &Recipe, io: &mut Io<'_>) -> Result<()> {
 
 #[allow(clippy::too_many_arguments)]
 fn add_user(
+    r: &Recipe,
     io: &mut Io<'_>,
     u: &User,
     passwd: &mut Db,
@@ -180,9 +182,12 @@ fn add_user(
     gshadow: &mut Db,
     lastchg: &str,
 ) -> Result<()> {
-    let at = |key: &str| Origin {
-        line: u.origin.line,
-        key: format!("{}.{key}", u.origin.key),
+    let at = |key: &str| {
+        let mut o = r.origin(&format!("{}.{key}", u.origin.key));
+        if o.line == 0 {
+            o.line = u.origin.line;
+        }
+        o
     };
     let (uid, gid, home) = if let Some(i) = passwd.find(&u.name) {
         let uid = passwd.id(i, 2)?;
