@@ -651,19 +651,19 @@ fn user_errors_found_in_the_image_name_their_line() {
         ),
         (
             "\n[[users]]\nname = \"a\"\ngroup = \"nope\"\n",
-            2,
+            4,
             "users[0].group",
             "no group \"nope\"",
         ),
         (
             "[[users]]\nname = \"a\"\nuid = 1000\n",
-            1,
+            3,
             "users[0].uid",
             "already used by \"old\"",
         ),
         (
             "[[users]]\nname = \"old\"\nuid = 5\n",
-            1,
+            3,
             "users[0].uid",
             "already exists",
         ),
@@ -675,13 +675,13 @@ fn user_errors_found_in_the_image_name_their_line() {
         ),
         (
             "[[directories]]\npath = \"/x\"\ngroup = \"wheel\"\n",
-            1,
+            3,
             "directories[0].group",
             "no group",
         ),
         (
             "[units]\nenable = [\"ssh.service\",\n  \"nope.service\"]\n",
-            2,
+            3,
             "units.enable[1]",
             "nope.service not found",
         ),
