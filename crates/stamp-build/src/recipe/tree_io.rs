@@ -1,0 +1,282 @@
+//! Reading and writing files of the image's [`Tree`] the way the image sees them: paths resolved
+//! through the image's own symlinks (`/lib` → `usr/lib`), edits keeping the file's metadata, and
+//! every created or edited entry timestamped with SOURCE_DATE_EPOCH (or 0).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use stamp_fs::{Content, Entry, Kind, NodeId, Timestamp, Tree};
+
+use super::Origin;
+use crate::{Error, Result};
+
+/// Largest image file the recipe reads to edit (`/etc/passwd`, unit files, ...).
+pub const MAX_EDIT: u64 = 16 << 20;
+
+/// Most symlinks followed resolving one path (Linux's limit).
+const MAX_HOPS: usize = 40;
+
+/// The tree being changed, with the time and the recipe file for errors.
+pub struct Io<'t> {
+    /// The tree.
+    pub tree: &'t mut Tree,
+    /// The timestamp of created and edited entries.
+    pub now: Timestamp,
+    /// SOURCE_DATE_EPOCH, if any.
+    pub epoch: Option<i64>,
+    recipe: PathBuf,
+}
+
+/// Joins path components into an absolute path string.
+pub fn join(comps: &[Vec<u8>]) -> String {
+    let mut s = String::new();
+    for c in comps {
+        s.push('/');
+        s.push_str(&String::from_utf8_lossy(c));
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    s
+}
+
+impl<'t> Io<'t> {
+    /// Wraps `tree`.
+    pub fn new(tree: &'t mut Tree, epoch: Option<i64>, recipe: &Path) -> Self {
+        Io {
+            tree,
+            now: Timestamp::from_secs(epoch.unwrap_or(0)),
+            epoch,
+            recipe: recipe.to_path_buf(),
+        }
+    }
+
+    /// An [`Error::Recipe`] for what was written at `origin`.
+    pub fn recipe_err(&self, origin: &Origin, detail: impl Into<String>) -> Error {
+        Error::Recipe {
+            path: self.recipe.clone(),
+            line: origin.line,
+            key: origin.key.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The canonical components of `path` in the image, following symlinks (the last one too
+    /// if `follow_last`), and its node if it exists. Missing components are kept as written.
+    /// None when the symlinks loop.
+    pub fn canon(&self, path: &str, follow_last: bool) -> Option<(Vec<Vec<u8>>, Option<NodeId>)> {
+        let mut todo: Vec<Vec<u8>> = split(path.as_bytes());
+        todo.reverse();
+        let mut done: Vec<Vec<u8>> = Vec::new();
+        let mut missing = false;
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            if c == b"." {
+                continue;
+            }
+            if c == b".." {
+                if !missing {
+                    done.pop();
+                }
+                continue;
+            }
+            if missing {
+                done.push(c);
+                continue;
+            }
+            let mut probe = done.clone();
+            probe.push(c.clone());
+            match self.tree.get(join(&probe).as_bytes()) {
+                Some(id) => match &self.tree.entry(id).kind {
+                    Kind::Symlink(t) if !todo.is_empty() || follow_last => {
+                        hops += 1;
+                        if hops > MAX_HOPS {
+                            return None;
+                        }
+                        if t.first() == Some(&b'/') {
+                            done.clear();
+                        }
+                        let mut more = split(t);
+                        more.reverse();
+                        todo.extend(more);
+                    }
+                    _ => done.push(c),
+                },
+                None => {
+                    missing = true;
+                    done.push(c);
+                }
+            }
+        }
+        let id = if missing {
+            None
+        } else {
+            self.tree.get(join(&done).as_bytes())
+        };
+        Some((done, id))
+    }
+
+    /// The node `path` resolves to (symlinks followed), if any.
+    pub fn lookup(&self, path: &str) -> Option<NodeId> {
+        self.canon(path, true).and_then(|(_, id)| id)
+    }
+
+    /// Returns true if and only if `path` resolves to a regular file.
+    pub fn is_file(&self, path: &str) -> bool {
+        self.lookup(path)
+            .is_some_and(|id| matches!(self.tree.entry(id).kind, Kind::File(_)))
+    }
+
+    /// Where to write `path`: its parent resolved through symlinks, its last component kept.
+    pub fn write_path(&self, path: &str) -> Result<String> {
+        self.canon(path, false)
+            .map(|(c, _)| join(&c))
+            .ok_or_else(|| Error::BadFile {
+                path: path.into(),
+                detail: format!("more than {MAX_HOPS} symlinks resolving the path"),
+            })
+    }
+
+    /// The content of the regular file at `path` (symlinks followed), None if there is none.
+    pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let Some(id) = self.lookup(path) else {
+            return Ok(None);
+        };
+        let Kind::File(content) = &self.tree.entry(id).kind else {
+            return Ok(None);
+        };
+        read_content(content, path).map(Some)
+    }
+
+    /// The text of the file at `path`, None if there is none; not UTF-8 is an error.
+    pub fn read_text(&self, path: &str) -> Result<Option<String>> {
+        match self.read(path)? {
+            None => Ok(None),
+            Some(b) => String::from_utf8(b).map(Some).map_err(|e| Error::BadFile {
+                path: path.into(),
+                detail: format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to()),
+            }),
+        }
+    }
+
+    /// A new entry of `kind` with `mode`, owned by root, timestamped now.
+    pub fn entry(&self, kind: Kind, mode: u32) -> Entry {
+        Entry::new(kind, mode, self.now)
+    }
+
+    /// Writes a new regular file at `path` (replacing whatever is there), owned by root.
+    pub fn write_file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<NodeId> {
+        let e = self.entry(Kind::File(Content::Bytes(Bytes::from(data))), mode);
+        self.put(path, e)
+    }
+
+    /// Replaces the content of the regular file at `path`, keeping its owner, mode and xattrs;
+    /// creates it with `mode`, root-owned, if it does not exist.
+    pub fn edit_file(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<NodeId> {
+        if let Some(id) = self.lookup(path)
+            && matches!(self.tree.entry(id).kind, Kind::File(_))
+        {
+            let now = self.now;
+            let e = self.tree.entry_mut(id);
+            e.kind = Kind::File(Content::Bytes(Bytes::from(data)));
+            e.mtime = now;
+            e.ctime = now;
+            e.atime = now;
+            return Ok(id);
+        }
+        self.write_file(path, data, mode)
+    }
+
+    /// Puts `entry` at `path` (parents resolved through symlinks and created as needed).
+    pub fn put(&mut self, path: &str, entry: Entry) -> Result<NodeId> {
+        let p = self.write_path(path)?;
+        Ok(self.tree.insert(p.as_bytes(), entry)?)
+    }
+
+    /// Makes a symlink at `path` to `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<NodeId> {
+        let e = self.entry(Kind::Symlink(target.as_bytes().to_vec()), 0o777);
+        self.put(path, e)
+    }
+
+    /// Makes sure `path` is a directory (existing ones keep their metadata; new ones are 0755
+    /// root). Returns its node.
+    pub fn mkdir(&mut self, path: &str) -> Result<NodeId> {
+        let (comps, id) = self.canon(path, true).ok_or_else(|| Error::BadFile {
+            path: path.into(),
+            detail: format!("more than {MAX_HOPS} symlinks resolving the path"),
+        })?;
+        if let Some(id) = id
+            && self.tree.entry(id).is_dir()
+        {
+            return Ok(id);
+        }
+        Ok(self.tree.make_dirs(join(&comps).as_bytes(), self.now)?)
+    }
+
+    /// Removes the name `path` (its parent resolved through symlinks; the name itself not
+    /// followed). Returns true if and only if there was one.
+    pub fn remove(&mut self, path: &str) -> Result<bool> {
+        let p = self.write_path(path)?;
+        Ok(self.tree.remove(p.as_bytes())?.is_some())
+    }
+
+    /// The names in directory `path` (resolved), with their nodes.
+    pub fn list(&self, path: &str) -> Vec<(String, NodeId)> {
+        match self.lookup(path) {
+            Some(id) if self.tree.entry(id).is_dir() => self
+                .tree
+                .children(id)
+                .map(|(n, id)| (String::from_utf8_lossy(n).into_owned(), id))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Reads a whole tree file of at most [`MAX_EDIT`] bytes.
+pub fn read_content(content: &Content, path: &str) -> Result<Vec<u8>> {
+    let len = content.len();
+    if len > MAX_EDIT {
+        return Err(Error::BadFile {
+            path: path.into(),
+            detail: format!("{len} bytes, more than the {MAX_EDIT} the recipe edits"),
+        });
+    }
+    let mut buf = vec![0u8; len as usize];
+    content.read_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+fn split(p: &[u8]) -> Vec<Vec<u8>> {
+    p.split(|c| *c == b'/')
+        .filter(|c| !c.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_through_usrmerge_symlinks_and_loops_stop() {
+        let mut tree = Tree::default();
+        let mut io = Io::new(&mut tree, Some(7), Path::new("r.toml"));
+        io.write_file("/usr/lib/systemd/system/a.service", b"x".to_vec(), 0o644)
+            .unwrap();
+        io.symlink("/lib", "usr/lib").unwrap();
+        io.symlink("/loop", "/loop").unwrap();
+        let (c, id) = io.canon("/lib/systemd/system/a.service", true).unwrap();
+        assert_eq!(join(&c), "/usr/lib/systemd/system/a.service");
+        assert!(id.is_some());
+        assert_eq!(io.write_path("/lib/x/y").unwrap(), "/usr/lib/x/y");
+        assert!(io.canon("/loop/x", true).is_none());
+        assert!(io.read("/loop/x").is_err() || io.read("/loop/x").unwrap().is_none());
+        io.edit_file("/lib/systemd/system/a.service", b"yy".to_vec(), 0o600)
+            .unwrap();
+        let e = io.tree.entry(id.unwrap());
+        assert_eq!((e.mode, e.size(), e.mtime.sec), (0o644, 2, 7));
+        assert!(io.is_file("/lib/systemd/system/a.service"));
+    }
+}
