@@ -22,9 +22,14 @@ pub struct AppConfig {
 /// Returns true if `tree` has an init system (`/sbin/init`, `/usr/sbin/init`,
 /// `/lib/systemd/systemd`, `/usr/lib/systemd/systemd`), i.e. boots as a whole system.
 pub fn has_init(tree: &Tree) -> bool {
-    ["/sbin/init", "/usr/sbin/init", "/lib/systemd/systemd", "/usr/lib/systemd/systemd"]
-        .iter()
-        .any(|p| tree.get(p.as_bytes()).is_some())
+    [
+        "/sbin/init",
+        "/usr/sbin/init",
+        "/lib/systemd/systemd",
+        "/usr/lib/systemd/systemd",
+    ]
+    .iter()
+    .any(|p| tree.get(p.as_bytes()).is_some())
 }
 
 /// Makes `app` bootable: copies the kernel, initrd, modules and boot loader files (systemd-stub,
@@ -32,5 +37,7 @@ pub fn has_init(tree: &Tree) -> bool {
 /// kernel command-line arguments the init needs (`init=/.stamp/init`, …).
 pub fn install(app: &mut Tree, kernel_tree: &Tree, config: &AppConfig) -> Result<Vec<String>> {
     let _ = (app, kernel_tree, config);
-    Err(crate::Error::Boot("application images are not written yet".into()))
+    Err(crate::Error::Boot(
+        "application images are not written yet".into(),
+    ))
 }
