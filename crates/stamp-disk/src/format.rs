@@ -25,11 +25,13 @@ pub enum Format {
     Vdi,
     /// Open Virtualization Appliance: a tar holding an OVF descriptor, a manifest and disks.
     Ova,
+    /// Google Compute Engine image: a gzip-compressed GNU tar holding `disk.raw` (written only).
+    Gce,
 }
 
 impl Format {
     /// Every format, in the order `stamp --help` lists them.
-    pub const ALL: [Format; 7] = [
+    pub const ALL: [Format; 8] = [
         Format::Raw,
         Format::Qcow2,
         Format::Vmdk,
@@ -37,6 +39,7 @@ impl Format {
         Format::Vhdx,
         Format::Vdi,
         Format::Ova,
+        Format::Gce,
     ];
 
     /// The name used by `-f`/`-O` (and by qemu-img where it has the format; qemu calls VHD "vpc").
@@ -49,6 +52,23 @@ impl Format {
             Format::Vhdx => "vhdx",
             Format::Vdi => "vdi",
             Format::Ova => "ova",
+            Format::Gce => "gce",
+        }
+    }
+
+    /// The output format a file name asks for by its extension, if it names one: a format's
+    /// name (`.qcow2`, `.vhd`, `.gce`, ...), `.vpc`, `.img` and `.raw`, and `.tar.gz` for
+    /// [`Format::Gce`] (a disk written under that name can only be meant for GCE; `.tgz` and
+    /// `.gz` alone are not taken).
+    pub fn from_extension(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.ends_with(".tar.gz") && name.len() > ".tar.gz".len() {
+            return Some(Format::Gce);
+        }
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "img" | "raw" => Some(Format::Raw),
+            other => other.parse().ok(),
         }
     }
 
@@ -56,7 +76,7 @@ impl Format {
     pub fn qemu_name(self) -> Option<&'static str> {
         match self {
             Format::Vhd => Some("vpc"),
-            Format::Ova => None,
+            Format::Ova | Format::Gce => None,
             other => Some(other.name()),
         }
     }
@@ -83,7 +103,7 @@ impl FromStr for Format {
             .find(|f| f.name() == lower)
             .ok_or_else(|| {
                 Error::InvalidOption(format!(
-                    "unknown format '{s}' (expected one of: raw, qcow2, vmdk, vhd, vhdx, vdi, ova)"
+                    "unknown format '{s}' (expected one of: raw, qcow2, vmdk, vhd, vhdx, vdi, ova, gce)"
                 ))
             })
     }
@@ -136,6 +156,9 @@ pub fn detect_bytes(head: &[u8], tail: Option<&[u8]>) -> Format {
     if is_ova(head) {
         return Format::Ova;
     }
+    if crate::gce::is_gce(head) {
+        return Format::Gce;
+    }
     Format::Raw
 }
 
@@ -166,4 +189,32 @@ fn is_ova(head: &[u8]) -> bool {
 /// Detects the format of the file at `path`.
 pub fn detect_path(path: &Path) -> Result<Format> {
     detect(&ImageFile::open(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_name_formats_and_tar_gz_is_gce() {
+        let f = |s: &str| Format::from_extension(Path::new(s));
+        assert_eq!(f("a/disk.tar.gz"), Some(Format::Gce));
+        assert_eq!(f("DISK.TAR.GZ"), Some(Format::Gce));
+        assert_eq!(f("x.gce"), Some(Format::Gce));
+        assert_eq!(f("x.qcow2"), Some(Format::Qcow2));
+        assert_eq!(f("x.vpc"), Some(Format::Vhd));
+        assert_eq!(f("x.img"), Some(Format::Raw));
+        assert_eq!(f(".tar.gz"), None);
+        assert_eq!(f("x.gz"), None);
+        assert_eq!(f("x.tgz"), None);
+        assert_eq!(f("x"), None);
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>().ok(), Some(f));
+        }
+        assert!("tar".parse::<Format>().is_err());
+    }
 }

@@ -1,6 +1,6 @@
 //! Virtual disk formats for stamp: read, write, convert, inspect, check and compare disk images.
 //!
-//! This crate knows raw, qcow2, VMDK, VHD, VHDX, VDI and OVA images. It opens any of them through
+//! This crate knows raw, qcow2, VMDK, VHD, VHDX, VDI and OVA images, and writes GCE images. It opens any of them through
 //! one entry point that detects the format from content ([`open`]), gives random access and an
 //! allocation map through [`DiskReader`], and writes any of them from a stream of [`Extent`]s
 //! through [`DiskWriter`] ([`create`]). [`convert()`] joins the two without an intermediate raw copy:
@@ -31,6 +31,7 @@ mod mapping;
 mod reader;
 mod writer;
 
+pub mod gce;
 pub mod ova;
 pub mod qcow2;
 pub mod raw;
@@ -110,6 +111,7 @@ pub fn open_file(file: ImageFile, opts: &OpenOptions) -> Result<Box<dyn DiskRead
         Format::Vhdx => vhdx::open(file, opts),
         Format::Vdi => vdi::open(file, opts),
         Format::Ova => ova::open(file, opts),
+        Format::Gce => gce::open(file, opts),
     }
 }
 
@@ -168,6 +170,7 @@ pub fn create(
         Format::Vhdx => vhdx::create(path, virtual_size, opts),
         Format::Vdi => vdi::create(path, virtual_size, opts),
         Format::Ova => ova::create(path, virtual_size, opts),
+        Format::Gce => gce::create(path, virtual_size, opts),
     }
 }
 

@@ -20,7 +20,7 @@ pub struct Cli {
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Convert a disk image to another format (raw, qcow2, vmdk, vhd, vhdx, vdi, ova).
+    /// Convert a disk image to another format (raw, qcow2, vmdk, vhd, vhdx, vdi, ova, gce).
     Convert(ConvertArgs),
     /// Show an image's format, sizes, compression, backing chain and (for OVA) disks.
     Info(InfoArgs),

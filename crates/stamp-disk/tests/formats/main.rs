@@ -6,6 +6,7 @@
 mod common;
 
 mod cross;
+mod gce;
 mod ova;
 mod qcow2;
 mod raw;

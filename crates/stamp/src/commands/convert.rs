@@ -9,13 +9,9 @@ use super::{open, parse_format};
 use crate::cli::ConvertArgs;
 use crate::progress::{Bar, CancelFlag};
 
-/// The output format named by a file's extension, if it names one.
+/// The output format named by a file's extension, if it names one (`.tar.gz` is gce).
 pub fn format_from_extension(path: &Path) -> Option<Format> {
-    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-    match ext.as_str() {
-        "img" | "raw" => Some(Format::Raw),
-        other => other.parse().ok(),
-    }
+    Format::from_extension(path)
 }
 
 pub fn run(a: ConvertArgs, cancel: &CancelFlag) -> Result<u8> {
