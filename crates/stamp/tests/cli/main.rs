@@ -13,4 +13,5 @@ mod debian;
 mod fixtures;
 mod mkfs;
 mod oci;
+mod qemu;
 mod usage;
