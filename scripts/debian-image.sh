@@ -3,16 +3,70 @@
 # kernel, initrd and systemd from mmdebstrap, as an ext4 filesystem in a 1 GiB sparse raw file.
 # Prints the raw image's path. Cached: a second run reuses the image.
 # With --tar, makes only the root filesystem tar (what the tests read) and prints its path.
+# With --grub, makes the root filesystem tar of a GRUB image (GRUB and shim, signed, instead of
+# systemd-boot): debian-grub-rootfs.tar; prints its path.
+# With --app, makes an application image (no init, no kernel: a static busybox and an entrypoint,
+# from crates/stamp/tests/cli/data/app/Dockerfile) as an OCI archive with podman: app-oci.tar;
+# prints its path.
 #
-# usage: scripts/debian-image.sh [--tar] [CACHE_DIR]    (default: ${XDG_CACHE_HOME:-~/.cache}/stamp-dev)
+# usage: scripts/debian-image.sh [--tar|--grub|--app] [CACHE_DIR]
+#        (default CACHE_DIR: ${XDG_CACHE_HOME:-~/.cache}/stamp-dev)
 set -euo pipefail
-tar_only=false
-if [[ ${1:-} == --tar ]]; then
-  tar_only=true
-  shift
-fi
+mode=raw
+case ${1:-} in
+  --tar) mode=tar; shift ;;
+  --grub) mode=grub; shift ;;
+  --app) mode=app; shift ;;
+esac
 cache=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/stamp-dev}
 mkdir -p "$cache"
+
+if [[ $mode == grub ]]; then
+  grub="$cache/debian-grub-rootfs.tar"
+  if [[ ! -s $grub ]]; then
+    echo "building a Debian root filesystem with GRUB and shim with mmdebstrap (about a minute)..." >&2
+    rm -f "$grub.tmp"
+    mmdebstrap --quiet --format=tar --variant=apt \
+      --include=linux-image-cloud-amd64,systemd-sysv,grub-efi-amd64-signed,shim-signed,udev \
+      bookworm "$grub.tmp" >&2
+    for f in usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed usr/lib/shim/shimx64.efi.signed; do
+      tar -tf "$grub.tmp" "./$f" >/dev/null 2>&1 ||
+        { echo "error: $grub.tmp has no /$f" >&2; exit 1; }
+    done
+    mv "$grub.tmp" "$grub"
+  fi
+  echo "$grub"
+  exit 0
+fi
+
+if [[ $mode == app ]]; then
+  app="$cache/app-oci.tar"
+  data="$(cd "$(dirname "$0")/.." && pwd)/crates/stamp/tests/cli/data/app"
+  # Rebuilt when a file of the build context changed since.
+  if [[ ! -s $app || -n $(find "$data" -newer "$app" -print -quit) ]]; then
+    echo "building the application image with podman..." >&2
+    [[ -x /bin/busybox ]] || { echo "error: no /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
+    file -L /bin/busybox | grep -q 'statically linked' ||
+      { echo "error: /bin/busybox is not statically linked (apt-get install busybox-static)" >&2; exit 1; }
+    work=$(mktemp -d "$cache/app.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    cp -a "$data/." "$work/ctx"
+    cp /bin/busybox "$work/ctx/busybox"
+    # Rootless-friendly podman on these machines: no default rlimits (no CAP_SYS_RESOURCE), runc
+    # (crun refuses hybrid cgroups), chroot isolation for RUN.
+    printf '[containers]\ndefault_ulimits = []\n' >"$work/containers.conf"
+    export CONTAINERS_CONF=$work/containers.conf
+    tag=localhost/stamp-test-app:latest
+    podman build -q --runtime runc --isolation chroot -t "$tag" "$work/ctx" >&2
+    rm -f "$app.tmp"
+    podman save -q --format oci-archive -o "$app.tmp" "$tag" >&2
+    podman rmi -f "$tag" >/dev/null 2>&1 || true
+    mv "$app.tmp" "$app"
+  fi
+  echo "$app"
+  exit 0
+fi
+
 tar="$cache/debian-rootfs.tar"
 raw="$cache/debian.raw"
 if [[ ! -s $tar ]]; then
@@ -22,7 +76,7 @@ if [[ ! -s $tar ]]; then
     bookworm "$tar.tmp" >&2
   mv "$tar.tmp" "$tar"
 fi
-if $tar_only; then
+if [[ $mode == tar ]]; then
   echo "$tar"
   exit 0
 fi

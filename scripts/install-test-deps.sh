@@ -25,6 +25,13 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 command -v skopeo >/dev/null || need+=(skopeo)
+# stamp build: boot the disks it makes (QEMU with UEFI firmware, TCG), a static busybox for the
+# application image, objcopy for the benchmark's UKI, /usr/bin/time for its peak memory.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[[ -s /usr/share/OVMF/OVMF_CODE.fd && -s /usr/share/OVMF/OVMF_VARS.fd ]] || need+=(ovmf)
+[[ -x /bin/busybox ]] || need+=(busybox-static)
+command -v objcopy >/dev/null || need+=(binutils)
+[[ -x /usr/bin/time ]] || need+=(time)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

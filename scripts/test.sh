@@ -9,4 +9,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 debian_tar=$(scripts/debian-image.sh --tar)
 export STAMP_DEBIAN_TAR=$debian_tar
+grub_tar=$(scripts/debian-image.sh --grub)
+export STAMP_DEBIAN_GRUB_TAR=$grub_tar
+app_oci=$(scripts/debian-image.sh --app)
+export STAMP_APP_OCI=$app_oci
+# The boot tests fail instead of skipping when qemu-system-x86_64 or OVMF is missing.
+export STAMP_REQUIRE_QEMU=1
 cargo test --workspace --locked

@@ -14,4 +14,5 @@ mod debian;
 mod fixtures;
 mod mkfs;
 mod oci;
+mod qemu;
 mod usage;
