@@ -190,23 +190,25 @@ fn uki(dir: &Path, tree: &Tree, cmdline: &str) -> PathBuf {
     out
 }
 
-#[test]
-fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status() {
+/// Installs the Debian kernel and the init into `app_tree`, builds the disk and boots it.
+/// Returns the serial console's text, or None when a tool or the Debian tar is missing
+/// (the test is then skipped). Panics if the guest does not power off.
+fn boot(mut app_tree: Tree, config: &AppConfig) -> Option<String> {
     let Some(tar) = debian_tar() else {
         eprintln!(
             "skipped: no Debian rootfs tar (STAMP_DEBIAN_TAR or scripts/debian-image.sh --tar)"
         );
-        return;
+        return None;
     };
     for tool in ["qemu-system-x86_64", "objcopy"] {
         if !have(tool) {
             eprintln!("skipped: {tool} is not installed");
-            return;
+            return None;
         }
     }
     if !Path::new(OVMF_CODE).is_file() || !Path::new("/bin/busybox").is_file() {
         eprintln!("skipped: ovmf or busybox-static is not installed");
-        return;
+        return None;
     }
     assert!(
         !app::INIT.is_empty(),
@@ -215,14 +217,7 @@ fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status(
 
     let dir = tempfile::tempdir().unwrap();
     let kernel = stamp_fs::source::load(tar.to_str().unwrap(), &Default::default()).unwrap();
-    let mut app_tree = app_tree();
-    let config = AppConfig {
-        argv: vec!["/app/run.sh".into(), "hello".into()],
-        env: vec!["FOO=bar".into(), "PATH=/bin".into()],
-        workdir: "/app".into(),
-        user: "app".into(),
-    };
-    let args = app::install(&mut app_tree, &kernel.tree, &config).unwrap();
+    let args = app::install(&mut app_tree, &kernel.tree, config).unwrap();
     assert!(args.iter().any(|a| a == "init=/.stamp/init"), "{args:?}");
 
     let cmdline = format!(
@@ -298,19 +293,32 @@ fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status(
         let _ = e.read_to_string(&mut err);
     }
     let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
-    let tail: String = log
-        .chars()
-        .rev()
-        .take(6000)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
+    eprintln!("{log}");
+    let tail = tail(&log);
     assert!(
         status.is_some(),
         "the guest did not power off; serial tail:\n{tail}\nqemu: {err}"
     );
+    Some(log)
+}
 
+fn tail(log: &str) -> String {
+    let chars: Vec<char> = log.chars().collect();
+    chars[chars.len().saturating_sub(6000)..].iter().collect()
+}
+
+#[test]
+fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status() {
+    let config = AppConfig {
+        argv: vec!["/app/run.sh".into(), "hello".into()],
+        env: vec!["FOO=bar".into(), "PATH=/bin".into()],
+        workdir: "/app".into(),
+        user: "app".into(),
+    };
+    let Some(log) = boot(app_tree(), &config) else {
+        return;
+    };
+    let tail = tail(&log);
     assert!(
         log.contains(
             "STAMP-APP-MARKER uid=1000 gid=1000 pwd=/app foo=bar home=/home/app arg=hello"
@@ -335,4 +343,27 @@ fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status(
         log.contains("stamp-init: /app/run.sh exited with status 3"),
         "the init did not report the status:\n{tail}"
     );
+}
+
+#[test]
+fn app_whose_entrypoint_is_missing_reports_127_and_powers_off() {
+    let config = AppConfig {
+        argv: vec!["not-there".into()],
+        env: vec![],
+        workdir: String::new(),
+        user: String::new(),
+    };
+    let Some(log) = boot(app_tree(), &config) else {
+        return;
+    };
+    let tail = tail(&log);
+    assert!(
+        log.contains("stamp-init: not-there was not found in PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "no clear error:\n{tail}"
+    );
+    assert!(
+        log.contains("stamp-init: not-there exited with status 127"),
+        "{tail}"
+    );
+    assert!(!log.contains("STAMP-APP-MARKER"), "{tail}");
 }

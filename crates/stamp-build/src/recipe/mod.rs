@@ -38,9 +38,7 @@ impl Recipe {
     /// Reads and validates `path`. Errors name the file, the line and the key.
     pub fn load(path: &Path) -> Result<Recipe> {
         let _ = path;
-        Err(crate::Error::InvalidOption(
-            "recipes are not written yet".into(),
-        ))
+        Err(crate::Error::InvalidOption("recipes are not written yet".into()))
     }
 
     /// Applies the recipe to `tree`.
