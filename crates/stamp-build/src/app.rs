@@ -1,10 +1,31 @@
 //! Application images (no init system): a kernel, initrd and modules from a separate image, and
 //! stamp's own init, which mounts the essentials, configures the network by DHCP, runs the
 //! image's entrypoint and powers off with its exit status.
+//!
+//! The init is the `stamp-init` crate, built static by `build.rs` and embedded here
+//! ([`INIT`]). In the guest it reads `/.stamp/app.json` ([`AppConfig`] as JSON) and prints
+//! `stamp-init: <argv0> exited with status N` on the console before powering off.
 
-use stamp_fs::Tree;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::Result;
+use bytes::Bytes;
+use stamp_fs::{Content, Entry, Kind, NodeId, Timestamp, Tree};
+
+use crate::boot::Kernel;
+use crate::{Error, Result};
+
+/// The static `stamp-init` executable built with this crate (empty when the build could not
+/// make it: then [`init_binary`] looks for it at run time).
+pub static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stamp-init"));
+
+/// Where the init goes in the app's root filesystem.
+pub const INIT_PATH: &str = "/.stamp/init";
+/// Where the app's config goes.
+pub const CONFIG_PATH: &str = "/.stamp/app.json";
+
+/// Most symbolic links followed resolving one path in an image (as Linux's `MAXSYMLINKS`).
+const MAX_SYMLINKS: usize = 40;
 
 /// What the container image's config says to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -17,6 +38,33 @@ pub struct AppConfig {
     pub workdir: String,
     /// User (`name`, `uid`, `uid:gid` or `name:group`); root when empty.
     pub user: String,
+}
+
+impl AppConfig {
+    /// The app config of an OCI image configuration: ENTRYPOINT + CMD, Env, WorkingDir, User.
+    pub fn from_image_config(config: &oci_spec::image::ImageConfiguration) -> Self {
+        let Some(c) = config.config() else {
+            return AppConfig::default();
+        };
+        let mut argv = c.entrypoint().clone().unwrap_or_default();
+        argv.extend(c.cmd().clone().unwrap_or_default());
+        AppConfig {
+            argv,
+            env: c.env().clone().unwrap_or_default(),
+            workdir: c.working_dir().clone().unwrap_or_default(),
+            user: c.user().clone().unwrap_or_default(),
+        }
+    }
+
+    /// The app config of an OCI image configuration's JSON.
+    pub fn from_image_config_json(json: &[u8]) -> Result<Self> {
+        let c: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(json).map_err(|e| Error::BadFile {
+                path: "image configuration".into(),
+                detail: format!("line {} column {}: {e}", e.line(), e.column()),
+            })?;
+        Ok(Self::from_image_config(&c))
+    }
 }
 
 /// Returns true if `tree` has an init system (`/sbin/init`, `/usr/sbin/init`,
@@ -32,12 +80,614 @@ pub fn has_init(tree: &Tree) -> bool {
     .any(|p| tree.get(p.as_bytes()).is_some())
 }
 
+/// The init executable to install: `$STAMP_INIT` if set, else the embedded [`INIT`], else
+/// `stamp-init` beside the running executable.
+pub fn init_binary() -> Result<Content> {
+    if let Some(p) = std::env::var_os("STAMP_INIT") {
+        return host_file(PathBuf::from(p));
+    }
+    if !INIT.is_empty() {
+        return Ok(Content::Bytes(Bytes::from_static(INIT)));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("stamp-init")));
+    match beside {
+        Some(p) if p.is_file() => host_file(p),
+        _ => Err(Error::Boot(
+            "this stamp was built without its init for application images (no static libc \
+             when it was built); set STAMP_INIT to a static stamp-init executable"
+                .into(),
+        )),
+    }
+}
+
+fn host_file(path: PathBuf) -> Result<Content> {
+    let len = std::fs::metadata(&path)
+        .map_err(|e| Error::io("stat", &path, e))?
+        .len();
+    Ok(Content::File {
+        path: Arc::new(path),
+        offset: 0,
+        len,
+    })
+}
+
 /// Makes `app` bootable: copies the kernel, initrd, modules and boot loader files (systemd-stub,
 /// systemd-boot) from `kernel_tree`, and installs stamp's init and the app's config. Returns the
 /// kernel command-line arguments the init needs (`init=/.stamp/init`, …).
+///
+/// Copies keep their metadata and share their contents with `kernel_tree`. The kernel is
+/// `/boot/vmlinuz-*` (with `/boot/initrd.img-*`) or `/usr/lib/modules/*/vmlinuz`; its module
+/// directory is copied whole; `/usr/lib/systemd/boot/efi` (the stub) too; `os-release` only
+/// if the app has none (the UKI needs it). Mount points (`/proc`, `/sys`, `/dev`, `/run`,
+/// `/tmp`) are created when missing.
 pub fn install(app: &mut Tree, kernel_tree: &Tree, config: &AppConfig) -> Result<Vec<String>> {
-    let _ = (app, kernel_tree, config);
-    Err(crate::Error::Boot(
-        "application images are not written yet".into(),
-    ))
+    install_with(app, kernel_tree, config, init_binary()?)
+}
+
+/// [`install`] with the init executable given.
+pub fn install_with(
+    app: &mut Tree,
+    kernel_tree: &Tree,
+    config: &AppConfig,
+    init: Content,
+) -> Result<Vec<String>> {
+    let kernel = find_kernel(kernel_tree)?.ok_or_else(|| Error::NoKernel {
+        detail: "the kernel image has no /boot/vmlinuz-* nor /usr/lib/modules/*/vmlinuz; \
+                 use an image with a kernel package (linux-image-cloud-amd64) as --kernel"
+            .into(),
+    })?;
+    let mtime = app.entry(app.root()).mtime;
+
+    copy_path(kernel_tree, kernel.vmlinuz.as_bytes(), app)?;
+    if let Some(initrd) = &kernel.initrd {
+        copy_path(kernel_tree, initrd.as_bytes(), app)?;
+    }
+    let mut have_modules = false;
+    for dir in ["/usr/lib/modules/", "/lib/modules/"] {
+        let p = format!("{dir}{}", kernel.version);
+        if resolve(kernel_tree, p.as_bytes()).is_some() {
+            copy_path(kernel_tree, p.as_bytes(), app)?;
+            have_modules = true;
+            break;
+        }
+    }
+    if !have_modules {
+        tracing::warn!(version = %kernel.version, "the kernel image has no module directory");
+    }
+    if resolve(kernel_tree, b"/usr/lib/systemd/boot/efi").is_some() {
+        copy_path(kernel_tree, b"/usr/lib/systemd/boot/efi", app)?;
+    }
+    let has_os_release = |t: &Tree| {
+        ["/etc/os-release", "/usr/lib/os-release"]
+            .iter()
+            .any(|p| resolve(t, p.as_bytes()).is_some())
+    };
+    if !has_os_release(app) {
+        for p in ["/usr/lib/os-release", "/etc/os-release"] {
+            if let Some((_, id)) = resolve(kernel_tree, p.as_bytes()) {
+                if matches!(kernel_tree.entry(id).kind, Kind::File(_)) {
+                    let dest = place(app, b"/usr/lib/os-release", mtime)?;
+                    app.insert(&dest, kernel_tree.entry(id).clone())?;
+                    break;
+                }
+            }
+        }
+    }
+
+    for (dir, mode) in [
+        ("/proc", 0o555),
+        ("/sys", 0o555),
+        ("/dev", 0o755),
+        ("/run", 0o755),
+        ("/tmp", 0o1777),
+    ] {
+        if resolve(app, dir.as_bytes()).is_none() {
+            let dest = place(app, dir.as_bytes(), mtime)?;
+            app.insert(&dest, Entry::new(Kind::Dir, mode, mtime))?;
+        }
+    }
+    if resolve(app, b"/dev/console").is_none() {
+        if let Some((dev, id)) = resolve(app, b"/dev") {
+            if app.entry(id).is_dir() {
+                let mut p = dev;
+                p.extend_from_slice(b"/console");
+                app.insert(
+                    &p,
+                    Entry::new(Kind::CharDevice { major: 5, minor: 1 }, 0o600, mtime),
+                )?;
+            }
+        }
+    }
+
+    // /.stamp is ours: whatever the image had there is replaced.
+    app.remove(b"/.stamp")?;
+    app.insert(b"/.stamp", Entry::new(Kind::Dir, 0o755, mtime))?;
+    app.insert(
+        INIT_PATH.as_bytes(),
+        Entry::new(Kind::File(init), 0o755, mtime),
+    )?;
+    let json = serde_json::to_vec_pretty(config)
+        .map_err(|e| Error::InvalidOption(format!("app config: {e}")))?;
+    app.insert(
+        CONFIG_PATH.as_bytes(),
+        Entry::new(Kind::File(Content::Bytes(Bytes::from(json))), 0o644, mtime),
+    )?;
+    Ok(vec![format!("init={INIT_PATH}"), "panic=-1".into()])
+}
+
+/// The kernel of `tree`: [`crate::boot::find_kernel`], or, while that is not available, the
+/// same search done here.
+fn find_kernel(tree: &Tree) -> Result<Option<Kernel>> {
+    match crate::boot::find_kernel(tree) {
+        Ok(k) => Ok(k),
+        Err(_) => Ok(find_kernel_local(tree)),
+    }
+}
+
+/// `/boot/vmlinuz-<v>` with `/boot/initrd.img-<v>` or `/boot/initramfs-<v>.img`, else
+/// `/usr/lib/modules/<v>/vmlinuz` with `initramfs.img` beside it; the highest version wins.
+fn find_kernel_local(tree: &Tree) -> Option<Kernel> {
+    let is_file = |p: &str| {
+        resolve(tree, p.as_bytes())
+            .is_some_and(|(_, id)| matches!(tree.entry(id).kind, Kind::File(_)))
+    };
+    let mut found: Vec<Kernel> = Vec::new();
+    if let Some((_, boot)) = resolve(tree, b"/boot") {
+        for (name, _) in tree.children(boot) {
+            let Some(v) = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| n.strip_prefix("vmlinuz-"))
+            else {
+                continue;
+            };
+            let vmlinuz = format!("/boot/vmlinuz-{v}");
+            if v.is_empty() || !is_file(&vmlinuz) {
+                continue;
+            }
+            let initrd = [
+                format!("/boot/initrd.img-{v}"),
+                format!("/boot/initramfs-{v}.img"),
+            ]
+            .into_iter()
+            .find(|p| is_file(p));
+            found.push(Kernel {
+                version: v.to_string(),
+                vmlinuz,
+                initrd,
+            });
+        }
+    }
+    if found.is_empty() {
+        if let Some((_, mods)) = resolve(tree, b"/usr/lib/modules") {
+            for (name, _) in tree.children(mods) {
+                let Ok(v) = std::str::from_utf8(name) else {
+                    continue;
+                };
+                let vmlinuz = format!("/usr/lib/modules/{v}/vmlinuz");
+                if is_file(&vmlinuz) {
+                    let initrd = format!("/usr/lib/modules/{v}/initramfs.img");
+                    found.push(Kernel {
+                        version: v.to_string(),
+                        initrd: is_file(&initrd).then_some(initrd),
+                        vmlinuz,
+                    });
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .max_by(|a, b| version_cmp(&a.version, &b.version))
+}
+
+/// Compares versions by their runs of digits numerically and the rest bytewise
+/// (`6.1.0-9` < `6.1.0-28`).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    for ((da, sa), (db, sb)) in pa.iter().zip(&pb) {
+        let o = if *da && *db {
+            let (ta, tb) = (sa.trim_start_matches('0'), sb.trim_start_matches('0'));
+            ta.len().cmp(&tb.len()).then(ta.cmp(tb))
+        } else {
+            sa.cmp(sb)
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+/// Resolves `path` in `tree` following symbolic links (absolute ones from the tree's root) in
+/// every component, the last included: its canonical path (`/usr/lib/modules` for
+/// `/lib/modules` when `/lib` links to `usr/lib`) and node. None if it does not exist, a link
+/// dangles, or more than [`MAX_SYMLINKS`] links are followed.
+pub fn resolve(tree: &Tree, path: &[u8]) -> Option<(Vec<u8>, NodeId)> {
+    resolve_inner(tree, path, true)
+}
+
+fn resolve_inner(tree: &Tree, path: &[u8], follow_last: bool) -> Option<(Vec<u8>, NodeId)> {
+    let mut hops = 0;
+    // Components still to walk, in reverse order (the next one last).
+    let mut todo: Vec<Vec<u8>> = path
+        .split(|c| *c == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let mut stack: Vec<(Vec<u8>, NodeId)> = Vec::new();
+    while let Some(c) = todo.pop() {
+        let cur = stack.last().map_or(tree.root(), |(_, id)| *id);
+        match c.as_slice() {
+            b"." => continue,
+            b".." => {
+                stack.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let (_, id) = tree.children(cur).find(|(n, _)| *n == c.as_slice())?;
+        match &tree.entry(id).kind {
+            Kind::Symlink(target) if follow_last || !todo.is_empty() => {
+                hops += 1;
+                if hops > MAX_SYMLINKS {
+                    return None;
+                }
+                if target.first() == Some(&b'/') {
+                    stack.clear();
+                }
+                todo.extend(
+                    target
+                        .split(|c| *c == b'/')
+                        .filter(|c| !c.is_empty())
+                        .rev()
+                        .map(<[u8]>::to_vec),
+                );
+            }
+            _ => stack.push((c, id)),
+        }
+    }
+    let id = stack.last().map_or(tree.root(), |(_, id)| *id);
+    let mut canon = Vec::new();
+    for (name, _) in &stack {
+        canon.push(b'/');
+        canon.extend_from_slice(name);
+    }
+    if canon.is_empty() {
+        canon.push(b'/');
+    }
+    Some((canon, id))
+}
+
+/// Where `path` goes in `tree`: its parent resolved through the tree's symbolic links (made as
+/// directories where missing), then its last name.
+fn place(tree: &mut Tree, path: &[u8], mtime: Timestamp) -> Result<Vec<u8>> {
+    let comps = stamp_fs::tree::normalize(path)?;
+    let Some((last, dirs)) = comps.split_last() else {
+        return Ok(b"/".to_vec());
+    };
+    let mut parent: Vec<u8> = Vec::new();
+    for d in dirs {
+        let mut p = parent.clone();
+        p.push(b'/');
+        p.extend_from_slice(d);
+        parent = match resolve(tree, &p) {
+            Some((canon, id)) if tree.entry(id).is_dir() => canon,
+            Some(_) => {
+                return Err(Error::BadFile {
+                    path: String::from_utf8_lossy(path).into_owned(),
+                    detail: format!(
+                        "'{}' in the application image is not a directory",
+                        String::from_utf8_lossy(&p)
+                    ),
+                });
+            }
+            None => {
+                // Missing, or a dangling link: make the directory where the link points.
+                let at = resolve_inner(tree, &p, false).map_or(p.clone(), |(c, _)| c);
+                if let Some((_, id)) = resolve_inner(tree, &at, false) {
+                    if let Kind::Symlink(_) = tree.entry(id).kind {
+                        return Err(Error::BadFile {
+                            path: String::from_utf8_lossy(path).into_owned(),
+                            detail: format!(
+                                "'{}' in the application image is a dangling link",
+                                String::from_utf8_lossy(&p)
+                            ),
+                        });
+                    }
+                }
+                tree.make_dirs(&at, mtime)?;
+                at
+            }
+        };
+        if parent == b"/" {
+            parent.clear();
+        }
+    }
+    parent.push(b'/');
+    parent.extend_from_slice(last);
+    Ok(parent)
+}
+
+/// Copies `path` of `from` (resolved through its links), and everything below it if it is a
+/// directory, to the same canonical path in `to`. Entries keep their metadata and contents.
+fn copy_path(from: &Tree, path: &[u8], to: &mut Tree) -> Result<()> {
+    let Some((canon, id)) = resolve(from, path) else {
+        return Err(Error::BadFile {
+            path: String::from_utf8_lossy(path).into_owned(),
+            detail: "not found in the kernel image".into(),
+        });
+    };
+    let mtime = from.entry(id).mtime;
+    let dest = place(to, &canon, mtime)?;
+    // Depth-first with an explicit stack: (source node, destination path).
+    let mut stack = vec![(id, dest)];
+    while let Some((id, dest)) = stack.pop() {
+        to.insert(&dest, from.entry(id).clone())?;
+        for (name, kid) in from.children(id) {
+            let mut p = dest.clone();
+            p.push(b'/');
+            p.extend_from_slice(name);
+            stack.push((kid, p));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Timestamp {
+        Timestamp::from_secs(1_700_000_000)
+    }
+
+    fn file(data: &'static [u8]) -> Entry {
+        Entry::new(
+            Kind::File(Content::Bytes(Bytes::from_static(data))),
+            0o644,
+            t(),
+        )
+    }
+
+    fn link(target: &str) -> Entry {
+        Entry::new(Kind::Symlink(target.as_bytes().to_vec()), 0o777, t())
+    }
+
+    fn read(tree: &Tree, path: &str) -> Vec<u8> {
+        let (_, id) = resolve(tree, path.as_bytes()).unwrap_or_else(|| panic!("{path} missing"));
+        let Kind::File(c) = &tree.entry(id).kind else {
+            panic!("{path} is not a file")
+        };
+        let mut b = vec![0; c.len() as usize];
+        c.read_at(&mut b, 0).unwrap();
+        b
+    }
+
+    /// A merged-/usr Debian-like kernel image.
+    fn kernel_tree() -> Tree {
+        let mut k = Tree::default();
+        k.insert(b"/lib", link("usr/lib")).unwrap();
+        k.insert(b"/bin", link("usr/bin")).unwrap();
+        for v in ["6.1.0-9-cloud-amd64", "6.1.0-28-cloud-amd64"] {
+            k.insert(format!("/boot/vmlinuz-{v}").as_bytes(), file(b"kernel"))
+                .unwrap();
+            k.insert(format!("/boot/initrd.img-{v}").as_bytes(), file(b"initrd"))
+                .unwrap();
+            let m = format!("/usr/lib/modules/{v}");
+            k.insert(format!("{m}/modules.dep").as_bytes(), file(b"dep"))
+                .unwrap();
+            k.insert(
+                format!("{m}/kernel/drivers/net/virtio_net.ko").as_bytes(),
+                file(b"ko"),
+            )
+            .unwrap();
+            k.insert(
+                format!("{m}/build").as_bytes(),
+                link("/usr/src/linux-headers"),
+            )
+            .unwrap();
+        }
+        k.insert(
+            b"/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+            file(b"MZstub"),
+        )
+        .unwrap();
+        k.insert(b"/usr/lib/os-release", file(b"ID=debian\n"))
+            .unwrap();
+        k.insert(b"/etc/os-release", link("../usr/lib/os-release"))
+            .unwrap();
+        k.insert(b"/usr/bin/bash", file(b"bash")).unwrap();
+        k
+    }
+
+    fn config() -> AppConfig {
+        AppConfig {
+            argv: vec!["/app/run".into(), "--flag".into()],
+            env: vec!["A=1".into()],
+            workdir: "/app".into(),
+            user: "1000".into(),
+        }
+    }
+
+    #[test]
+    fn install_copies_the_newest_kernel_modules_stub_and_adds_init() {
+        let mut app = Tree::default();
+        app.insert(b"/app/run", file(b"#!/bin/sh\n")).unwrap();
+        let init = Content::Bytes(Bytes::from_static(b"\x7fELFinit"));
+        let args = install_with(&mut app, &kernel_tree(), &config(), init).unwrap();
+        assert_eq!(args, vec!["init=/.stamp/init", "panic=-1"]);
+
+        assert_eq!(read(&app, "/boot/vmlinuz-6.1.0-28-cloud-amd64"), b"kernel");
+        assert_eq!(
+            read(&app, "/boot/initrd.img-6.1.0-28-cloud-amd64"),
+            b"initrd"
+        );
+        assert!(app.get(b"/boot/vmlinuz-6.1.0-9-cloud-amd64").is_none());
+        assert_eq!(
+            read(
+                &app,
+                "/usr/lib/modules/6.1.0-28-cloud-amd64/kernel/drivers/net/virtio_net.ko"
+            ),
+            b"ko"
+        );
+        let (_, b) =
+            resolve_inner(&app, b"/usr/lib/modules/6.1.0-28-cloud-amd64/build", false).unwrap();
+        assert!(matches!(&app.entry(b).kind, Kind::Symlink(t) if t == b"/usr/src/linux-headers"));
+        assert!(app.get(b"/usr/lib/modules/6.1.0-9-cloud-amd64").is_none());
+        assert_eq!(
+            read(&app, "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"),
+            b"MZstub"
+        );
+        assert_eq!(read(&app, "/usr/lib/os-release"), b"ID=debian\n");
+        assert!(
+            app.get(b"/usr/bin/bash").is_none(),
+            "only boot files are copied"
+        );
+
+        let init = app.get(b"/.stamp/init").unwrap();
+        assert_eq!(app.entry(init).mode, 0o755);
+        assert_eq!((app.entry(init).uid, app.entry(init).gid), (0, 0));
+        assert_eq!(read(&app, "/.stamp/init"), b"\x7fELFinit");
+        let back: AppConfig = serde_json::from_slice(&read(&app, "/.stamp/app.json")).unwrap();
+        assert_eq!(back, config());
+        for d in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+            let id = app.get(d.as_bytes()).unwrap_or_else(|| panic!("{d}"));
+            assert!(app.entry(id).is_dir(), "{d}");
+        }
+        assert_eq!(app.entry(app.get(b"/tmp").unwrap()).mode, 0o1777);
+        let console = app.get(b"/dev/console").unwrap();
+        assert!(matches!(
+            app.entry(console).kind,
+            Kind::CharDevice { major: 5, minor: 1 }
+        ));
+    }
+
+    #[test]
+    fn modules_follow_the_apps_own_lib_link_and_its_os_release_is_kept() {
+        let mut app = Tree::default();
+        app.insert(b"/lib", link("usr/lib")).unwrap();
+        app.insert(b"/usr/lib/.keep", file(b"")).unwrap();
+        app.insert(b"/etc/os-release", link("../usr/lib/os-release"))
+            .unwrap();
+        app.insert(b"/usr/lib/os-release", file(b"ID=alpine\n"))
+            .unwrap();
+        app.insert(b"/run", link("/var/run")).unwrap();
+        app.insert(b"/var/run/.keep", file(b"")).unwrap();
+        let mut k = Tree::default();
+        // A non-merged kernel image: modules under a real /lib.
+        k.insert(b"/boot/vmlinuz-6.6.1", file(b"kernel")).unwrap();
+        k.insert(b"/lib/modules/6.6.1/modules.dep", file(b"dep"))
+            .unwrap();
+        k.insert(b"/usr/lib/os-release", file(b"ID=debian\n"))
+            .unwrap();
+        install_with(
+            &mut app,
+            &k,
+            &AppConfig::default(),
+            Content::Bytes(Bytes::new()),
+        )
+        .unwrap();
+        assert_eq!(read(&app, "/usr/lib/modules/6.6.1/modules.dep"), b"dep");
+        assert_eq!(read(&app, "/lib/modules/6.6.1/modules.dep"), b"dep");
+        assert_eq!(read(&app, "/etc/os-release"), b"ID=alpine\n");
+        // The image's /run link is left alone.
+        assert!(matches!(
+            app.entry(app.get(b"/run").unwrap()).kind,
+            Kind::Symlink(_)
+        ));
+    }
+
+    #[test]
+    fn a_kernel_image_without_a_kernel_is_a_clear_error() {
+        let mut app = Tree::default();
+        let e = install_with(
+            &mut app,
+            &Tree::default(),
+            &config(),
+            Content::Bytes(Bytes::new()),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::NoKernel { .. }), "{e}");
+        assert!(e.to_string().contains("linux-image"), "{e}");
+    }
+
+    #[test]
+    fn usr_lib_modules_vmlinuz_layout_is_found() {
+        let mut k = Tree::default();
+        k.insert(b"/usr/lib/modules/6.8.0/vmlinuz", file(b"k"))
+            .unwrap();
+        k.insert(b"/usr/lib/modules/6.8.0/initramfs.img", file(b"i"))
+            .unwrap();
+        let kern = find_kernel_local(&k).unwrap();
+        assert_eq!(kern.vmlinuz, "/usr/lib/modules/6.8.0/vmlinuz");
+        assert_eq!(
+            kern.initrd.as_deref(),
+            Some("/usr/lib/modules/6.8.0/initramfs.img")
+        );
+        assert_eq!(kern.version, "6.8.0");
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(
+            version_cmp("6.1.0-9-cloud-amd64", "6.1.0-28-cloud-amd64"),
+            Less
+        );
+        assert_eq!(version_cmp("6.10.0", "6.9.12"), Greater);
+        assert_eq!(version_cmp("6.1.0", "6.1.0"), Equal);
+        assert_eq!(version_cmp("6.1", "6.1.0"), Less);
+    }
+
+    #[test]
+    fn resolve_follows_links_and_bounds_loops() {
+        let mut t = Tree::default();
+        t.insert(b"/lib", link("usr/lib")).unwrap();
+        t.insert(b"/usr/lib/x", file(b"x")).unwrap();
+        t.insert(b"/usr/lib/rel", link("../lib/x")).unwrap();
+        t.insert(b"/loop1", link("loop2")).unwrap();
+        t.insert(b"/loop2", link("/loop1")).unwrap();
+        t.insert(b"/dangling", link("nowhere")).unwrap();
+        assert_eq!(resolve(&t, b"/lib/x").unwrap().0, b"/usr/lib/x");
+        assert_eq!(resolve(&t, b"/lib/rel").unwrap().0, b"/usr/lib/x");
+        assert_eq!(resolve(&t, b"/").unwrap().0, b"/");
+        assert!(resolve(&t, b"/loop1").is_none());
+        assert!(resolve(&t, b"/dangling").is_none());
+        assert!(resolve(&t, b"/../../lib/x").is_some());
+    }
+
+    #[test]
+    fn image_config_gives_entrypoint_then_cmd() {
+        let json =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+            "config":{"Entrypoint":["/bin/app"],"Cmd":["--serve","8080"],"Env":["PATH=/bin","X=1"],
+            "WorkingDir":"/srv","User":"app:app"}}"#;
+        let c = AppConfig::from_image_config_json(json).unwrap();
+        assert_eq!(c.argv, vec!["/bin/app", "--serve", "8080"]);
+        assert_eq!(c.env, vec!["PATH=/bin", "X=1"]);
+        assert_eq!(c.workdir, "/srv");
+        assert_eq!(c.user, "app:app");
+        let bare =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert_eq!(
+            AppConfig::from_image_config_json(bare).unwrap(),
+            AppConfig::default()
+        );
+        assert!(AppConfig::from_image_config_json(b"{").is_err());
+    }
 }
