@@ -16,7 +16,6 @@ use stamp_fs::Tree;
 use stamp_fs::source::SourceOptions;
 use stamp_oci::{Image, ImageKind, Store};
 
-use super::convert::format_from_extension;
 use super::print_json;
 use super::pull::{fetch, parse_platform};
 use super::registry::open_store;
@@ -89,7 +88,11 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
         seed.update(kimage.manifest_digest.to_string());
         let ktree = stamp_oci::flatten(&store, &kimage, &source_opts)
             .with_context(|| format!("cannot read the layers of the kernel image {k}"))?;
-        let config = app_config(&image);
+        let config = image
+            .config
+            .as_ref()
+            .map(AppConfig::from_image_config)
+            .unwrap_or_default();
         cmdline.extend(app::install(&mut tree, &ktree, &config)?);
     } else if !app::has_init(&tree) {
         bail!(
@@ -107,6 +110,7 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
         "{:?}|{:?}|{:?}|{:?}",
         recipe.disk_size, cmdline, a.loader, sde
     ));
+    let esp_size = recipe.esp_size;
     let opts = BuildOptions {
         recipe,
         cmdline,
@@ -116,7 +120,7 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
             LoaderArg::Grub => BootMethod::Grub,
         }),
         arch: arch_of(&image),
-        esp_size: None,
+        esp_size,
         source_date_epoch: sde,
         seed: seed.finalize().into(),
     };
@@ -192,7 +196,7 @@ fn outputs(paths: &[PathBuf], formats: &[String]) -> Result<Vec<Output>> {
                 Some(f) => f
                     .parse::<Format>()
                     .with_context(|| format!("invalid format for {}", path.display()))?,
-                None => format_from_extension(path).with_context(|| {
+                None => Format::from_extension(path).with_context(|| {
                     format!(
                         "cannot tell the format of {} from its extension; add -O FORMAT",
                         path.display()
@@ -220,21 +224,6 @@ fn image_arch(image: &Image) -> String {
         .as_ref()
         .map(|c| c.architecture().to_string())
         .unwrap_or_else(|| stamp_oci::image::host_platform().architecture().to_string())
-}
-
-/// What the image's config says to run: ENTRYPOINT + CMD, Env, WorkingDir, User.
-fn app_config(image: &Image) -> AppConfig {
-    let Some(c) = image.config.as_ref().and_then(|c| c.config().as_ref()) else {
-        return AppConfig::default();
-    };
-    let mut argv = c.entrypoint().clone().unwrap_or_default();
-    argv.extend(c.cmd().clone().unwrap_or_default());
-    AppConfig {
-        argv,
-        env: c.env().clone().unwrap_or_default(),
-        workdir: c.working_dir().clone().unwrap_or_default(),
-        user: c.user().clone().unwrap_or_default(),
-    }
 }
 
 /// Builds `dockerfile` with podman (or buildah) and imports the result into the store.

@@ -9,16 +9,11 @@ use super::{open, parse_format};
 use crate::cli::ConvertArgs;
 use crate::progress::{Bar, CancelFlag};
 
-/// The output format named by a file's extension, if it names one (`.tar.gz` is gce).
-pub fn format_from_extension(path: &Path) -> Option<Format> {
-    Format::from_extension(path)
-}
-
 pub fn run(a: ConvertArgs, cancel: &CancelFlag) -> Result<u8> {
     let src_format = parse_format(a.src_format.as_deref())?;
     let out_format = match parse_format(a.out_format.as_deref())? {
         Some(f) => f,
-        None => format_from_extension(&a.dst).unwrap_or(Format::Raw),
+        None => Format::from_extension(&a.dst).unwrap_or(Format::Raw),
     };
     let mut opts = CreateOptions::default();
     for o in &a.options {

@@ -10,7 +10,6 @@ use stamp_fs::ext4::{Ext4Options, ext4};
 use stamp_fs::fat::{FatOptions, fat};
 use stamp_fs::source::{Loaded, SourceOptions};
 
-use super::convert::format_from_extension;
 use super::parse_format;
 use crate::cli::{MkfsArgs, MkfsExt4Args, MkfsFatArgs};
 use crate::progress::{Bar, CancelFlag};
@@ -99,7 +98,7 @@ pub(super) fn load(src: &str) -> Result<Loaded> {
 pub(super) fn output_format(name: Option<&str>, output: &Path) -> Result<Format> {
     Ok(match parse_format(name)? {
         Some(f) => f,
-        None => format_from_extension(output).unwrap_or(Format::Raw),
+        None => Format::from_extension(output).unwrap_or(Format::Raw),
     })
 }
 

@@ -136,7 +136,10 @@ fn debian() -> Option<&'static Debian> {
 
 /// Partition `n` (1-based) of a raw GPT disk copied to its own file.
 fn partition(raw: &Path, n: usize, to: &Path) {
-    let out = Command::new("sfdisk").args(["-J", s(raw)]).output().unwrap();
+    let out = Command::new("sfdisk")
+        .args(["-J", s(raw)])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let p = &v["partitiontable"]["partitions"][n - 1];
@@ -162,20 +165,38 @@ fn debian_build_is_clean_for_fsck_sgdisk_and_qemu_img() {
     let Some(d) = debian() else { return };
     assert!(d.stdout.contains("Boots with uki"), "{}", d.stdout);
     let raw = d.out.join("disk.raw");
-    let r = Command::new("sgdisk").args(["-v", s(&raw)]).output().unwrap();
+    let r = Command::new("sgdisk")
+        .args(["-v", s(&raw)])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&r.stdout);
-    assert!(r.status.success() && text.contains("No problems found"), "{text}");
+    assert!(
+        r.status.success() && text.contains("No problems found"),
+        "{text}"
+    );
     let esp = d.dir.join("esp.img");
     let root = d.dir.join("root.img");
     partition(&raw, 1, &esp);
     partition(&raw, 2, &root);
-    let r = Command::new("fsck.fat").args(["-n", s(&esp)]).output().unwrap();
+    let r = Command::new("fsck.fat")
+        .args(["-n", s(&esp)])
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stdout));
-    let r = Command::new("e2fsck").args(["-fn", s(&root)]).output().unwrap();
+    let r = Command::new("e2fsck")
+        .args(["-fn", s(&root)])
+        .output()
+        .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stdout));
     // The UKI is where the firmware looks for it.
-    let r = Command::new("mdir").args(["-i", s(&esp), "::/EFI/BOOT"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&r.stdout).contains("BOOTX64"), "{r:?}");
+    let r = Command::new("mdir")
+        .args(["-i", s(&esp), "::/EFI/BOOT"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("BOOTX64"),
+        "{r:?}"
+    );
     // Ownership inside the image is root's, the recipe's user owns its home.
     let stat = |p: &str| {
         let r = Command::new("debugfs")
@@ -184,8 +205,15 @@ fn debian_build_is_clean_for_fsck_sgdisk_and_qemu_img() {
             .unwrap();
         String::from_utf8_lossy(&r.stdout).into_owned()
     };
-    assert!(stat("/etc/shadow").contains("User:     0   Group:    42"), "{}", stat("/etc/shadow"));
-    assert!(stat("/usr/bin/sudo").contains("User:     0") || stat("/usr/bin/passwd").contains("User:     0"));
+    assert!(
+        stat("/etc/shadow").contains("User:     0   Group:    42"),
+        "{}",
+        stat("/etc/shadow")
+    );
+    assert!(
+        stat("/usr/bin/sudo").contains("User:     0")
+            || stat("/usr/bin/passwd").contains("User:     0")
+    );
     assert!(stat("/home/alice/.ssh/authorized_keys").contains("User:  1000"));
     // Every other format holds the same disk.
     for o in OUTPUTS {
@@ -195,7 +223,12 @@ fn debian_build_is_clean_for_fsck_sgdisk_and_qemu_img() {
         let r = crate::common::qemu_img(&["compare", s(&raw), s(&d.out.join(o))]);
         assert_eq!(r.code, 0, "{o}: {}{}", r.stdout, r.stderr);
         let r = crate::common::qemu_img(&["check", s(&d.out.join(o))]);
-        assert!(r.code == 0 || o == "disk.vhd", "{o}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.code == 0 || o == "disk.vhd",
+            "{o}: {}{}",
+            r.stdout,
+            r.stderr
+        );
     }
     // The GCE tarball holds disk.raw, the same disk, sized to whole GiB.
     let gce = d.dir.join("gce");
@@ -207,7 +240,10 @@ fn debian_build_is_clean_for_fsck_sgdisk_and_qemu_img() {
     assert!(st.success());
     let r = crate::common::qemu_img(&["compare", s(&raw), s(&gce.join("disk.raw"))]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert_eq!(std::fs::metadata(gce.join("disk.raw")).unwrap().len() % (1 << 30), 0);
+    assert_eq!(
+        std::fs::metadata(gce.join("disk.raw")).unwrap().len() % (1 << 30),
+        0
+    );
 }
 
 #[test]
@@ -420,26 +456,52 @@ fn bad_inputs_fail_clean_with_what_to_do() {
     // An invalid recipe names the line and the key.
     let recipe = t.path().join("bad.toml");
     std::fs::write(&recipe, "[system]\nhostname = \"x\"\nfrobnicate = 1\n").unwrap();
-    let r = run(&[&format!("rootfs:{}", s(&tar)), "-f", s(&recipe), "-o", s(&out)]);
+    let r = run(&[
+        &format!("rootfs:{}", s(&tar)),
+        "-f",
+        s(&recipe),
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("bad.toml:3"), "{}", r.stderr);
     assert!(r.stderr.contains("frobnicate"), "{}", r.stderr);
     // Unknown output format.
-    let r = run(&[&format!("rootfs:{}", s(&tar)), "-o", s(&t.path().join("x.iso"))]);
+    let r = run(&[
+        &format!("rootfs:{}", s(&tar)),
+        "-o",
+        s(&t.path().join("x.iso")),
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("-O"), "{}", r.stderr);
     // BIOS is not there yet, and says so.
-    let r = run(&[&format!("rootfs:{}", s(&tar)), "--boot", "bios", "-o", s(&out)]);
+    let r = run(&[
+        &format!("rootfs:{}", s(&tar)),
+        "--boot",
+        "bios",
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("uefi"), "{}", r.stderr);
     assert_no_outputs(t.path(), "out");
     let Some(debian) = debian_tar() else { return };
     // A disk too small for the content; an unwritable output.
-    let r = run(&[&format!("rootfs:{}", s(&debian)), "--size", "300M", "-o", s(&out)]);
+    let r = run(&[
+        &format!("rootfs:{}", s(&debian)),
+        "--size",
+        "300M",
+        "-o",
+        s(&out),
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("--size"), "{}", r.stderr);
     assert_no_outputs(t.path(), "out");
-    let r = run(&[&format!("rootfs:{}", s(&debian)), "-o", "/proc/stamp-test.qcow2"]);
+    let r = run(&[
+        &format!("rootfs:{}", s(&debian)),
+        "-o",
+        "/proc/stamp-test.qcow2",
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("/proc/stamp-test.qcow2"), "{}", r.stderr);
 }
