@@ -129,6 +129,23 @@ fn image() -> Tree {
         &format!("{u}/multi-user.target"),
         file("[Unit]\n", 0o644),
     );
+    // Also= in a loop: enable and disable must stop.
+    ins(
+        &mut t,
+        &format!("{u}/ping.service"),
+        file(
+            "[Install]\nWantedBy=multi-user.target\nAlso=pong.service\n",
+            0o644,
+        ),
+    );
+    ins(
+        &mut t,
+        &format!("{u}/pong.service"),
+        file(
+            "[Install]\nWantedBy=multi-user.target\nAlso=ping.service\n",
+            0o644,
+        ),
+    );
     ins(
         &mut t,
         "etc/passwd",
@@ -793,7 +810,7 @@ fn units_are_enabled_disabled_and_masked_as_systemctl_does() {
     let t = applied(
         r#"
 [units]
-enable = ["ssh.service", "getty@.service", "serial-getty@ttyS1.service", "app.service", "static.service"]
+enable = ["ping.service", "ssh.service", "getty@.service", "serial-getty@ttyS1.service", "app.service", "static.service"]
 mask = ["systemd-timesyncd.service"]
 
 [units.files]
@@ -845,7 +862,12 @@ RequiredBy=app.target
     );
 
     // Disable undoes enable, aliases included; a template disables every instance.
-    let r = parse("[units]\ndisable = [\"ssh.service\", \"getty@.service\"]\n").unwrap();
+    assert!(
+        t.get(format!("{e}/multi-user.target.wants/pong.service").as_bytes())
+            .is_some()
+    );
+    let r = parse("[units]\ndisable = [\"ssh.service\", \"getty@.service\", \"pong.service\"]\n")
+        .unwrap();
     let mut t2 = t.clone();
     r.apply(&mut t2, &ctx()).unwrap();
     assert!(
@@ -853,6 +875,10 @@ RequiredBy=app.target
             .is_none()
     );
     assert!(t2.get(format!("{e}/sshd.service").as_bytes()).is_none());
+    assert!(
+        t2.get(format!("{e}/multi-user.target.wants/ping.service").as_bytes())
+            .is_none()
+    );
     assert!(
         t2.get(format!("{e}/getty.target.wants/getty@tty1.service").as_bytes())
             .is_none()
@@ -1134,4 +1160,71 @@ mask = ["apt-daily.timer"]
     let m = std::fs::symlink_metadata(root.join("home/admin/.ssh/authorized_keys")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((m.uid(), m.mode() & 0o7777), (1000, 0o600));
+}
+
+/// The repart definition stamp-growroot gives systemd-repart, run by the host's systemd-repart
+/// on a GPT disk (ESP + Discoverable Partitions root) that was then made larger: partition 2
+/// must end at the new end of the disk, the ESP untouched, the GPT valid.
+#[test]
+fn the_growroot_repart_definition_grows_partition_2_to_the_end_of_the_disk() {
+    if !have("systemd-repart") || !have("sfdisk") {
+        eprintln!("skipped: no systemd-repart or sfdisk on the host");
+        return;
+    }
+    let t = applied("");
+    let d = tempfile::tempdir().unwrap();
+    let defs = d.path().join("repart.d");
+    std::fs::create_dir(&defs).unwrap();
+    std::fs::write(
+        defs.join("50-root.conf"),
+        text(&t, "etc/stamp/repart.d/50-root.conf"),
+    )
+    .unwrap();
+    let disk = d.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sf.stdin.as_mut().unwrap(),
+        b"label: gpt\nsize=64M, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\nsize=100M, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(600 << 20)
+        .unwrap();
+    let (ok, out) = run(Command::new("systemd-repart")
+        .arg("--dry-run=no")
+        .arg(format!("--definitions={}", defs.display()))
+        .arg(&disk));
+    assert!(ok, "systemd-repart: {out}");
+    let (ok, out) = run(Command::new("sfdisk").arg("--json").arg(&disk));
+    assert!(ok, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let parts = j["partitiontable"]["partitions"].as_array().unwrap();
+    let last_lba = j["partitiontable"]["lastlba"].as_u64().unwrap();
+    assert_eq!(
+        parts[0]["size"].as_u64(),
+        Some((64 << 20) / 512),
+        "the ESP is untouched"
+    );
+    let end = parts[1]["start"].as_u64().unwrap() + parts[1]["size"].as_u64().unwrap() - 1;
+    assert!(
+        last_lba - end < 2048,
+        "partition 2 ends at {end}, the disk's last LBA is {last_lba}"
+    );
+    if have("sgdisk") {
+        let (ok, out) = run(Command::new("sgdisk").arg("-v").arg(&disk));
+        assert!(ok && out.contains("No problems found"), "{out}");
+    }
 }
