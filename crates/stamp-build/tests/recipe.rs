@@ -1231,3 +1231,163 @@ fn the_growroot_repart_definition_grows_partition_2_to_the_end_of_the_disk() {
         assert!(ok && out.contains("No problems found"), "{out}");
     }
 }
+
+/// Boots the real Debian tree with a recipe applied, under qemu (TCG) and OVMF, on a disk made
+/// with the host's tools (sfdisk, mkfs.ext4 -d, mkfs.vfat, mtools, systemd-boot from the image)
+/// and made 1 GiB larger than its partitions: on first boot the image must generate its
+/// machine-id, know its hostname and user, and grow partition 2 and its filesystem to the disk.
+/// A unit from the recipe prints a report on the console and powers off.
+#[test]
+#[ignore = "boots Debian under qemu TCG (1-3 minutes): cargo test -p stamp-build --test recipe -- --ignored"]
+fn debian_boots_with_the_recipe_applied_and_grows_its_root() {
+    let Some(tar) = debian_tar() else {
+        eprintln!("skipped: no Debian rootfs tar");
+        return;
+    };
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "sfdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+    ] {
+        if !have(tool) {
+            eprintln!("skipped: no {tool}");
+            return;
+        }
+    }
+    let esp_uuid = "6c3d7e1a-0b7e-4d8e-9a43-1f3f0c1c0001";
+    let root_uuid = "6c3d7e1a-0b7e-4d8e-9a43-1f3f0c1c0002";
+    let recipe = r#"
+[system]
+hostname = "stamped-vm"
+
+[[users]]
+name = "admin"
+groups = ["sudo"]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGa2kWSbqnM7iFYi3I9Kz2EWvFbvQb7k0Uo1f0mS3xkB admin@example"]
+
+[units]
+enable = ["stamp-report.service"]
+
+[units.files]
+"stamp-report.service" = """
+[Unit]
+Description=Report what the recipe did, then power off
+After=multi-user.target stamp-growroot.service systemd-growfs-root.service
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'echo REPORT machine-id=$(cat /etc/machine-id) hostname=$(hostname) growroot=$(systemctl is-active stamp-growroot.service) done=$(ls /etc/stamp/growroot.done) part=$(cat /sys/class/block/vda2/size) disk=$(cat /sys/class/block/vda/size) fs=$(df -B1 --output=size / | tail -1 | tr -d " ") user=$(id -nG admin | tr " " ,) END'
+ExecStartPost=/bin/systemctl poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+"#;
+    let loaded = stamp_fs::source::load(tar.to_str().unwrap(), &Default::default()).unwrap();
+    let mut t = loaded.tree;
+    let c = ApplyContext {
+        root_partuuid: root_uuid.into(),
+        esp_partuuid: esp_uuid.into(),
+        source_date_epoch: Some(EPOCH),
+    };
+    parse(recipe).unwrap().apply(&mut t, &c).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    if let Err(e) = extract(&t, &root) {
+        eprintln!("skipped: extracting needs root ({e})");
+        return;
+    }
+    let sh = |script: &str| {
+        let (ok, out) = run(Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(d.path()));
+        assert!(ok, "{script}: {out}");
+    };
+    let esp_mib = 64;
+    let root_mib = 900;
+    sh(&format!(
+        "mkfs.ext4 -q -F -d root -L root root.img {root_mib}M
+         mkfs.vfat -F 32 -C esp.img {} >/dev/null
+         mmd -i esp.img ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+         mcopy -i esp.img root/usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+         mcopy -i esp.img root/boot/vmlinuz-* ::/vmlinuz
+         mcopy -i esp.img root/boot/initrd.img-* ::/initrd
+         printf 'default debian.conf\\ntimeout 0\\n' > loader.conf
+         printf 'title Debian\\nlinux /vmlinuz\\ninitrd /initrd\\noptions root=PARTUUID={root_uuid} rw console=ttyS0,115200\\n' > debian.conf
+         mcopy -i esp.img loader.conf ::/loader/loader.conf
+         mcopy -i esp.img debian.conf ::/loader/entries/debian.conf
+         truncate -s {}M disk.img
+         printf 'label: gpt\\nstart=2048, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={esp_uuid}\\nsize={}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid={root_uuid}\\n' | sfdisk -q disk.img
+         dd if=esp.img of=disk.img bs=1M seek=1 conv=notrunc status=none
+         dd if=root.img of=disk.img bs=1M seek={} conv=notrunc status=none
+         qemu-img convert -O qcow2 disk.img disk.qcow2
+         qemu-img resize -q disk.qcow2 +1G
+         cp /usr/share/OVMF/OVMF_VARS.fd vars.fd",
+        esp_mib * 1024,
+        esp_mib + root_mib + 2,
+        esp_mib * 2048,
+        root_mib * 2048,
+        esp_mib + 1,
+    ));
+    let out = Command::new("timeout")
+        .args([
+            "600",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+        ])
+        .args(["-drive", "if=pflash,format=raw,file=vars.fd"])
+        .args(["-drive", "file=disk.qcow2,if=virtio,format=qcow2"])
+        .current_dir(d.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = console
+        .lines()
+        .find(|l| l.contains("REPORT machine-id="))
+        .unwrap_or_else(|| panic!("no report on the console:\n{console}"));
+    let field = |k: &str| -> String {
+        report
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {report}"))
+            .to_string()
+    };
+    eprintln!("{report}");
+    let mid = field("machine-id");
+    assert!(
+        mid.len() == 32 && mid.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{report}"
+    );
+    assert_eq!(field("hostname"), "stamped-vm");
+    assert_eq!(field("growroot"), "active", "{report}");
+    assert_eq!(field("done"), "/etc/stamp/growroot.done");
+    assert_eq!(field("user"), "admin,sudo");
+    let part: u64 = field("part").parse().unwrap();
+    let disk: u64 = field("disk").parse().unwrap();
+    let start = 2048 + esp_mib * 2048;
+    assert!(
+        disk - (start + part) < 2048,
+        "partition 2 ends {} sectors before the disk's end: {report}",
+        disk - (start + part)
+    );
+    let fs: u64 = field("fs").parse().unwrap();
+    assert!(
+        fs > (root_mib + 900) << 20,
+        "the filesystem did not grow: {report}"
+    );
+}
