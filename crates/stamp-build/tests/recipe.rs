@@ -1240,6 +1240,18 @@ fn the_growroot_repart_definition_grows_partition_2_to_the_end_of_the_disk() {
 #[test]
 #[ignore = "boots Debian under qemu TCG (1-3 minutes): cargo test -p stamp-build --test recipe -- --ignored"]
 fn debian_boots_with_the_recipe_applied_and_grows_its_root() {
+    boot_debian(false);
+}
+
+/// The same without systemd-repart in the image but with sfdisk (the host's, with the one
+/// library Debian's minimal image lacks): stamp-growroot runs stamp's grow script instead.
+#[test]
+#[ignore = "boots Debian under qemu TCG (1-3 minutes): cargo test -p stamp-build --test recipe -- --ignored"]
+fn debian_without_systemd_repart_grows_its_root_with_the_sfdisk_script() {
+    boot_debian(true);
+}
+
+fn boot_debian(script: bool) {
     let Some(tar) = debian_tar() else {
         eprintln!("skipped: no Debian rootfs tar");
         return;
@@ -1294,7 +1306,24 @@ WantedBy=multi-user.target
         esp_partuuid: esp_uuid.into(),
         source_date_epoch: Some(EPOCH),
     };
-    parse(recipe).unwrap().apply(&mut t, &c).unwrap();
+    let mut recipe = recipe.to_string();
+    if script {
+        if !Path::new("/usr/sbin/sfdisk").exists() {
+            eprintln!("skipped: no /usr/sbin/sfdisk on the host");
+            return;
+        }
+        t.remove(b"usr/bin/systemd-repart").unwrap();
+        recipe.push_str(
+            "[[files]]\npath = \"/usr/sbin/sfdisk\"\nsource = \"/usr/sbin/sfdisk\"\n\
+             [[files]]\npath = \"/usr/lib/x86_64-linux-gnu/libreadline.so.8\"\n\
+             source = \"/lib/x86_64-linux-gnu/libreadline.so.8.2\"\n",
+        );
+    }
+    parse(&recipe).unwrap().apply(&mut t, &c).unwrap();
+    assert_eq!(
+        text(&t, "etc/systemd/system/stamp-growroot.service").contains("/usr/lib/stamp/growroot"),
+        script
+    );
     let d = tempfile::tempdir().unwrap();
     let root = d.path().join("root");
     if let Err(e) = extract(&t, &root) {
