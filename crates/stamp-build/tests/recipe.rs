@@ -1046,11 +1046,15 @@ fn extract(t: &Tree, dir: &Path) -> std::io::Result<()> {
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(e.mode))?;
         }
     }
-    // Directories last, so that read-only ones do not stop their children.
     Ok(())
 }
 
+/// The Debian rootfs tar: `STAMP_TEST_ROOTFS` if set (another mmdebstrap tar, for manual
+/// checks), else the cached one.
 fn debian_tar() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STAMP_TEST_ROOTFS") {
+        return Some(PathBuf::from(p));
+    }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
