@@ -129,6 +129,23 @@ fn image() -> Tree {
         &format!("{u}/multi-user.target"),
         file("[Unit]\n", 0o644),
     );
+    // Also= in a loop: enable and disable must stop.
+    ins(
+        &mut t,
+        &format!("{u}/ping.service"),
+        file(
+            "[Install]\nWantedBy=multi-user.target\nAlso=pong.service\n",
+            0o644,
+        ),
+    );
+    ins(
+        &mut t,
+        &format!("{u}/pong.service"),
+        file(
+            "[Install]\nWantedBy=multi-user.target\nAlso=ping.service\n",
+            0o644,
+        ),
+    );
     ins(
         &mut t,
         "etc/passwd",
@@ -793,7 +810,7 @@ fn units_are_enabled_disabled_and_masked_as_systemctl_does() {
     let t = applied(
         r#"
 [units]
-enable = ["ssh.service", "getty@.service", "serial-getty@ttyS1.service", "app.service", "static.service"]
+enable = ["ping.service", "ssh.service", "getty@.service", "serial-getty@ttyS1.service", "app.service", "static.service"]
 mask = ["systemd-timesyncd.service"]
 
 [units.files]
@@ -845,7 +862,12 @@ RequiredBy=app.target
     );
 
     // Disable undoes enable, aliases included; a template disables every instance.
-    let r = parse("[units]\ndisable = [\"ssh.service\", \"getty@.service\"]\n").unwrap();
+    assert!(
+        t.get(format!("{e}/multi-user.target.wants/pong.service").as_bytes())
+            .is_some()
+    );
+    let r = parse("[units]\ndisable = [\"ssh.service\", \"getty@.service\", \"pong.service\"]\n")
+        .unwrap();
     let mut t2 = t.clone();
     r.apply(&mut t2, &ctx()).unwrap();
     assert!(
@@ -853,6 +875,10 @@ RequiredBy=app.target
             .is_none()
     );
     assert!(t2.get(format!("{e}/sshd.service").as_bytes()).is_none());
+    assert!(
+        t2.get(format!("{e}/multi-user.target.wants/ping.service").as_bytes())
+            .is_none()
+    );
     assert!(
         t2.get(format!("{e}/getty.target.wants/getty@tty1.service").as_bytes())
             .is_none()
@@ -1020,11 +1046,15 @@ fn extract(t: &Tree, dir: &Path) -> std::io::Result<()> {
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(e.mode))?;
         }
     }
-    // Directories last, so that read-only ones do not stop their children.
     Ok(())
 }
 
+/// The Debian rootfs tar: `STAMP_TEST_ROOTFS` if set (another mmdebstrap tar, for manual
+/// checks), else the cached one.
 fn debian_tar() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STAMP_TEST_ROOTFS") {
+        return Some(PathBuf::from(p));
+    }
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
@@ -1078,7 +1108,10 @@ mask = ["apt-daily.timer"]
     );
 
     let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("root");
+    let root = match std::env::var_os("STAMP_TEST_KEEP") {
+        Some(k) => PathBuf::from(k),
+        None => d.path().join("root"),
+    };
     if let Err(e) = extract(&t, &root) {
         eprintln!("skipped the real-tool checks: extracting needs root ({e})");
         return;
@@ -1134,4 +1167,260 @@ mask = ["apt-daily.timer"]
     let m = std::fs::symlink_metadata(root.join("home/admin/.ssh/authorized_keys")).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((m.uid(), m.mode() & 0o7777), (1000, 0o600));
+}
+
+/// The repart definition stamp-growroot gives systemd-repart, run by the host's systemd-repart
+/// on a GPT disk (ESP + Discoverable Partitions root) that was then made larger: partition 2
+/// must end at the new end of the disk, the ESP untouched, the GPT valid.
+#[test]
+fn the_growroot_repart_definition_grows_partition_2_to_the_end_of_the_disk() {
+    if !have("systemd-repart") || !have("sfdisk") {
+        eprintln!("skipped: no systemd-repart or sfdisk on the host");
+        return;
+    }
+    let t = applied("");
+    let d = tempfile::tempdir().unwrap();
+    let defs = d.path().join("repart.d");
+    std::fs::create_dir(&defs).unwrap();
+    std::fs::write(
+        defs.join("50-root.conf"),
+        text(&t, "etc/stamp/repart.d/50-root.conf"),
+    )
+    .unwrap();
+    let disk = d.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk")
+        .arg("-q")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sf.stdin.as_mut().unwrap(),
+        b"label: gpt\nsize=64M, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\nsize=100M, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n",
+    )
+    .unwrap();
+    assert!(sf.wait().unwrap().success());
+    std::fs::File::options()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(600 << 20)
+        .unwrap();
+    let (ok, out) = run(Command::new("systemd-repart")
+        .arg("--dry-run=no")
+        .arg(format!("--definitions={}", defs.display()))
+        .arg(&disk));
+    assert!(ok, "systemd-repart: {out}");
+    let (ok, out) = run(Command::new("sfdisk").arg("--json").arg(&disk));
+    assert!(ok, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let parts = j["partitiontable"]["partitions"].as_array().unwrap();
+    let last_lba = j["partitiontable"]["lastlba"].as_u64().unwrap();
+    assert_eq!(
+        parts[0]["size"].as_u64(),
+        Some((64 << 20) / 512),
+        "the ESP is untouched"
+    );
+    let end = parts[1]["start"].as_u64().unwrap() + parts[1]["size"].as_u64().unwrap() - 1;
+    assert!(
+        last_lba - end < 2048,
+        "partition 2 ends at {end}, the disk's last LBA is {last_lba}"
+    );
+    if have("sgdisk") {
+        let (ok, out) = run(Command::new("sgdisk").arg("-v").arg(&disk));
+        assert!(ok && out.contains("No problems found"), "{out}");
+    }
+}
+
+/// Boots the real Debian tree with a recipe applied, under qemu (TCG) and OVMF, on a disk made
+/// with the host's tools (sfdisk, mkfs.ext4 -d, mkfs.vfat, mtools, systemd-boot from the image)
+/// and made 1 GiB larger than its partitions: on first boot the image must generate its
+/// machine-id, know its hostname and user, and grow partition 2 and its filesystem to the disk.
+/// A unit from the recipe prints a report on the console and powers off.
+#[test]
+#[ignore = "boots Debian under qemu TCG (1-3 minutes): cargo test -p stamp-build --test recipe -- --ignored"]
+fn debian_boots_with_the_recipe_applied_and_grows_its_root() {
+    boot_debian(false);
+}
+
+/// The same without systemd-repart in the image but with sfdisk (the host's, with the one
+/// library Debian's minimal image lacks): stamp-growroot runs stamp's grow script instead.
+#[test]
+#[ignore = "boots Debian under qemu TCG (1-3 minutes): cargo test -p stamp-build --test recipe -- --ignored"]
+fn debian_without_systemd_repart_grows_its_root_with_the_sfdisk_script() {
+    boot_debian(true);
+}
+
+fn boot_debian(script: bool) {
+    let Some(tar) = debian_tar() else {
+        eprintln!("skipped: no Debian rootfs tar");
+        return;
+    };
+    for tool in [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "sfdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+    ] {
+        if !have(tool) {
+            eprintln!("skipped: no {tool}");
+            return;
+        }
+    }
+    let esp_uuid = "6c3d7e1a-0b7e-4d8e-9a43-1f3f0c1c0001";
+    let root_uuid = "6c3d7e1a-0b7e-4d8e-9a43-1f3f0c1c0002";
+    let recipe = r#"
+[system]
+hostname = "stamped-vm"
+
+[[users]]
+name = "admin"
+groups = ["sudo"]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGa2kWSbqnM7iFYi3I9Kz2EWvFbvQb7k0Uo1f0mS3xkB admin@example"]
+
+[units]
+enable = ["stamp-report.service"]
+
+[units.files]
+"stamp-report.service" = """
+[Unit]
+Description=Report what the recipe did, then power off
+After=multi-user.target stamp-growroot.service systemd-growfs-root.service
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/bin/sh -c 'echo REPORT machine-id=$(cat /etc/machine-id) hostname=$(hostname) growroot=$(systemctl is-active stamp-growroot.service) done=$(ls /etc/stamp/growroot.done) part=$(cat /sys/class/block/vda2/size) disk=$(cat /sys/class/block/vda/size) fs=$(df -B1 --output=size / | tail -1 | tr -d " ") user=$(id -nG admin | tr " " ,) END'
+ExecStartPost=/bin/systemctl poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+"#;
+    let loaded = stamp_fs::source::load(tar.to_str().unwrap(), &Default::default()).unwrap();
+    let mut t = loaded.tree;
+    let c = ApplyContext {
+        root_partuuid: root_uuid.into(),
+        esp_partuuid: esp_uuid.into(),
+        source_date_epoch: Some(EPOCH),
+    };
+    let mut recipe = recipe.to_string();
+    if script {
+        if !Path::new("/usr/sbin/sfdisk").exists() {
+            eprintln!("skipped: no /usr/sbin/sfdisk on the host");
+            return;
+        }
+        t.remove(b"usr/bin/systemd-repart").unwrap();
+        recipe.push_str(
+            "[[files]]\npath = \"/usr/sbin/sfdisk\"\nsource = \"/usr/sbin/sfdisk\"\n\
+             [[files]]\npath = \"/usr/lib/x86_64-linux-gnu/libreadline.so.8\"\n\
+             source = \"/lib/x86_64-linux-gnu/libreadline.so.8.2\"\n",
+        );
+    }
+    parse(&recipe).unwrap().apply(&mut t, &c).unwrap();
+    assert_eq!(
+        text(&t, "etc/systemd/system/stamp-growroot.service").contains("/usr/lib/stamp/growroot"),
+        script
+    );
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    if let Err(e) = extract(&t, &root) {
+        eprintln!("skipped: extracting needs root ({e})");
+        return;
+    }
+    let sh = |script: &str| {
+        let (ok, out) = run(Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(d.path()));
+        assert!(ok, "{script}: {out}");
+    };
+    let esp_mib = 64;
+    let root_mib = 900;
+    sh(&format!(
+        "mkfs.ext4 -q -F -d root -L root root.img {root_mib}M
+         mkfs.vfat -F 32 -C esp.img {} >/dev/null
+         mmd -i esp.img ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries
+         mcopy -i esp.img root/usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
+         mcopy -i esp.img root/boot/vmlinuz-* ::/vmlinuz
+         mcopy -i esp.img root/boot/initrd.img-* ::/initrd
+         printf 'default debian.conf\\ntimeout 0\\n' > loader.conf
+         printf 'title Debian\\nlinux /vmlinuz\\ninitrd /initrd\\noptions root=PARTUUID={root_uuid} rw console=ttyS0,115200\\n' > debian.conf
+         mcopy -i esp.img loader.conf ::/loader/loader.conf
+         mcopy -i esp.img debian.conf ::/loader/entries/debian.conf
+         truncate -s {}M disk.img
+         printf 'label: gpt\\nstart=2048, size={}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid={esp_uuid}\\nsize={}, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, uuid={root_uuid}\\n' | sfdisk -q disk.img
+         dd if=esp.img of=disk.img bs=1M seek=1 conv=notrunc status=none
+         dd if=root.img of=disk.img bs=1M seek={} conv=notrunc status=none
+         qemu-img convert -O qcow2 disk.img disk.qcow2
+         qemu-img resize -q disk.qcow2 +1G
+         cp /usr/share/OVMF/OVMF_VARS.fd vars.fd",
+        esp_mib * 1024,
+        esp_mib + root_mib + 2,
+        esp_mib * 2048,
+        root_mib * 2048,
+        esp_mib + 1,
+    ));
+    let out = Command::new("timeout")
+        .args([
+            "600",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd",
+        ])
+        .args(["-drive", "if=pflash,format=raw,file=vars.fd"])
+        .args(["-drive", "file=disk.qcow2,if=virtio,format=qcow2"])
+        .current_dir(d.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report = console
+        .lines()
+        .find(|l| l.contains("REPORT machine-id="))
+        .unwrap_or_else(|| panic!("no report on the console:\n{console}"));
+    let field = |k: &str| -> String {
+        report
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {report}"))
+            .to_string()
+    };
+    eprintln!("{report}");
+    let mid = field("machine-id");
+    assert!(
+        mid.len() == 32 && mid.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{report}"
+    );
+    assert_eq!(field("hostname"), "stamped-vm");
+    assert_eq!(field("growroot"), "active", "{report}");
+    assert_eq!(field("done"), "/etc/stamp/growroot.done");
+    assert_eq!(field("user"), "admin,sudo");
+    let part: u64 = field("part").parse().unwrap();
+    let disk: u64 = field("disk").parse().unwrap();
+    let start = 2048 + esp_mib * 2048;
+    assert!(
+        disk - (start + part) < 2048,
+        "partition 2 ends {} sectors before the disk's end: {report}",
+        disk - (start + part)
+    );
+    let fs: u64 = field("fs").parse().unwrap();
+    assert!(
+        fs > (root_mib + 900) << 20,
+        "the filesystem did not grow: {report}"
+    );
 }

@@ -790,6 +790,20 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_recipe_or_an_error_never_a_panic(s in "((\\[(disk|boot|system|units|firstboot|units.files)\\]|\\[\\[(users|files|directories)\\]\\]|(size|extra|esp_size|cmdline|name|uid|gid|groups|path|content|source|symlink|mode|owner|group|enable|mask|hostname|timezone|locale|grow_root|\"a.service\") = (\"[^\"\\\\]{0,8}\"|-?[0-9]{1,20}|true|\\[\\]|\\[\"[a-z@.]{0,8}\", 1\\]|\\{\\})|.{0,6})\n){0,14}") {
+            if let Ok(r) = parse(&s, Path::new("fuzz.toml")) {
+                let ctx = crate::recipe::ApplyContext {
+                    root_partuuid: "r".into(),
+                    esp_partuuid: "e".into(),
+                    source_date_epoch: None,
+                };
+                let _ = r.apply(&mut stamp_fs::Tree::default(), &ctx);
+            }
+        }
+    }
+
     #[test]
     fn lines_and_keys_of_nested_values() {
         let text = "[disk]\nsize = \"4G\"\n\n[[users]]\nname = \"a\"\n\n[[users]]\nname = \"b\"\ngroups = [\"x\", 3]\n";

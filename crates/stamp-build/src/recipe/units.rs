@@ -293,6 +293,25 @@ fn enable_one(
 /// (and its `.wants`/`.requires`/`.upholds` directories) named after it or its aliases; a
 /// template without instance disables every instance.
 pub fn disable(io: &mut Io<'_>, name: &str, origin: &Origin) -> Result<()> {
+    let mut seen = HashSet::new();
+    disable_one(io, name, origin, &mut seen)
+}
+
+fn disable_one(
+    io: &mut Io<'_>,
+    name: &str,
+    origin: &Origin,
+    seen: &mut HashSet<String>,
+) -> Result<()> {
+    if !seen.insert(name.to_string()) {
+        return Ok(());
+    }
+    if seen.len() > MAX_ALSO {
+        return Err(io.recipe_err(
+            origin,
+            format!("{name}: more than {MAX_ALSO} units through Also="),
+        ));
+    }
     let found = find(io, name)?
         .ok_or_else(|| io.recipe_err(origin, format!("unit {name} not found in the image")))?;
     let install = parse_install(&found.text);
@@ -333,7 +352,7 @@ pub fn disable(io: &mut Io<'_>, name: &str, origin: &Origin) -> Result<()> {
         io.remove(&p)?;
     }
     for also in &install.also {
-        disable(io, &specifiers(also, name), origin)?;
+        disable_one(io, &specifiers(also, name), origin, seen)?;
     }
     Ok(())
 }

@@ -385,3 +385,31 @@ fn make_home(io: &mut Io<'_>, home: &str, uid: u32, gid: u32) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(text: &str) -> Db {
+        Db {
+            path: "/etc/group",
+            lines: text.lines().map(str::to_string).collect(),
+            existed: true,
+        }
+    }
+
+    #[test]
+    fn member_lists_and_free_ids() {
+        let mut g = db("adm:x:4:\nsudo:x:27:a\nshort:x:5");
+        g.add_member(0, 3, "u");
+        g.add_member(1, 3, "u");
+        g.add_member(1, 3, "u");
+        g.add_member(2, 3, "u");
+        assert_eq!(g.lines, ["adm:x:4:u", "sudo:x:27:a,u", "short:x:5:u"]);
+        assert_eq!(g.ids(2), HashSet::from([4, 27, 5]));
+        assert_eq!(g.name_of_id(2, 27).as_deref(), Some("sudo"));
+        assert_eq!(free_id(&HashSet::from([1000, 1001, 1003])), Some(1002));
+        let bad = db("x:x:notanumber:");
+        assert!(matches!(bad.id(0, 2), Err(Error::BadFile { .. })));
+    }
+}
