@@ -4,7 +4,7 @@
 //!
 //! The key covers the build's seed (source image digest, recipe, options) and a fingerprint of
 //! the tree after the recipe was applied: every path's metadata, the bytes of generated files,
-//! and for files read from elsewhere their location plus the host file's identity (device,
+//! and for files read from elsewhere their location plus, outside the store's immutable blobs, the host file's identity (device,
 //! inode, size, modification time), as `make` and cargo judge freshness. An entry is a directory
 //! per key holding one disk and one summary per output kind; the summary is renamed into place
 //! after its disk, so a present summary always means a complete disk. Entries can be deleted at
@@ -28,6 +28,9 @@ const CACHE_VERSION: &str = "stamp-build-cache v1";
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
+    /// The store's content-addressed blobs: files there never change, so their path is their
+    /// identity (they are rewritten, with a new inode, when the same content is stored again).
+    blobs: PathBuf,
 }
 
 impl Cache {
@@ -35,17 +38,18 @@ impl Cache {
     pub fn new(store_root: &Path) -> Cache {
         Cache {
             dir: store_root.join("cache").join("build"),
+            blobs: store_root.join("blobs"),
         }
     }
 
     /// The key of a build with `seed` (a digest of the source and options) of `tree` (after the
     /// recipe was applied).
-    pub fn key(seed: &[u8; 32], tree: &Tree) -> String {
+    pub fn key(&self, seed: &[u8; 32], tree: &Tree) -> String {
         let mut h = Sha256::new();
         h.update(CACHE_VERSION);
         h.update(env!("CARGO_PKG_VERSION"));
         h.update(seed);
-        fingerprint(tree, &mut h);
+        fingerprint(tree, &self.blobs, &mut h);
         hex::encode(h.finalize())
     }
 
@@ -113,7 +117,7 @@ fn output_id(o: &Output) -> String {
 }
 
 /// Feeds every path's metadata and content identity of `tree` into `h`.
-fn fingerprint(tree: &Tree, h: &mut Sha256) {
+fn fingerprint(tree: &Tree, blobs: &Path, h: &mut Sha256) {
     let mut hosts: HashMap<PathBuf, [u8; 40]> = HashMap::new();
     for (path, id) in tree.walk() {
         let e = tree.entry(id);
@@ -145,8 +149,10 @@ fn fingerprint(tree: &Tree, h: &mut Sha256) {
                 h.update(p.as_os_str().as_encoded_bytes());
                 h.update(offset.to_le_bytes());
                 h.update(len.to_le_bytes());
-                let ident = hosts.entry(p.to_path_buf()).or_insert_with(|| identity(p));
-                h.update(*ident);
+                if !p.starts_with(blobs) {
+                    let ident = hosts.entry(p.to_path_buf()).or_insert_with(|| identity(p));
+                    h.update(*ident);
+                }
             }
             Kind::Symlink(t) => {
                 h.update(b"L");

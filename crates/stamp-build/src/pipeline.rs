@@ -372,7 +372,7 @@ pub fn build(
     cache: Option<&Cache>,
 ) -> Result<BuildReport> {
     let (tree, ids) = apply(tree, opts)?;
-    let key = cache.map(|_| Cache::key(&opts.seed, &tree));
+    let key = cache.map(|c| c.key(&opts.seed, &tree));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(mut report) = cache.restore(key, outputs)? {
             report.cached = true;

@@ -244,6 +244,62 @@ pub fn import(store: &Store, source: &Source, opts: &ImportOptions) -> Result<Im
     }
 }
 
+/// [`import`], remembering the result for a file source by the file's identity (device, inode,
+/// size, modification time), as `make` judges freshness: importing the same unchanged archive
+/// again returns the same image at once instead of re-reading it. The memo lives in the store's
+/// `cache/import/` (emptied by `gc`) and is used only while the store still holds the manifest.
+pub fn import_memoized(store: &Store, source: &Source, opts: &ImportOptions) -> Result<Imported> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match source {
+        Source::OciArchive { path, .. }
+        | Source::DockerArchive { path, .. }
+        | Source::Rootfs { path } => path,
+        Source::OciDir { .. } | Source::Dir { .. } => return import(store, source, opts),
+    };
+    let Ok(meta) = std::fs::metadata(file) else {
+        return import(store, source, opts);
+    };
+    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+    let key = crate::Digest::of(
+        format!(
+            "{source:?}|{}|{opts:?}|{}|{}|{}|{}.{}",
+            canonical.display(),
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        )
+        .as_bytes(),
+    );
+    let memo = store.root().join("cache").join("import").join(key.hex());
+    if let Ok(bytes) = std::fs::read(&memo) {
+        if let Ok((digest, name)) = serde_json::from_slice::<(String, Option<String>)>(&bytes) {
+            if let Ok(descriptor) = store.resolve(&digest) {
+                return Ok(Imported { descriptor, name });
+            }
+        }
+    }
+    let imported = import(store, source, opts)?;
+    // A memo that cannot be written costs only the next import's speed.
+    let _ = write_memo(&memo, &imported);
+    Ok(imported)
+}
+
+/// Writes an import memo through a temporary name.
+fn write_memo(memo: &Path, imported: &Imported) -> std::io::Result<()> {
+    let dir = memo.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let value = (
+        imported.descriptor.digest().to_string(),
+        imported.name.clone(),
+    );
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, &serde_json::to_vec(&value)?)?;
+    tmp.persist(memo).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// `SOURCE_DATE_EPOCH`, when set to an integer.
 pub fn source_date_epoch() -> Option<i64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()

@@ -19,8 +19,8 @@ const STALE_TEMP: Duration = Duration::from_secs(3600);
 pub struct GcReport {
     /// Unreferenced blobs and their sizes.
     pub removed_blobs: Vec<(Digest, u64)>,
-    /// Stale temp files, staging directories and build-cache entries (`cache/build/KEY`, which
-    /// `stamp build` recreates when it needs them).
+    /// Stale temp files, staging directories, and cache entries (`cache/build/KEY`,
+    /// `cache/import/KEY`, which `stamp build` and imports recreate when they need them).
     pub removed_temp: Vec<PathBuf>,
     /// Total bytes freed (blobs and temp files).
     pub removed_bytes: u64,
@@ -117,16 +117,28 @@ impl Store {
             report.removed_bytes += size;
             report.removed_temp.push(path);
         }
-        let cache = self.root().join("cache").join("build");
-        if let Ok(entries) = std::fs::read_dir(&cache) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                report.removed_bytes += dir_size(&path);
-                if !dry_run {
+        let caches = ["build", "import"].map(|c| self.root().join("cache").join(c));
+        for entry in caches
+            .iter()
+            .filter_map(|c| std::fs::read_dir(c).ok())
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            report.removed_bytes += if is_dir {
+                dir_size(&path)
+            } else {
+                entry.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+            if !dry_run {
+                if is_dir {
                     std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
+                } else {
+                    remove(&path)?;
                 }
-                report.removed_temp.push(path);
             }
+            report.removed_temp.push(path);
         }
         Ok(report)
     }

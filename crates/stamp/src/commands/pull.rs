@@ -55,7 +55,7 @@ pub fn fetch(
     Ok(match Source::parse(reference)? {
         Some(source) => {
             let _guard = store.write_guard()?;
-            let imported = archive::import(store, &source, &ImportOptions::default())
+            let imported = archive::import_memoized(store, &source, &ImportOptions::default())
                 .with_context(|| format!("cannot import {reference}"))?;
             let name = imported.name.unwrap_or_else(|| local_name(source.path()));
             store.set_name(&name, &imported.descriptor)?;
