@@ -8,6 +8,8 @@
 //! Needs the Debian root filesystem tar (`STAMP_DEBIAN_TAR`, or `scripts/debian-image.sh
 //! --tar`'s cache), busybox-static, objcopy, qemu-system-x86 and ovmf; skipped without them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
