@@ -369,3 +369,39 @@ fn app_whose_entrypoint_is_missing_reports_127_and_powers_off() {
     );
     assert!(!log.contains("STAMP-APP-MARKER"), "{tail}");
 }
+
+const SIGNAL_SCRIPT: &str = r#"#!/bin/sh
+trap 'echo STAMP-GOT-TERM; exit 7' TERM
+( busybox sleep 0.1 & )
+busybox sleep 2
+echo "ZOMBIES:$(busybox grep -l ') Z ' /proc/[0-9]*/stat)END"
+busybox kill -TERM 1
+while true; do busybox sleep 0.1; done
+"#;
+
+#[test]
+fn init_reaps_orphans_and_forwards_sigterm_to_the_app() {
+    let mut tree = app_tree();
+    tree.insert(b"/app/signal.sh", bytes_entry(SIGNAL_SCRIPT, 0o755))
+        .unwrap();
+    let config = AppConfig {
+        argv: vec!["/app/signal.sh".into()],
+        ..AppConfig::default()
+    };
+    let Some(log) = boot(tree, &config) else {
+        return;
+    };
+    let tail = tail(&log);
+    assert!(
+        log.contains("ZOMBIES:END"),
+        "an orphan was not reaped:\n{tail}"
+    );
+    assert!(
+        log.contains("STAMP-GOT-TERM"),
+        "SIGTERM to PID 1 did not reach the app:\n{tail}"
+    );
+    assert!(
+        log.contains("stamp-init: /app/signal.sh exited with status 7"),
+        "{tail}"
+    );
+}
