@@ -67,17 +67,24 @@ impl AppConfig {
     }
 }
 
-/// Returns true if `tree` has an init system (`/sbin/init`, `/usr/sbin/init`,
-/// `/lib/systemd/systemd`, `/usr/lib/systemd/systemd`), i.e. boots as a whole system.
+/// Returns true if `tree` has an init system, i.e. boots as a whole system: systemd
+/// (`/usr/lib/systemd/systemd`, `/lib/systemd/systemd`), or an `/sbin/init` or `/usr/sbin/init`
+/// that resolves to a file, except busybox's own init without OpenRC (`/sbin/openrc`), which
+/// base images such as Alpine carry but do not boot with: those are application images.
 pub fn has_init(tree: &Tree) -> bool {
-    [
-        "/sbin/init",
-        "/usr/sbin/init",
-        "/lib/systemd/systemd",
-        "/usr/lib/systemd/systemd",
-    ]
-    .iter()
-    .any(|p| tree.get(p.as_bytes()).is_some())
+    let exists = |p: &str| {
+        resolve(tree, p.as_bytes())
+            .is_some_and(|(_, id)| matches!(tree.entry(id).kind, Kind::File(_)))
+    };
+    if exists("/usr/lib/systemd/systemd") || exists("/lib/systemd/systemd") {
+        return true;
+    }
+    ["/sbin/init", "/usr/sbin/init"].iter().any(|p| {
+        resolve(tree, p.as_bytes()).is_some_and(|(canon, id)| {
+            matches!(tree.entry(id).kind, Kind::File(_))
+                && (!canon.ends_with(b"/busybox") || exists("/sbin/openrc"))
+        })
+    })
 }
 
 /// The init executable to install: `$STAMP_INIT` if set, else the embedded [`INIT`], else
@@ -640,6 +647,33 @@ mod tests {
             Some("/usr/lib/modules/6.8.0/initramfs.img")
         );
         assert_eq!(kern.version, "6.8.0");
+    }
+
+    #[test]
+    fn init_systems_are_recognised_but_bare_busybox_is_an_app() {
+        let mut debian = Tree::default();
+        debian.insert(b"/sbin", link("usr/sbin")).unwrap();
+        debian
+            .insert(b"/usr/sbin/init", link("../lib/systemd/systemd"))
+            .unwrap();
+        debian
+            .insert(b"/usr/lib/systemd/systemd", file(b"elf"))
+            .unwrap();
+        assert!(has_init(&debian));
+
+        let mut alpine = Tree::default();
+        alpine.insert(b"/bin/busybox", file(b"elf")).unwrap();
+        alpine.insert(b"/sbin/init", link("/bin/busybox")).unwrap();
+        assert!(!has_init(&alpine));
+        alpine.insert(b"/sbin/openrc", file(b"elf")).unwrap();
+        assert!(has_init(&alpine));
+
+        let mut dangling = Tree::default();
+        dangling
+            .insert(b"/sbin/init", link("/lib/systemd/systemd"))
+            .unwrap();
+        assert!(!has_init(&dangling));
+        assert!(!has_init(&Tree::default()));
     }
 
     #[test]
