@@ -649,6 +649,26 @@ mod tests {
         assert_eq!(kern.version, "6.8.0");
     }
 
+    /// The embedded init is an x86-64 ELF executable without a program interpreter
+    /// (`PT_INTERP`), i.e. static: it must run in images without (or with another) libc.
+    #[test]
+    fn embedded_init_is_a_static_executable() {
+        if INIT.is_empty() {
+            panic!("stamp-build was built without its init (see the build script's warning)");
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([INIT[o], INIT[o + 1]]) as usize;
+        let u64_at = |o: usize| u64::from_le_bytes(INIT[o..o + 8].try_into().unwrap()) as usize;
+        assert_eq!(&INIT[..4], b"\x7fELF");
+        assert_eq!((INIT[4], INIT[5]), (2, 1), "64-bit little-endian");
+        assert_eq!(u16_at(18), 62, "x86-64");
+        let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+        assert!(phnum > 0);
+        for i in 0..phnum {
+            let ptype = u32::from_le_bytes(INIT[phoff + i * phentsize..][..4].try_into().unwrap());
+            assert_ne!(ptype, 3, "PT_INTERP: the init is dynamically linked");
+        }
+    }
+
     #[test]
     fn init_systems_are_recognised_but_bare_busybox_is_an_app() {
         let mut debian = Tree::default();
