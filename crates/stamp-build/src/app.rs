@@ -127,8 +127,9 @@ fn host_file(path: PathBuf) -> Result<Content> {
 /// Copies keep their metadata and share their contents with `kernel_tree`. The kernel is
 /// `/boot/vmlinuz-*` (with `/boot/initrd.img-*`) or `/usr/lib/modules/*/vmlinuz`; its module
 /// directory is copied whole; `/usr/lib/systemd/boot/efi` (the stub) too; `os-release` only
-/// if the app has none (the UKI needs it). Mount points (`/proc`, `/sys`, `/dev`, `/run`,
-/// `/tmp`) are created when missing.
+/// if the app has none (the UKI needs it); `/etc/hosts` with `localhost` if the app has none.
+/// Mount points (`/proc`, `/sys`, `/dev`, `/run`, `/tmp`) and `/dev/console` are created when
+/// missing.
 pub fn install(app: &mut Tree, kernel_tree: &Tree, config: &AppConfig) -> Result<Vec<String>> {
     install_with(app, kernel_tree, config, init_binary()?)
 }
@@ -206,6 +207,20 @@ pub fn install_with(
                 )?;
             }
         }
+    }
+
+    // Container runtimes provide /etc/hosts; many programs expect localhost to resolve.
+    if resolve(app, b"/etc/hosts").is_none() {
+        let dest = place(app, b"/etc/hosts", mtime)?;
+        let hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+        app.insert(
+            &dest,
+            Entry::new(
+                Kind::File(Content::Bytes(Bytes::from_static(hosts.as_bytes()))),
+                0o644,
+                mtime,
+            ),
+        )?;
     }
 
     // /.stamp is ours: whatever the image had there is replaced.
@@ -577,6 +592,11 @@ mod tests {
             assert!(app.entry(id).is_dir(), "{d}");
         }
         assert_eq!(app.entry(app.get(b"/tmp").unwrap()).mode, 0o1777);
+        assert!(
+            String::from_utf8(read(&app, "/etc/hosts"))
+                .unwrap()
+                .starts_with("127.0.0.1\tlocalhost\n")
+        );
         let console = app.get(b"/dev/console").unwrap();
         assert!(matches!(
             app.entry(console).kind,
