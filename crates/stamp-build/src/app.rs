@@ -67,17 +67,24 @@ impl AppConfig {
     }
 }
 
-/// Returns true if `tree` has an init system (`/sbin/init`, `/usr/sbin/init`,
-/// `/lib/systemd/systemd`, `/usr/lib/systemd/systemd`), i.e. boots as a whole system.
+/// Returns true if `tree` has an init system, i.e. boots as a whole system: systemd
+/// (`/usr/lib/systemd/systemd`, `/lib/systemd/systemd`), or an `/sbin/init` or `/usr/sbin/init`
+/// that resolves to a file, except busybox's own init without OpenRC (`/sbin/openrc`), which
+/// base images such as Alpine carry but do not boot with: those are application images.
 pub fn has_init(tree: &Tree) -> bool {
-    [
-        "/sbin/init",
-        "/usr/sbin/init",
-        "/lib/systemd/systemd",
-        "/usr/lib/systemd/systemd",
-    ]
-    .iter()
-    .any(|p| tree.get(p.as_bytes()).is_some())
+    let exists = |p: &str| {
+        resolve(tree, p.as_bytes())
+            .is_some_and(|(_, id)| matches!(tree.entry(id).kind, Kind::File(_)))
+    };
+    if exists("/usr/lib/systemd/systemd") || exists("/lib/systemd/systemd") {
+        return true;
+    }
+    ["/sbin/init", "/usr/sbin/init"].iter().any(|p| {
+        resolve(tree, p.as_bytes()).is_some_and(|(canon, id)| {
+            matches!(tree.entry(id).kind, Kind::File(_))
+                && (!canon.ends_with(b"/busybox") || exists("/sbin/openrc"))
+        })
+    })
 }
 
 /// The init executable to install: `$STAMP_INIT` if set, else the embedded [`INIT`], else
@@ -120,8 +127,9 @@ fn host_file(path: PathBuf) -> Result<Content> {
 /// Copies keep their metadata and share their contents with `kernel_tree`. The kernel is
 /// `/boot/vmlinuz-*` (with `/boot/initrd.img-*`) or `/usr/lib/modules/*/vmlinuz`; its module
 /// directory is copied whole; `/usr/lib/systemd/boot/efi` (the stub) too; `os-release` only
-/// if the app has none (the UKI needs it). Mount points (`/proc`, `/sys`, `/dev`, `/run`,
-/// `/tmp`) are created when missing.
+/// if the app has none (the UKI needs it); `/etc/hosts` with `localhost` if the app has none.
+/// Mount points (`/proc`, `/sys`, `/dev`, `/run`, `/tmp`) and `/dev/console` are created when
+/// missing.
 pub fn install(app: &mut Tree, kernel_tree: &Tree, config: &AppConfig) -> Result<Vec<String>> {
     install_with(app, kernel_tree, config, init_binary()?)
 }
@@ -199,6 +207,20 @@ pub fn install_with(
                 )?;
             }
         }
+    }
+
+    // Container runtimes provide /etc/hosts; many programs expect localhost to resolve.
+    if resolve(app, b"/etc/hosts").is_none() {
+        let dest = place(app, b"/etc/hosts", mtime)?;
+        let hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+        app.insert(
+            &dest,
+            Entry::new(
+                Kind::File(Content::Bytes(Bytes::from_static(hosts.as_bytes()))),
+                0o644,
+                mtime,
+            ),
+        )?;
     }
 
     // /.stamp is ours: whatever the image had there is replaced.
@@ -570,6 +592,11 @@ mod tests {
             assert!(app.entry(id).is_dir(), "{d}");
         }
         assert_eq!(app.entry(app.get(b"/tmp").unwrap()).mode, 0o1777);
+        assert!(
+            String::from_utf8(read(&app, "/etc/hosts"))
+                .unwrap()
+                .starts_with("127.0.0.1\tlocalhost\n")
+        );
         let console = app.get(b"/dev/console").unwrap();
         assert!(matches!(
             app.entry(console).kind,
@@ -640,6 +667,53 @@ mod tests {
             Some("/usr/lib/modules/6.8.0/initramfs.img")
         );
         assert_eq!(kern.version, "6.8.0");
+    }
+
+    /// The embedded init is an x86-64 ELF executable without a program interpreter
+    /// (`PT_INTERP`), i.e. static: it must run in images without (or with another) libc.
+    #[test]
+    fn embedded_init_is_a_static_executable() {
+        if INIT.is_empty() {
+            panic!("stamp-build was built without its init (see the build script's warning)");
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([INIT[o], INIT[o + 1]]) as usize;
+        let u64_at = |o: usize| u64::from_le_bytes(INIT[o..o + 8].try_into().unwrap()) as usize;
+        assert_eq!(&INIT[..4], b"\x7fELF");
+        assert_eq!((INIT[4], INIT[5]), (2, 1), "64-bit little-endian");
+        assert_eq!(u16_at(18), 62, "x86-64");
+        let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+        assert!(phnum > 0);
+        for i in 0..phnum {
+            let ptype = u32::from_le_bytes(INIT[phoff + i * phentsize..][..4].try_into().unwrap());
+            assert_ne!(ptype, 3, "PT_INTERP: the init is dynamically linked");
+        }
+    }
+
+    #[test]
+    fn init_systems_are_recognised_but_bare_busybox_is_an_app() {
+        let mut debian = Tree::default();
+        debian.insert(b"/sbin", link("usr/sbin")).unwrap();
+        debian
+            .insert(b"/usr/sbin/init", link("../lib/systemd/systemd"))
+            .unwrap();
+        debian
+            .insert(b"/usr/lib/systemd/systemd", file(b"elf"))
+            .unwrap();
+        assert!(has_init(&debian));
+
+        let mut alpine = Tree::default();
+        alpine.insert(b"/bin/busybox", file(b"elf")).unwrap();
+        alpine.insert(b"/sbin/init", link("/bin/busybox")).unwrap();
+        assert!(!has_init(&alpine));
+        alpine.insert(b"/sbin/openrc", file(b"elf")).unwrap();
+        assert!(has_init(&alpine));
+
+        let mut dangling = Tree::default();
+        dangling
+            .insert(b"/sbin/init", link("/lib/systemd/systemd"))
+            .unwrap();
+        assert!(!has_init(&dangling));
+        assert!(!has_init(&Tree::default()));
     }
 
     #[test]

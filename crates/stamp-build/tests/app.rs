@@ -8,6 +8,8 @@
 //! Needs the Debian root filesystem tar (`STAMP_DEBIAN_TAR`, or `scripts/debian-image.sh
 //! --tar`'s cache), busybox-static, objcopy, qemu-system-x86 and ovmf; skipped without them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -193,7 +195,7 @@ fn uki(dir: &Path, tree: &Tree, cmdline: &str) -> PathBuf {
 /// Installs the Debian kernel and the init into `app_tree`, builds the disk and boots it.
 /// Returns the serial console's text, or None when a tool or the Debian tar is missing
 /// (the test is then skipped). Panics if the guest does not power off.
-fn boot(mut app_tree: Tree, config: &AppConfig) -> Option<String> {
+fn boot(mut app_tree: Tree, config: &AppConfig, extra_cmdline: &str) -> Option<String> {
     let Some(tar) = debian_tar() else {
         eprintln!(
             "skipped: no Debian rootfs tar (STAMP_DEBIAN_TAR or scripts/debian-image.sh --tar)"
@@ -221,7 +223,7 @@ fn boot(mut app_tree: Tree, config: &AppConfig) -> Option<String> {
     assert!(args.iter().any(|a| a == "init=/.stamp/init"), "{args:?}");
 
     let cmdline = format!(
-        "root=PARTUUID={} rw console=ttyS0,115200 {}",
+        "root=PARTUUID={} rw console=ttyS0,115200 {} {extra_cmdline}",
         guid_text(ROOT_GUID),
         args.join(" ")
     );
@@ -315,7 +317,7 @@ fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status(
         workdir: "/app".into(),
         user: "app".into(),
     };
-    let Some(log) = boot(app_tree(), &config) else {
+    let Some(log) = boot(app_tree(), &config, "") else {
         return;
     };
     let tail = tail(&log);
@@ -353,7 +355,7 @@ fn app_whose_entrypoint_is_missing_reports_127_and_powers_off() {
         workdir: String::new(),
         user: String::new(),
     };
-    let Some(log) = boot(app_tree(), &config) else {
+    let Some(log) = boot(app_tree(), &config, "") else {
         return;
     };
     let tail = tail(&log);
@@ -366,4 +368,67 @@ fn app_whose_entrypoint_is_missing_reports_127_and_powers_off() {
         "{tail}"
     );
     assert!(!log.contains("STAMP-APP-MARKER"), "{tail}");
+}
+
+const SIGNAL_SCRIPT: &str = r#"#!/bin/sh
+trap 'echo STAMP-GOT-TERM; exit 7' TERM
+( busybox sleep 0.1 & )
+busybox sleep 2
+echo "ZOMBIES:$(busybox grep -l ') Z ' /proc/[0-9]*/stat)END"
+busybox kill -TERM 1
+while true; do busybox sleep 0.1; done
+"#;
+
+#[test]
+fn init_reaps_orphans_and_forwards_sigterm_to_the_app() {
+    let mut tree = app_tree();
+    tree.insert(b"/app/signal.sh", bytes_entry(SIGNAL_SCRIPT, 0o755))
+        .unwrap();
+    let config = AppConfig {
+        argv: vec!["/app/signal.sh".into()],
+        ..AppConfig::default()
+    };
+    let Some(log) = boot(tree, &config, "") else {
+        return;
+    };
+    let tail = tail(&log);
+    assert!(
+        log.contains("ZOMBIES:END"),
+        "an orphan was not reaped:\n{tail}"
+    );
+    assert!(
+        log.contains("STAMP-GOT-TERM"),
+        "SIGTERM to PID 1 did not reach the app:\n{tail}"
+    );
+    assert!(
+        log.contains("stamp-init: /app/signal.sh exited with status 7"),
+        "{tail}"
+    );
+}
+
+/// With the NIC driver kept out of the initramfs's coldplug (`modprobe.blacklist`, which only
+/// udev's modprobe reads), the init loads it itself from the device's modalias.
+#[test]
+fn init_loads_the_nic_driver_when_the_initramfs_did_not() {
+    let config = AppConfig {
+        argv: vec!["/app/run.sh".into()],
+        ..AppConfig::default()
+    };
+    let Some(log) = boot(app_tree(), &config, "modprobe.blacklist=virtio_net") else {
+        return;
+    };
+    let tail = tail(&log);
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("stamp-init: loaded modules for the devices:"))
+        .unwrap_or_else(|| panic!("the init loaded no module:\n{tail}"));
+    assert!(loaded.contains("virtio_net"), "{loaded}");
+    assert!(
+        log.contains("inet 10.0.2.15/24"),
+        "no DHCP after loading the driver:\n{tail}"
+    );
+    assert!(
+        log.contains("stamp-init: /app/run.sh exited with status 3"),
+        "{tail}"
+    );
 }

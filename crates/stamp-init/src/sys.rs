@@ -355,14 +355,22 @@ pub fn add_route(
     })
 }
 
-/// Makes `cmd`'s child drop to `uid`/`gid` with supplementary `groups` just before exec (in
-/// that order: groups and gid need root).
+/// Makes `cmd`'s child unblock every signal (std keeps the parent's mask, and the init blocks
+/// [`SIGNALS`]) and drop to `uid`/`gid` with supplementary `groups` just before exec (in that
+/// order: groups and gid need root).
 pub fn set_credentials(cmd: &mut std::process::Command, uid: u32, gid: u32, groups: Vec<u32>) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child and only makes async-signal-safe system
-    // calls (setgroups, setgid, setuid) on memory allocated before the fork.
+    // calls (sigprocmask, setgroups, setgid, setuid) on memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                &empty,
+                std::ptr::null_mut(),
+            ))?;
             setgroups(&groups)?;
             check(libc::setgid(gid))?;
             check(libc::setuid(uid))

@@ -14,7 +14,8 @@ use dhcp::{MsgType, Reply, Request};
 /// How long to wait for an Ethernet interface to appear (udev in the initramfs may still be
 /// loading its driver).
 const LINK_WAIT: Duration = Duration::from_secs(10);
-/// After this long without an interface, load the usual virtual NIC drivers ourselves.
+/// After this long without an interface, load the drivers for the devices present (and the
+/// usual virtual NIC drivers) ourselves.
 const MODULE_AFTER: Duration = Duration::from_secs(2);
 /// DISCOVER attempts; the wait for a reply doubles each time from [`FIRST_WAIT`] (1+2+4+8 s).
 const ATTEMPTS: u32 = 4;
@@ -96,6 +97,11 @@ fn wait_for_link() -> Option<(String, [u8; 6])> {
         }
         if !loaded && start.elapsed() >= MODULE_AFTER {
             loaded = true;
+            match modules::load_for_devices() {
+                Ok(m) if !m.is_empty() => say!("loaded modules for the devices: {}", m.join(" ")),
+                Ok(_) => {}
+                Err(e) => say!("loading modules for the devices: {e}"),
+            }
             for m in NIC_MODULES {
                 if let Err(e) = modules::load(m) {
                     say!("loading {m}: {e}");
