@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use stamp_fs::{Content, Entry, Kind, NodeId, Timestamp, Tree};
 
-use crate::boot::Kernel;
 use crate::{Error, Result};
 
 /// The static `stamp-init` executable built with this crate (empty when the build could not
@@ -141,7 +140,7 @@ pub fn install_with(
     config: &AppConfig,
     init: Content,
 ) -> Result<Vec<String>> {
-    let kernel = find_kernel(kernel_tree)?.ok_or_else(|| Error::NoKernel {
+    let kernel = crate::boot::find_kernel(kernel_tree)?.ok_or_else(|| Error::NoKernel {
         detail: "the kernel image has no /boot/vmlinuz-* nor /usr/lib/modules/*/vmlinuz; \
                  use an image with a kernel package (linux-image-cloud-amd64) as --kernel"
             .into(),
@@ -237,101 +236,6 @@ pub fn install_with(
         Entry::new(Kind::File(Content::Bytes(Bytes::from(json))), 0o644, mtime),
     )?;
     Ok(vec![format!("init={INIT_PATH}"), "panic=-1".into()])
-}
-
-/// The kernel of `tree`: [`crate::boot::find_kernel`], or, while that is not available, the
-/// same search done here.
-fn find_kernel(tree: &Tree) -> Result<Option<Kernel>> {
-    match crate::boot::find_kernel(tree) {
-        Ok(k) => Ok(k),
-        Err(_) => Ok(find_kernel_local(tree)),
-    }
-}
-
-/// `/boot/vmlinuz-<v>` with `/boot/initrd.img-<v>` or `/boot/initramfs-<v>.img`, else
-/// `/usr/lib/modules/<v>/vmlinuz` with `initramfs.img` beside it; the highest version wins.
-fn find_kernel_local(tree: &Tree) -> Option<Kernel> {
-    let is_file = |p: &str| {
-        resolve(tree, p.as_bytes())
-            .is_some_and(|(_, id)| matches!(tree.entry(id).kind, Kind::File(_)))
-    };
-    let mut found: Vec<Kernel> = Vec::new();
-    if let Some((_, boot)) = resolve(tree, b"/boot") {
-        for (name, _) in tree.children(boot) {
-            let Some(v) = std::str::from_utf8(name)
-                .ok()
-                .and_then(|n| n.strip_prefix("vmlinuz-"))
-            else {
-                continue;
-            };
-            let vmlinuz = format!("/boot/vmlinuz-{v}");
-            if v.is_empty() || !is_file(&vmlinuz) {
-                continue;
-            }
-            let initrd = [
-                format!("/boot/initrd.img-{v}"),
-                format!("/boot/initramfs-{v}.img"),
-            ]
-            .into_iter()
-            .find(|p| is_file(p));
-            found.push(Kernel {
-                version: v.to_string(),
-                vmlinuz,
-                initrd,
-            });
-        }
-    }
-    if found.is_empty() {
-        if let Some((_, mods)) = resolve(tree, b"/usr/lib/modules") {
-            for (name, _) in tree.children(mods) {
-                let Ok(v) = std::str::from_utf8(name) else {
-                    continue;
-                };
-                let vmlinuz = format!("/usr/lib/modules/{v}/vmlinuz");
-                if is_file(&vmlinuz) {
-                    let initrd = format!("/usr/lib/modules/{v}/initramfs.img");
-                    found.push(Kernel {
-                        version: v.to_string(),
-                        initrd: is_file(&initrd).then_some(initrd),
-                        vmlinuz,
-                    });
-                }
-            }
-        }
-    }
-    found
-        .into_iter()
-        .max_by(|a, b| version_cmp(&a.version, &b.version))
-}
-
-/// Compares versions by their runs of digits numerically and the rest bytewise
-/// (`6.1.0-9` < `6.1.0-28`).
-fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn parts(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (pa, pb) = (parts(a), parts(b));
-    for ((da, sa), (db, sb)) in pa.iter().zip(&pb) {
-        let o = if *da && *db {
-            let (ta, tb) = (sa.trim_start_matches('0'), sb.trim_start_matches('0'));
-            ta.len().cmp(&tb.len()).then(ta.cmp(tb))
-        } else {
-            sa.cmp(sb)
-        };
-        if o.is_ne() {
-            return o;
-        }
-    }
-    pa.len().cmp(&pb.len())
 }
 
 /// Resolves `path` in `tree` following symbolic links (absolute ones from the tree's root) in
@@ -660,7 +564,7 @@ mod tests {
             .unwrap();
         k.insert(b"/usr/lib/modules/6.8.0/initramfs.img", file(b"i"))
             .unwrap();
-        let kern = find_kernel_local(&k).unwrap();
+        let kern = crate::boot::find_kernel(&k).unwrap().unwrap();
         assert_eq!(kern.vmlinuz, "/usr/lib/modules/6.8.0/vmlinuz");
         assert_eq!(
             kern.initrd.as_deref(),
