@@ -90,7 +90,7 @@ step "mkfs.vfat + mcopy"
 used_mib=$(du -s --block-size=1M "$root" | cut -f1)
 root_mib=$((used_mib * 5 / 4 + 256))
 truncate -s "${root_mib}M" "$work/root.img"
-mke2fs -q -F -t ext4 -L root -E root_owner=0:0 -d "$root" "$work/root.img"
+mke2fs -q -F -t ext4 -L root -E root_owner=0:0 -d "$root" "$work/root.img" >/dev/null
 step "du + mke2fs -d"
 
 # GPT: ESP at 1 MiB, root after it, 1 MiB at the end for the backup table.

@@ -91,7 +91,7 @@ if [[ ! -s $raw ]]; then
   trap 'rm -rf "$root" "$raw.tmp"' EXIT
   tar -xf "$tar" -C "$root"
   rm -f "$raw.tmp"
-  mke2fs -q -t ext4 -L debian -E root_owner=0:0 -d "$root" "$raw.tmp" 1G
+  mke2fs -q -t ext4 -L debian -E root_owner=0:0 -d "$root" "$raw.tmp" 1G >&2
   mv "$raw.tmp" "$raw"
 fi
 echo "$raw"
