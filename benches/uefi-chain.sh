@@ -9,7 +9,9 @@
 # (scripts/debian-image.sh --tar). The kernel boots root=PARTUUID=<root> rw console=ttyS0.
 #
 # usage: benches/uefi-chain.sh TAR OUT.qcow2      (as root: the extraction keeps owners and devices)
-# env:   KEEP_RAW=1 keeps OUT.raw beside OUT.qcow2
+# env:   KEEP_RAW=1 keeps OUT.raw beside OUT.qcow2; STEP_TIMES=1 prints each step's seconds to
+#        stderr; CHAIN_WORK=DIR works in DIR (made empty) and leaves it for the caller to remove
+#        (benches/build.sh does so outside the timed part: removing the tree is not making the disk)
 set -euo pipefail
 [[ $# == 2 ]] || { echo "usage: $0 TAR OUT.qcow2" >&2; exit 2; }
 tar=$1 out=$2
@@ -25,11 +27,25 @@ esp_partuuid=5A4D5354-0000-4000-8000-0000000000e5
 root_partuuid=5A4D5354-0000-4000-8000-0000000000f0
 esp_mib=128
 
-work=$(mktemp -d "$(dirname "$out")/.uefi-chain.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+t0=$(date +%s.%N)
+step() { # prints the time since the previous step under the previous step's name
+  [[ ${STEP_TIMES:-} == 1 ]] || return 0
+  local t; t=$(date +%s.%N)
+  awk -v n="$1" -v a="$t0" -v b="$t" 'BEGIN { printf "  %-28s %6.2f s\n", n, b - a }' >&2
+  t0=$t
+}
+if [[ -n ${CHAIN_WORK:-} ]]; then
+  work=$CHAIN_WORK
+  rm -rf "$work"
+  mkdir -p "$work"
+else
+  work=$(mktemp -d "$(dirname "$out")/.uefi-chain.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+fi
 root=$work/root
 mkdir "$root"
 tar -x --numeric-owner --xattrs --xattrs-include='*' -f "$tar" -C "$root"
+step "tar -x"
 
 # The newest kernel and its initrd.
 kernel=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -1)
@@ -62,17 +78,20 @@ for s in osrel:"$osrel" cmdline:"$work/cmdline" linux:"$kernel" initrd:"$initrd"
   end=$((vma + $(stat -Lc %s "$file")))
 done
 objcopy "${args[@]}" "$stub" "$work/uki.efi"
+step "fstab + objcopy UKI"
 
 # ESP (FAT32) with the UKI as the removable-media boot path.
 mkfs.vfat -F 32 -n ESP -i 5354414d -C "$work/esp.img" $((esp_mib * 1024)) >/dev/null
 mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT
 mcopy -i "$work/esp.img" "$work/uki.efi" ::/EFI/BOOT/BOOTX64.EFI
+step "mkfs.vfat + mcopy"
 
 # Root: the tree's size plus a quarter plus 256 MiB.
 used_mib=$(du -s --block-size=1M "$root" | cut -f1)
 root_mib=$((used_mib * 5 / 4 + 256))
 truncate -s "${root_mib}M" "$work/root.img"
-mke2fs -q -F -t ext4 -L root -E root_owner=0:0 -d "$root" "$work/root.img"
+mke2fs -q -F -t ext4 -L root -E root_owner=0:0 -d "$root" "$work/root.img" >/dev/null
+step "du + mke2fs -d"
 
 # GPT: ESP at 1 MiB, root after it, 1 MiB at the end for the backup table.
 raw=$work/disk.raw
@@ -85,5 +104,11 @@ start=$((1 + esp_mib))MiB, size=${root_mib}MiB, type=4F68BCE3-E8CD-4DB1-96E7-FBC
 GPT
 dd if="$work/esp.img" of="$raw" bs=1M seek=1 conv=notrunc,sparse status=none
 dd if="$work/root.img" of="$raw" bs=1M seek=$((1 + esp_mib)) conv=notrunc,sparse status=none
+step "sfdisk + dd"
 qemu-img convert -O qcow2 "$raw" "$out"
+step "qemu-img convert"
 if [[ ${KEEP_RAW:-} == 1 ]]; then mv "$raw" "${out%.qcow2}.raw"; fi
+if [[ -z ${CHAIN_WORK:-} ]]; then
+  rm -rf "$work"
+  step "rm -rf (clean-up)"
+fi

@@ -42,10 +42,12 @@ fi
 if [[ $mode == app ]]; then
   app="$cache/app-oci.tar"
   data="$(cd "$(dirname "$0")/.." && pwd)/crates/stamp/tests/cli/data/app"
-  # Rebuilt when a file of the build context changed since.
-  if [[ ! -s $app || -n $(find "$data" -newer "$app" -print -quit) ]]; then
+  [[ -x /bin/busybox ]] || { echo "error: no /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
+  # Rebuilt when the build context (these files and the host's busybox) differs from the one the
+  # cached archive was built from; worktrees share the cache, so mtimes would not do.
+  context=$( (cd "$data" && find . -type f -print0 | sort -z | xargs -0 sha256sum; sha256sum /bin/busybox) | sha256sum | cut -d' ' -f1)
+  if [[ ! -s $app || $(cat "$app.context" 2>/dev/null) != "$context" ]]; then
     echo "building the application image with podman..." >&2
-    [[ -x /bin/busybox ]] || { echo "error: no /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
     file -L /bin/busybox | grep -q 'statically linked' ||
       { echo "error: /bin/busybox is not statically linked (apt-get install busybox-static)" >&2; exit 1; }
     work=$(mktemp -d "$cache/app.XXXXXX")
@@ -56,12 +58,15 @@ if [[ $mode == app ]]; then
     # (crun refuses hybrid cgroups), chroot isolation for RUN.
     printf '[containers]\ndefault_ulimits = []\n' >"$work/containers.conf"
     export CONTAINERS_CONF=$work/containers.conf
-    tag=localhost/stamp-test-app:latest
+    tag=localhost/stamp-test-app:build-$$
     podman build -q --runtime runc --isolation chroot -t "$tag" "$work/ctx" >&2
-    rm -f "$app.tmp"
-    podman save -q --format oci-archive -o "$app.tmp" "$tag" >&2
-    podman rmi -f "$tag" >/dev/null 2>&1 || true
-    mv "$app.tmp" "$app"
+    # Saved under a stable name (the archive's org.opencontainers.image.ref.name).
+    podman tag "$tag" localhost/stamp-test-app:latest
+    podman save -q --format oci-archive -o "$work/app-oci.tar" localhost/stamp-test-app:latest >&2
+    podman rmi -f "$tag" localhost/stamp-test-app:latest >/dev/null 2>&1 || true
+    echo "$context" >"$work/context"
+    mv "$work/app-oci.tar" "$app"
+    mv "$work/context" "$app.context"
   fi
   echo "$app"
   exit 0
@@ -86,7 +91,7 @@ if [[ ! -s $raw ]]; then
   trap 'rm -rf "$root" "$raw.tmp"' EXIT
   tar -xf "$tar" -C "$root"
   rm -f "$raw.tmp"
-  mke2fs -q -t ext4 -L debian -E root_owner=0:0 -d "$root" "$raw.tmp" 1G
+  mke2fs -q -t ext4 -L debian -E root_owner=0:0 -d "$root" "$raw.tmp" 1G >&2
   mv "$raw.tmp" "$raw"
 fi
 echo "$raw"

@@ -3,7 +3,7 @@
 # (a default route, destination 00000000, means DHCP worked), and exits 3.
 echo "STAMP-APP-MARKER"
 echo "args=$*"
-echo "greeting=$GREETING"
+echo "GREETING=$GREETING"
 echo "pwd=$(pwd)"
 echo "uid=$(/bin/busybox id -u) gid=$(/bin/busybox id -g)"
 echo "route:"
