@@ -427,7 +427,7 @@ fn application_image_boots_its_entrypoint_with_a_separate_kernel() {
     let c = &log.console;
     for want in [
         "args=arg1",
-        "greeting=hello-from-stamp",
+        "GREETING=hello-from-stamp",
         "pwd=/srv",
         "uid=1000 gid=1000",
         "10.0.2.15",
