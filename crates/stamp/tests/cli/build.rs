@@ -308,11 +308,29 @@ fn debian_build_is_reproducible_rootless_and_cached() {
     ];
     args.extend(output_args(&again));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let stdout = build_ok(&refs);
+    let mut tagged = refs.clone();
+    tagged.extend(["--tag", "localhost/debian-disk:1"]);
+    let stdout = build_ok(&tagged);
     assert!(stdout.contains("build cache"), "{stdout}");
     for o in OUTPUTS {
         assert_eq!(sha256(&d.out.join(o)), sha256(&again.join(o)), "{o}");
     }
+    // --tag recorded the disk in the store as a disk image, whose disk is the qcow2.
+    let store = d.dir.join("store");
+    let r = stamp(&["images", "--store", s(&store), "--json"]);
+    assert!(r.stdout.contains("localhost/debian-disk:1"), "{}", r.stdout);
+    let exported = again.join("exported.qcow2");
+    let r = stamp(&[
+        "export",
+        "--store",
+        s(&store),
+        "--disk",
+        "localhost/debian-disk:1",
+        "-o",
+        s(&exported),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(sha256(&exported), sha256(&d.out.join("disk.qcow2")));
 }
 
 /// `opts` with the guest's writes kept in a temporary overlay (`-snapshot`): the outputs are
@@ -542,4 +560,72 @@ fn bad_inputs_fail_clean_with_what_to_do() {
     ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("/proc/stamp-test.qcow2"), "{}", r.stderr);
+}
+
+#[test]
+fn dockerfile_is_built_with_podman_then_stamped() {
+    let Some(kernel) = debian_tar() else { return };
+    if Command::new("podman").arg("--version").output().is_err()
+        || !Path::new("/bin/busybox").is_file()
+    {
+        eprintln!("skipped: podman or /bin/busybox missing (scripts/install-test-deps.sh)");
+        return;
+    }
+    let dir = scratch("build-dockerfile");
+    let ctx = dir.join("ctx");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cli/data/app");
+    let st = Command::new("cp")
+        .args(["-a", &format!("{}/.", s(&data)), s(&ctx)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    // podman on these machines: runc (crun refuses hybrid cgroups), no default rlimits.
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n",
+    )
+    .unwrap();
+    let raw = dir.join("app.raw");
+    let r: crate::common::Run = Command::new(env!("CARGO_BIN_EXE_stamp"))
+        .args([
+            "build",
+            "--store",
+            s(&dir.join("store")),
+            "--dockerfile",
+            s(&ctx.join("Dockerfile")),
+            "--kernel",
+            &format!("rootfs:{}", s(&kernel)),
+            "-o",
+            s(&raw),
+        ])
+        .env("CONTAINERS_CONF", &conf)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("Boots with uki"), "{}", r.stdout);
+    // The root filesystem holds the Dockerfile's files and the config stamp's init runs.
+    let root = dir.join("root.img");
+    partition(&raw, 2, &root);
+    let cat = |p: &str| {
+        let r = Command::new("debugfs")
+            .args(["-R", &format!("cat {p}"), s(&root)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    };
+    assert!(cat("/entrypoint.sh").contains("STAMP-APP-MARKER"));
+    let config = cat("/.stamp/app.json");
+    for want in [
+        "/entrypoint.sh",
+        "arg1",
+        "GREETING=hello-from-stamp",
+        "/srv",
+        "1000:1000",
+    ] {
+        assert!(config.contains(want), "no {want} in {config}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
