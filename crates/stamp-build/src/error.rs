@@ -63,6 +63,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Returns true if the build stopped because the user asked (Ctrl-C).
+    pub fn is_interrupted(&self) -> bool {
+        matches!(
+            self,
+            Error::Disk(stamp_disk::Error::Interrupted)
+                | Error::Fs(stamp_fs::Error::Disk(stamp_disk::Error::Interrupted))
+                | Error::Oci(stamp_oci::Error::Interrupted)
+        )
+    }
+
     /// Makes an [`Error::Io`].
     pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

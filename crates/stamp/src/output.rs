@@ -47,6 +47,8 @@ pub fn exit_code_for(err: &anyhow::Error, error_code: u8) -> u8 {
     let interrupted = err.chain().any(|e| {
         matches!(e.downcast_ref::<DiskError>(), Some(DiskError::Interrupted))
             || matches!(e.downcast_ref::<OciError>(), Some(OciError::Interrupted))
+            || e.downcast_ref::<stamp_build::Error>()
+                .is_some_and(stamp_build::Error::is_interrupted)
     });
     if interrupted {
         EXIT_INTERRUPTED
