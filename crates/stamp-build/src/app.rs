@@ -340,15 +340,9 @@ mod tests {
     }
 
     fn read(tree: &Tree, path: &str) -> Vec<u8> {
-        let (_, id) = tree
-            .resolve(path.as_bytes(), true)
-            .unwrap_or_else(|| panic!("{path} missing"));
-        let Kind::File(c) = &tree.entry(id).kind else {
-            panic!("{path} is not a file")
-        };
-        let mut b = vec![0; c.len() as usize];
-        c.read_at(&mut b, 0).unwrap();
-        b
+        crate::boot::files::read(tree, path, 1 << 20)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} is not a file"))
     }
 
     /// A merged-/usr Debian-like kernel image.

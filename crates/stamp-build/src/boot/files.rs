@@ -81,6 +81,12 @@ pub struct EspBuilder {
     tree: Tree,
 }
 
+impl Default for EspBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl EspBuilder {
     /// An empty ESP (root directory mode 0755, time 0).
     pub fn new() -> Self {
