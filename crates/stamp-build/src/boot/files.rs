@@ -44,7 +44,7 @@ pub fn read(tree: &Tree, path: &str, limit: u64) -> Result<Option<Vec<u8>>> {
 
 /// Reads the whole of `content` (the file at `path`, for errors), refusing more than `limit`
 /// bytes.
-pub fn read_content(content: &Content, path: &str, limit: u64) -> Result<Vec<u8>> {
+fn read_content(content: &Content, path: &str, limit: u64) -> Result<Vec<u8>> {
     let len = content.len();
     if len > limit {
         return Err(Error::BadFile {

@@ -74,15 +74,10 @@ impl<'t> Io<'t> {
         Ok(String::from_utf8_lossy(&p).into_owned())
     }
 
-    /// The content of the regular file at `path` (symlinks followed), None if there is none.
+    /// The content of the regular file at `path` (symlinks followed), None if there is none;
+    /// more than [`MAX_EDIT`] bytes is an error.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(id) = self.lookup(path) else {
-            return Ok(None);
-        };
-        let Kind::File(content) = &self.tree.entry(id).kind else {
-            return Ok(None);
-        };
-        read_content(content, path).map(Some)
+        crate::boot::files::read(self.tree, path, MAX_EDIT)
     }
 
     /// The text of the file at `path`, None if there is none; not UTF-8 is an error.
@@ -163,11 +158,6 @@ impl<'t> Io<'t> {
             _ => Vec::new(),
         }
     }
-}
-
-/// Reads a whole tree file of at most [`MAX_EDIT`] bytes.
-pub fn read_content(content: &Content, path: &str) -> Result<Vec<u8>> {
-    crate::boot::files::read_content(content, path, MAX_EDIT)
 }
 
 #[cfg(test)]
