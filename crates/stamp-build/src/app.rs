@@ -23,9 +23,6 @@ pub const INIT_PATH: &str = "/.stamp/init";
 /// Where the app's config goes.
 pub const CONFIG_PATH: &str = "/.stamp/app.json";
 
-/// Most symbolic links followed resolving one path in an image (as Linux's `MAXSYMLINKS`).
-const MAX_SYMLINKS: usize = 40;
-
 /// What the container image's config says to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppConfig {
@@ -72,14 +69,14 @@ impl AppConfig {
 /// base images such as Alpine carry but do not boot with: those are application images.
 pub fn has_init(tree: &Tree) -> bool {
     let exists = |p: &str| {
-        resolve(tree, p.as_bytes())
+        tree.resolve(p.as_bytes(), true)
             .is_some_and(|(_, id)| matches!(tree.entry(id).kind, Kind::File(_)))
     };
     if exists("/usr/lib/systemd/systemd") || exists("/lib/systemd/systemd") {
         return true;
     }
     ["/sbin/init", "/usr/sbin/init"].iter().any(|p| {
-        resolve(tree, p.as_bytes()).is_some_and(|(canon, id)| {
+        tree.resolve(p.as_bytes(), true).is_some_and(|(canon, id)| {
             matches!(tree.entry(id).kind, Kind::File(_))
                 && (!canon.ends_with(b"/busybox") || exists("/sbin/openrc"))
         })
@@ -154,7 +151,7 @@ pub fn install_with(
     let mut have_modules = false;
     for dir in ["/usr/lib/modules/", "/lib/modules/"] {
         let p = format!("{dir}{}", kernel.version);
-        if resolve(kernel_tree, p.as_bytes()).is_some() {
+        if kernel_tree.resolve(p.as_bytes(), true).is_some() {
             copy_path(kernel_tree, p.as_bytes(), app)?;
             have_modules = true;
             break;
@@ -163,17 +160,20 @@ pub fn install_with(
     if !have_modules {
         tracing::warn!(version = %kernel.version, "the kernel image has no module directory");
     }
-    if resolve(kernel_tree, b"/usr/lib/systemd/boot/efi").is_some() {
+    if kernel_tree
+        .resolve(b"/usr/lib/systemd/boot/efi", true)
+        .is_some()
+    {
         copy_path(kernel_tree, b"/usr/lib/systemd/boot/efi", app)?;
     }
     let has_os_release = |t: &Tree| {
         ["/etc/os-release", "/usr/lib/os-release"]
             .iter()
-            .any(|p| resolve(t, p.as_bytes()).is_some())
+            .any(|p| t.resolve(p.as_bytes(), true).is_some())
     };
     if !has_os_release(app) {
         for p in ["/usr/lib/os-release", "/etc/os-release"] {
-            if let Some((_, id)) = resolve(kernel_tree, p.as_bytes()) {
+            if let Some((_, id)) = kernel_tree.resolve(p.as_bytes(), true) {
                 if matches!(kernel_tree.entry(id).kind, Kind::File(_)) {
                     let dest = place(app, b"/usr/lib/os-release", mtime)?;
                     app.insert(&dest, kernel_tree.entry(id).clone())?;
@@ -190,13 +190,13 @@ pub fn install_with(
         ("/run", 0o755),
         ("/tmp", 0o1777),
     ] {
-        if resolve(app, dir.as_bytes()).is_none() {
+        if app.resolve(dir.as_bytes(), true).is_none() {
             let dest = place(app, dir.as_bytes(), mtime)?;
             app.insert(&dest, Entry::new(Kind::Dir, mode, mtime))?;
         }
     }
-    if resolve(app, b"/dev/console").is_none() {
-        if let Some((dev, id)) = resolve(app, b"/dev") {
+    if app.resolve(b"/dev/console", true).is_none() {
+        if let Some((dev, id)) = app.resolve(b"/dev", true) {
             if app.entry(id).is_dir() {
                 let mut p = dev;
                 p.extend_from_slice(b"/console");
@@ -209,7 +209,7 @@ pub fn install_with(
     }
 
     // Container runtimes provide /etc/hosts; many programs expect localhost to resolve.
-    if resolve(app, b"/etc/hosts").is_none() {
+    if app.resolve(b"/etc/hosts", true).is_none() {
         let dest = place(app, b"/etc/hosts", mtime)?;
         let hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
         app.insert(
@@ -238,65 +238,10 @@ pub fn install_with(
     Ok(vec![format!("init={INIT_PATH}"), "panic=-1".into()])
 }
 
-/// Resolves `path` in `tree` following symbolic links (absolute ones from the tree's root) in
-/// every component, the last included: its canonical path (`/usr/lib/modules` for
-/// `/lib/modules` when `/lib` links to `usr/lib`) and node. None if it does not exist, a link
-/// dangles, or more than [`MAX_SYMLINKS`] links are followed.
+/// Resolves `path` in `tree` with every link followed, the last included: its canonical path
+/// and node ([`Tree::resolve`] with `follow_last`).
 pub fn resolve(tree: &Tree, path: &[u8]) -> Option<(Vec<u8>, NodeId)> {
-    resolve_inner(tree, path, true)
-}
-
-fn resolve_inner(tree: &Tree, path: &[u8], follow_last: bool) -> Option<(Vec<u8>, NodeId)> {
-    let mut hops = 0;
-    // Components still to walk, in reverse order (the next one last).
-    let mut todo: Vec<Vec<u8>> = path
-        .split(|c| *c == b'/')
-        .filter(|c| !c.is_empty())
-        .rev()
-        .map(<[u8]>::to_vec)
-        .collect();
-    let mut stack: Vec<(Vec<u8>, NodeId)> = Vec::new();
-    while let Some(c) = todo.pop() {
-        let cur = stack.last().map_or(tree.root(), |(_, id)| *id);
-        match c.as_slice() {
-            b"." => continue,
-            b".." => {
-                stack.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let (_, id) = tree.children(cur).find(|(n, _)| *n == c.as_slice())?;
-        match &tree.entry(id).kind {
-            Kind::Symlink(target) if follow_last || !todo.is_empty() => {
-                hops += 1;
-                if hops > MAX_SYMLINKS {
-                    return None;
-                }
-                if target.first() == Some(&b'/') {
-                    stack.clear();
-                }
-                todo.extend(
-                    target
-                        .split(|c| *c == b'/')
-                        .filter(|c| !c.is_empty())
-                        .rev()
-                        .map(<[u8]>::to_vec),
-                );
-            }
-            _ => stack.push((c, id)),
-        }
-    }
-    let id = stack.last().map_or(tree.root(), |(_, id)| *id);
-    let mut canon = Vec::new();
-    for (name, _) in &stack {
-        canon.push(b'/');
-        canon.extend_from_slice(name);
-    }
-    if canon.is_empty() {
-        canon.push(b'/');
-    }
-    Some((canon, id))
+    tree.resolve(path, true)
 }
 
 /// Where `path` goes in `tree`: its parent resolved through the tree's symbolic links (made as
@@ -311,7 +256,7 @@ fn place(tree: &mut Tree, path: &[u8], mtime: Timestamp) -> Result<Vec<u8>> {
         let mut p = parent.clone();
         p.push(b'/');
         p.extend_from_slice(d);
-        parent = match resolve(tree, &p) {
+        parent = match tree.resolve(&p, true) {
             Some((canon, id)) if tree.entry(id).is_dir() => canon,
             Some(_) => {
                 return Err(Error::BadFile {
@@ -324,8 +269,8 @@ fn place(tree: &mut Tree, path: &[u8], mtime: Timestamp) -> Result<Vec<u8>> {
             }
             None => {
                 // Missing, or a dangling link: make the directory where the link points.
-                let at = resolve_inner(tree, &p, false).map_or(p.clone(), |(c, _)| c);
-                if let Some((_, id)) = resolve_inner(tree, &at, false) {
+                let at = tree.resolve(&p, false).map_or(p.clone(), |(c, _)| c);
+                if let Some((_, id)) = tree.resolve(&at, false) {
                     if let Kind::Symlink(_) = tree.entry(id).kind {
                         return Err(Error::BadFile {
                             path: String::from_utf8_lossy(path).into_owned(),
@@ -352,7 +297,7 @@ fn place(tree: &mut Tree, path: &[u8], mtime: Timestamp) -> Result<Vec<u8>> {
 /// Copies `path` of `from` (resolved through its links), and everything below it if it is a
 /// directory, to the same canonical path in `to`. Entries keep their metadata and contents.
 fn copy_path(from: &Tree, path: &[u8], to: &mut Tree) -> Result<()> {
-    let Some((canon, id)) = resolve(from, path) else {
+    let Some((canon, id)) = from.resolve(path, true) else {
         return Err(Error::BadFile {
             path: String::from_utf8_lossy(path).into_owned(),
             detail: "not found in the kernel image".into(),
@@ -395,13 +340,9 @@ mod tests {
     }
 
     fn read(tree: &Tree, path: &str) -> Vec<u8> {
-        let (_, id) = resolve(tree, path.as_bytes()).unwrap_or_else(|| panic!("{path} missing"));
-        let Kind::File(c) = &tree.entry(id).kind else {
-            panic!("{path} is not a file")
-        };
-        let mut b = vec![0; c.len() as usize];
-        c.read_at(&mut b, 0).unwrap();
-        b
+        crate::boot::files::read(tree, path, 1 << 20)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} is not a file"))
     }
 
     /// A merged-/usr Debian-like kernel image.
@@ -471,8 +412,9 @@ mod tests {
             ),
             b"ko"
         );
-        let (_, b) =
-            resolve_inner(&app, b"/usr/lib/modules/6.1.0-28-cloud-amd64/build", false).unwrap();
+        let (_, b) = app
+            .resolve(b"/usr/lib/modules/6.1.0-28-cloud-amd64/build", false)
+            .unwrap();
         assert!(matches!(&app.entry(b).kind, Kind::Symlink(t) if t == b"/usr/src/linux-headers"));
         assert!(app.get(b"/usr/lib/modules/6.1.0-9-cloud-amd64").is_none());
         assert_eq!(
@@ -622,6 +564,7 @@ mod tests {
 
     #[test]
     fn versions_compare_numerically() {
+        use crate::boot::version_cmp;
         use std::cmp::Ordering::*;
         assert_eq!(
             version_cmp("6.1.0-9-cloud-amd64", "6.1.0-28-cloud-amd64"),
@@ -630,23 +573,6 @@ mod tests {
         assert_eq!(version_cmp("6.10.0", "6.9.12"), Greater);
         assert_eq!(version_cmp("6.1.0", "6.1.0"), Equal);
         assert_eq!(version_cmp("6.1", "6.1.0"), Less);
-    }
-
-    #[test]
-    fn resolve_follows_links_and_bounds_loops() {
-        let mut t = Tree::default();
-        t.insert(b"/lib", link("usr/lib")).unwrap();
-        t.insert(b"/usr/lib/x", file(b"x")).unwrap();
-        t.insert(b"/usr/lib/rel", link("../lib/x")).unwrap();
-        t.insert(b"/loop1", link("loop2")).unwrap();
-        t.insert(b"/loop2", link("/loop1")).unwrap();
-        t.insert(b"/dangling", link("nowhere")).unwrap();
-        assert_eq!(resolve(&t, b"/lib/x").unwrap().0, b"/usr/lib/x");
-        assert_eq!(resolve(&t, b"/lib/rel").unwrap().0, b"/usr/lib/x");
-        assert_eq!(resolve(&t, b"/").unwrap().0, b"/");
-        assert!(resolve(&t, b"/loop1").is_none());
-        assert!(resolve(&t, b"/dangling").is_none());
-        assert!(resolve(&t, b"/../../lib/x").is_some());
     }
 
     #[test]

@@ -21,4 +21,4 @@ pub mod tree;
 
 pub use error::{Error, Result};
 pub use image::Image;
-pub use tree::{Content, Entry, Kind, NodeId, Timestamp, Tree};
+pub use tree::{Content, Entry, Kind, NodeId, Resolved, Timestamp, Tree};

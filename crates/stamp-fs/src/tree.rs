@@ -15,6 +15,66 @@ pub const MAX_NAME: usize = 255;
 /// Deepest directory nesting accepted (a bound on recursion in writers).
 pub const MAX_DEPTH: usize = 1024;
 
+/// Most symbolic links followed while resolving one path (Linux's `MAXSYMLINKS`).
+pub const MAX_SYMLINKS: usize = 40;
+
+/// Most components waiting to be walked while a path is resolved (bounds link expansion).
+const MAX_PENDING: usize = 4096;
+
+/// Where a path leads in a [`Tree`] once its symbolic links are followed
+/// ([`Tree::resolve_partial`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// The path exists.
+    Found {
+        /// Its canonical path (`/usr/lib/x`; `/` for the root).
+        path: Vec<u8>,
+        /// Its node.
+        id: NodeId,
+    },
+    /// The path does not exist (yet): where to create it.
+    Missing {
+        /// The canonical path of the deepest existing entry reached (`/` for the root).
+        existing: Vec<u8>,
+        /// Its node: a directory, unless a non-directory was used as one.
+        id: NodeId,
+        /// The components missing below it, in order (link targets substituted, `.` dropped,
+        /// `..` applied); never empty.
+        missing: Vec<Vec<u8>>,
+    },
+}
+
+impl Resolved {
+    /// The whole canonical path: the existing part, then the missing components.
+    pub fn path(&self) -> Vec<u8> {
+        match self {
+            Resolved::Found { path, .. } => path.clone(),
+            Resolved::Missing {
+                existing, missing, ..
+            } => {
+                let mut p = if existing.as_slice() == b"/" {
+                    Vec::new()
+                } else {
+                    existing.clone()
+                };
+                for c in missing {
+                    p.push(b'/');
+                    p.extend_from_slice(c);
+                }
+                p
+            }
+        }
+    }
+
+    /// The node, if the path exists.
+    pub fn node(&self) -> Option<NodeId> {
+        match self {
+            Resolved::Found { id, .. } => Some(*id),
+            Resolved::Missing { .. } => None,
+        }
+    }
+}
+
 /// A point in time: seconds since the Unix epoch (may be negative) and nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp {
@@ -323,6 +383,92 @@ impl Tree {
         Some(cur)
     }
 
+    /// Resolves `path` the way the kernel would with this tree as `/`: symbolic links are
+    /// followed in every component (the last one too if `follow_last`), relative targets from
+    /// the link's directory and absolute ones from the root; `..` goes to the canonical parent
+    /// and stops at the root. Returns the canonical path (`/usr/lib/x` for `/lib/x` when `/lib`
+    /// links to `usr/lib`; `/` for the root) and the node, or `None` when a component is
+    /// missing (a dangling link included), a non-directory is used as a directory, or more
+    /// than [`MAX_SYMLINKS`] links are followed.
+    pub fn resolve(&self, path: &[u8], follow_last: bool) -> Option<(Vec<u8>, NodeId)> {
+        match self.resolve_partial(path, follow_last)? {
+            Resolved::Found { path, id } => Some((path, id)),
+            Resolved::Missing { .. } => None,
+        }
+    }
+
+    /// [`Tree::resolve`], also telling where a path that does not exist would be created: the
+    /// deepest existing entry reached and the components missing after it (through a dangling
+    /// link, those of its target). `None` only when more than [`MAX_SYMLINKS`] links are
+    /// followed (a loop) or the links expand to more than 4096 components.
+    pub fn resolve_partial(&self, path: &[u8], follow_last: bool) -> Option<Resolved> {
+        // Components still to walk, in reverse order (the next one last).
+        let mut todo: Vec<&[u8]> = components(path).rev().collect();
+        if todo.len() > MAX_PENDING {
+            return None;
+        }
+        // The existing canonical prefix, then the missing components after it.
+        let mut stack: Vec<(&[u8], NodeId)> = Vec::new();
+        let mut missing: Vec<&[u8]> = Vec::new();
+        let mut links = 0usize;
+        while let Some(c) = todo.pop() {
+            match c {
+                b"." => continue,
+                b".." => {
+                    if missing.pop().is_none() {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if !missing.is_empty() {
+                missing.push(c);
+                continue;
+            }
+            let cur = stack.last().map_or(self.root(), |(_, id)| *id);
+            // Non-directories have no children: using one as a directory makes the rest missing.
+            let Some(&id) = self.nodes[cur.index()].children.get(c) else {
+                missing.push(c);
+                continue;
+            };
+            match &self.entry(id).kind {
+                Kind::Symlink(target) if follow_last || !todo.is_empty() => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return None;
+                    }
+                    if target.first() == Some(&b'/') {
+                        stack.clear();
+                    }
+                    todo.extend(components(target).rev());
+                    if todo.len() > MAX_PENDING {
+                        return None;
+                    }
+                }
+                _ => stack.push((c, id)),
+            }
+        }
+        let id = stack.last().map_or(self.root(), |(_, id)| *id);
+        let mut canon = Vec::new();
+        for (name, _) in &stack {
+            canon.push(b'/');
+            canon.extend_from_slice(name);
+        }
+        if canon.is_empty() {
+            canon.push(b'/');
+        }
+        Some(if missing.is_empty() {
+            Resolved::Found { path: canon, id }
+        } else {
+            Resolved::Missing {
+                existing: canon,
+                id,
+                missing: missing.into_iter().map(<[u8]>::to_vec).collect(),
+            }
+        })
+    }
+
     /// Adds `entry` at `path`, creating missing parent directories (mode 0755, root, time
     /// `entry.mtime`). An existing entry at `path` is replaced, as tar extraction does; a directory
     /// replaced by a directory keeps its children.
@@ -551,7 +697,7 @@ fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     key(a).cmp(&key(b))
 }
 
-fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     path.split(|c| *c == b'/').filter(|c| !c.is_empty())
 }
 
@@ -597,6 +743,157 @@ mod tests {
             0o644,
             Timestamp::from_secs(1),
         )
+    }
+
+    fn link(t: &mut Tree, p: &[u8], target: &[u8]) {
+        t.insert(
+            p,
+            Entry::new(
+                Kind::Symlink(target.to_vec()),
+                0o777,
+                Timestamp::from_secs(1),
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn resolve_follows_relative_absolute_and_intermediate_links() {
+        let mut t = Tree::default();
+        t.insert(b"/usr/lib/modules/6.1/vmlinuz", file(b"k"))
+            .unwrap();
+        t.insert(b"/boot/vmlinuz-6.1", file(b"k2")).unwrap();
+        // usrmerge: /lib -> usr/lib.
+        link(&mut t, b"/lib", b"usr/lib");
+        link(&mut t, b"/vmlinuz", b"boot/vmlinuz-6.1");
+        link(&mut t, b"/abs", b"/boot/../boot/./vmlinuz-6.1");
+        link(&mut t, b"/usr/lib/modules/cur", b"../modules/6.1");
+        link(&mut t, b"/usr/lib/rel", b"../lib/modules/6.1/vmlinuz");
+        let k = t.get(b"/usr/lib/modules/6.1/vmlinuz").unwrap();
+        assert_eq!(
+            t.resolve(b"/lib/modules/6.1/vmlinuz", true),
+            Some((b"/usr/lib/modules/6.1/vmlinuz".to_vec(), k))
+        );
+        assert_eq!(
+            t.resolve(b"/vmlinuz", true).unwrap().0,
+            b"/boot/vmlinuz-6.1"
+        );
+        // Relative paths are taken from the root; absolute targets restart there.
+        assert_eq!(t.resolve(b"abs", true).unwrap().0, b"/boot/vmlinuz-6.1");
+        // Links in the middle of the path, relative to their own directory.
+        assert_eq!(
+            t.resolve(b"/lib/modules/cur/vmlinuz", true).unwrap(),
+            (b"/usr/lib/modules/6.1/vmlinuz".to_vec(), k)
+        );
+        assert_eq!(t.resolve(b"/lib/rel", true).unwrap().1, k);
+        // `..` goes to the canonical parent: /lib/.. is /usr.
+        assert_eq!(t.resolve(b"/lib/..", true).unwrap().0, b"/usr");
+        // `..` above the root stays at the root.
+        assert_eq!(t.resolve(b"/../../boot", true).unwrap().0, b"/boot");
+        assert_eq!(t.resolve(b"/", true), Some((b"/".to_vec(), t.root())));
+        assert_eq!(t.resolve(b"", true), Some((b"/".to_vec(), t.root())));
+        // A file used as a directory, a missing name.
+        assert!(t.resolve(b"/vmlinuz/x", true).is_none());
+        assert!(t.resolve(b"/lib/nothing", true).is_none());
+    }
+
+    #[test]
+    fn resolve_without_following_the_last_link() {
+        let mut t = Tree::default();
+        t.insert(b"/usr/lib/x", file(b"x")).unwrap();
+        link(&mut t, b"/lib", b"usr/lib");
+        link(&mut t, b"/usr/lib/l", b"x");
+        link(&mut t, b"/dangling", b"nowhere");
+        let l = t.get(b"/usr/lib/l").unwrap();
+        assert_eq!(
+            t.resolve(b"/lib/l", false),
+            Some((b"/usr/lib/l".to_vec(), l))
+        );
+        assert_eq!(t.resolve(b"/lib/l", true).unwrap().0, b"/usr/lib/x");
+        // Intermediate links are still followed; a dangling last one is found as itself.
+        assert_eq!(t.resolve(b"/lib", false).unwrap().0, b"/lib");
+        assert_eq!(t.resolve(b"/lib/x", false).unwrap().0, b"/usr/lib/x");
+        assert_eq!(t.resolve(b"/dangling", false).unwrap().0, b"/dangling");
+        assert!(t.resolve(b"/dangling", true).is_none());
+    }
+
+    #[test]
+    fn resolve_ends_symlink_loops() {
+        let mut t = Tree::default();
+        link(&mut t, b"/a", b"b");
+        link(&mut t, b"/b", b"/a");
+        link(&mut t, b"/self", b"self/self");
+        link(&mut t, b"/me", b"me");
+        assert!(t.resolve(b"/a", true).is_none());
+        assert!(t.resolve(b"/self", true).is_none());
+        assert!(t.resolve(b"/me/x", false).is_none());
+        assert!(t.resolve_partial(b"/a/x/y", false).is_none());
+        // Not following the last link does not loop.
+        assert_eq!(t.resolve(b"/me", false).unwrap().0, b"/me");
+        // A chain of exactly MAX_SYMLINKS links resolves; one more does not.
+        t.insert(b"/end", file(b"e")).unwrap();
+        link(&mut t, b"/l0", b"end");
+        for i in 1..=MAX_SYMLINKS {
+            let name = format!("/l{i}");
+            let target = format!("l{}", i - 1);
+            link(&mut t, name.as_bytes(), target.as_bytes());
+        }
+        assert!(
+            t.resolve(format!("/l{}", MAX_SYMLINKS - 1).as_bytes(), true)
+                .is_some()
+        );
+        assert!(
+            t.resolve(format!("/l{MAX_SYMLINKS}").as_bytes(), true)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn resolve_partial_reports_the_missing_tail() {
+        let mut t = Tree::default();
+        t.insert(b"/usr/lib/x", file(b"x")).unwrap();
+        link(&mut t, b"/lib", b"usr/lib");
+        link(&mut t, b"/etc/resolv.conf", b"../run/resolve/stub.conf");
+        let lib = t.get(b"/usr/lib").unwrap();
+        let r = t.resolve_partial(b"/lib/new/./file", false).unwrap();
+        assert_eq!(
+            r,
+            Resolved::Missing {
+                existing: b"/usr/lib".to_vec(),
+                id: lib,
+                missing: vec![b"new".to_vec(), b"file".to_vec()],
+            }
+        );
+        assert_eq!(r.path(), b"/usr/lib/new/file");
+        assert_eq!(r.node(), None);
+        // Through a dangling link: where its target would be.
+        let r = t.resolve_partial(b"/etc/resolv.conf", true).unwrap();
+        assert_eq!(r.path(), b"/run/resolve/stub.conf");
+        // Not followed, the link itself exists.
+        let r = t.resolve_partial(b"/etc/resolv.conf", false).unwrap();
+        assert_eq!(r.path(), b"/etc/resolv.conf");
+        assert!(r.node().is_some());
+        // `..` in the missing part goes back up, and into existing entries again.
+        let r = t.resolve_partial(b"/lib/new/../x", true).unwrap();
+        assert_eq!(
+            r,
+            Resolved::Found {
+                path: b"/usr/lib/x".to_vec(),
+                id: t.get(b"/usr/lib/x").unwrap()
+            }
+        );
+        // Missing directly below the root.
+        let r = t.resolve_partial(b"/srv/a", true).unwrap();
+        assert_eq!(r.path(), b"/srv/a");
+        // Below a file: the file is the deepest existing entry.
+        let r = t.resolve_partial(b"/lib/x/y", true).unwrap();
+        let Resolved::Missing { existing, id, .. } = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (existing.as_slice(), *id),
+            (b"/usr/lib/x".as_slice(), t.get(b"/usr/lib/x").unwrap())
+        );
     }
 
     #[test]

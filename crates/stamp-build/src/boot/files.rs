@@ -5,67 +5,13 @@ use stamp_fs::{Content, Entry, Kind, NodeId, Timestamp, Tree};
 
 use crate::{Error, Result};
 
-/// Most symlinks followed while resolving one path (Linux's limit).
-pub const MAX_SYMLINKS: usize = 40;
+pub use stamp_fs::tree::MAX_SYMLINKS;
 
-/// Most components a path may have while it is resolved (a bound on symlink expansion).
-const MAX_COMPONENTS: usize = 4096;
-
-/// Resolves `path` inside `tree` the way the kernel would with the tree as `/`: every symlink
-/// (intermediate or last, relative or absolute) is followed, `..` stops at the root. Returns the
-/// canonical path (`/boot/vmlinuz-…`) and the node, or `None` when a component is missing, a
-/// non-directory is used as one, or more than [`MAX_SYMLINKS`] links are followed.
-pub fn resolve(tree: &Tree, path: &str) -> Option<(String, NodeId)> {
-    // Components still to walk, in reverse order (the next one last).
-    let mut todo: Vec<Vec<u8>> = split(path.as_bytes()).rev().collect();
-    let mut stack: Vec<(Vec<u8>, NodeId)> = Vec::new();
-    let mut links = 0usize;
-    while let Some(c) = todo.pop() {
-        let cur = stack.last().map_or(tree.root(), |(_, id)| *id);
-        match c.as_slice() {
-            b"." => continue,
-            b".." => {
-                stack.pop();
-                continue;
-            }
-            _ => {}
-        }
-        if !tree.entry(cur).is_dir() {
-            return None;
-        }
-        let (_, id) = tree.children(cur).find(|(n, _)| *n == c.as_slice())?;
-        if let Kind::Symlink(target) = &tree.entry(id).kind {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return None;
-            }
-            if target.first() == Some(&b'/') {
-                stack.clear();
-            }
-            todo.extend(split(target).rev());
-            if todo.len() > MAX_COMPONENTS {
-                return None;
-            }
-        } else {
-            stack.push((c, id));
-        }
-    }
-    let id = stack.last().map_or(tree.root(), |(_, id)| *id);
-    let mut out = String::new();
-    for (name, _) in &stack {
-        out.push('/');
-        out.push_str(&String::from_utf8_lossy(name));
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    Some((out, id))
-}
-
-fn split(p: &[u8]) -> impl DoubleEndedIterator<Item = Vec<u8>> + '_ {
-    p.split(|c| *c == b'/')
-        .filter(|c| !c.is_empty())
-        .map(<[u8]>::to_vec)
+/// Resolves `path` in `tree` with every link followed ([`Tree::resolve`]), the canonical path
+/// as a string (`/boot/vmlinuz-…`).
+fn resolve(tree: &Tree, path: &str) -> Option<(String, NodeId)> {
+    let (p, id) = tree.resolve(path.as_bytes(), true)?;
+    Some((String::from_utf8_lossy(&p).into_owned(), id))
 }
 
 /// The regular file at `path` (symlinks resolved): its canonical path and entry, or `None`
@@ -93,15 +39,22 @@ pub fn read(tree: &Tree, path: &str, limit: u64) -> Result<Option<Vec<u8>>> {
     let Some(c) = content(e) else {
         return Ok(None);
     };
-    if c.len() > limit {
+    read_content(c, &p, limit).map(Some)
+}
+
+/// Reads the whole of `content` (the file at `path`, for errors), refusing more than `limit`
+/// bytes.
+fn read_content(content: &Content, path: &str, limit: u64) -> Result<Vec<u8>> {
+    let len = content.len();
+    if len > limit {
         return Err(Error::BadFile {
-            path: p,
-            detail: format!("{} bytes, more than the {limit} accepted", c.len()),
+            path: path.into(),
+            detail: format!("{len} bytes, more than the {limit} accepted"),
         });
     }
-    let mut buf = vec![0u8; c.len() as usize];
-    c.read_at(&mut buf, 0)?;
-    Ok(Some(buf))
+    let mut buf = vec![0u8; len as usize];
+    content.read_at(&mut buf, 0)?;
+    Ok(buf)
 }
 
 /// The names of the entries of directory `path` (symlinks resolved) with their canonical
@@ -126,6 +79,12 @@ pub fn list(tree: &Tree, path: &str) -> Vec<(String, String)> {
 #[derive(Debug)]
 pub struct EspBuilder {
     tree: Tree,
+}
+
+impl Default for EspBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl EspBuilder {
@@ -184,8 +143,10 @@ mod tests {
         .unwrap();
     }
 
+    // Link resolution itself is tested with `stamp_fs::Tree::resolve`; these test the string
+    // paths, the file checks and the size limit on top of it.
     #[test]
-    fn resolves_relative_absolute_and_intermediate_links() {
+    fn files_are_found_through_relative_absolute_and_intermediate_links() {
         let mut t = Tree::default();
         file(&mut t, "usr/lib/modules/6.1/vmlinuz", b"k");
         file(&mut t, "boot/vmlinuz-6.1", b"k2");
@@ -194,22 +155,31 @@ mod tests {
         link(&mut t, "abs", "/boot/../boot/./vmlinuz-6.1");
         link(&mut t, "usr/lib/modules/cur", "../modules/6.1");
         assert_eq!(
-            resolve(&t, "/lib/modules/6.1/vmlinuz").unwrap().0,
+            regular(&t, "/lib/modules/6.1/vmlinuz").unwrap().0,
             "/usr/lib/modules/6.1/vmlinuz"
         );
-        assert_eq!(resolve(&t, "/vmlinuz").unwrap().0, "/boot/vmlinuz-6.1");
-        assert_eq!(resolve(&t, "abs").unwrap().0, "/boot/vmlinuz-6.1");
+        assert_eq!(regular(&t, "/vmlinuz").unwrap().0, "/boot/vmlinuz-6.1");
+        assert_eq!(regular(&t, "abs").unwrap().0, "/boot/vmlinuz-6.1");
         assert_eq!(
-            resolve(&t, "/lib/modules/cur/vmlinuz").unwrap().0,
+            regular(&t, "/lib/modules/cur/vmlinuz").unwrap().0,
             "/usr/lib/modules/6.1/vmlinuz"
         );
         assert_eq!(read(&t, "/vmlinuz", 10).unwrap().unwrap(), b"k2");
         assert!(read(&t, "/vmlinuz", 1).is_err());
         assert_eq!(read(&t, "/missing", 10).unwrap(), None);
-        // `..` above the root stays at the root.
-        assert_eq!(resolve(&t, "/../../boot").unwrap().0, "/boot");
+        // Directories are not regular files; `..` above the root stays at the root.
+        assert!(regular(&t, "/../../boot").is_none());
+        assert_eq!(
+            list(&t, "/../lib/modules"),
+            [
+                ("6.1".to_string(), "/usr/lib/modules/6.1".to_string()),
+                ("cur".to_string(), "/usr/lib/modules/cur".to_string()),
+            ]
+        );
+        assert_eq!(list(&t, "/")[0], ("abs".to_string(), "/abs".to_string()));
         // A file used as a directory.
-        assert!(resolve(&t, "/vmlinuz/x").is_none());
+        assert!(regular(&t, "/vmlinuz/x").is_none());
+        assert!(list(&t, "/vmlinuz").is_empty());
     }
 
     #[test]
@@ -218,7 +188,8 @@ mod tests {
         link(&mut t, "a", "b");
         link(&mut t, "b", "/a");
         link(&mut t, "self", "self/self");
-        assert!(resolve(&t, "/a").is_none());
-        assert!(resolve(&t, "/self").is_none());
+        assert!(regular(&t, "/a").is_none());
+        assert_eq!(read(&t, "/self", 10).unwrap(), None);
+        assert!(list(&t, "/self").is_empty());
     }
 }

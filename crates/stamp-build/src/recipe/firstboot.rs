@@ -34,7 +34,7 @@ pub fn apply(r: &Recipe, io: &mut Io<'_>, ctx: &ApplyContext) -> Result<Vec<Stri
 
     // An empty machine-id: systemd generates one on first boot; none is baked into the image.
     io.write_file("/etc/machine-id", Vec::new(), 0o444)?;
-    if let Some((_, Some(id))) = io.canon("/var/lib/dbus/machine-id", false)
+    if let Some((_, id)) = io.tree.resolve(b"/var/lib/dbus/machine-id", false)
         && matches!(io.tree.entry(id).kind, stamp_fs::Kind::File(_))
     {
         io.remove("/var/lib/dbus/machine-id")?;

@@ -5,16 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use stamp_fs::{Content, Entry, Kind, NodeId, Timestamp, Tree};
+use stamp_fs::tree::MAX_SYMLINKS;
+use stamp_fs::{Content, Entry, Kind, NodeId, Resolved, Timestamp, Tree};
 
 use super::Origin;
 use crate::{Error, Result};
 
 /// Largest image file the recipe reads to edit (`/etc/passwd`, unit files, ...).
 pub const MAX_EDIT: u64 = 16 << 20;
-
-/// Most symlinks followed resolving one path (Linux's limit).
-const MAX_HOPS: usize = 40;
 
 /// The tree being changed, with the time and the recipe file for errors.
 pub struct Io<'t> {
@@ -25,19 +23,6 @@ pub struct Io<'t> {
     /// SOURCE_DATE_EPOCH, if any.
     pub epoch: Option<i64>,
     recipe: PathBuf,
-}
-
-/// Joins path components into an absolute path string.
-pub fn join(comps: &[Vec<u8>]) -> String {
-    let mut s = String::new();
-    for c in comps {
-        s.push('/');
-        s.push_str(&String::from_utf8_lossy(c));
-    }
-    if s.is_empty() {
-        s.push('/');
-    }
-    s
 }
 
 impl<'t> Io<'t> {
@@ -61,64 +46,20 @@ impl<'t> Io<'t> {
         }
     }
 
-    /// The canonical components of `path` in the image, following symlinks (the last one too
-    /// if `follow_last`), and its node if it exists. Missing components are kept as written.
-    /// None when the symlinks loop.
-    pub fn canon(&self, path: &str, follow_last: bool) -> Option<(Vec<Vec<u8>>, Option<NodeId>)> {
-        let mut todo: Vec<Vec<u8>> = split(path.as_bytes());
-        todo.reverse();
-        let mut done: Vec<Vec<u8>> = Vec::new();
-        let mut missing = false;
-        let mut hops = 0;
-        while let Some(c) = todo.pop() {
-            if c == b"." {
-                continue;
-            }
-            if c == b".." {
-                if !missing {
-                    done.pop();
-                }
-                continue;
-            }
-            if missing {
-                done.push(c);
-                continue;
-            }
-            let mut probe = done.clone();
-            probe.push(c.clone());
-            match self.tree.get(join(&probe).as_bytes()) {
-                Some(id) => match &self.tree.entry(id).kind {
-                    Kind::Symlink(t) if !todo.is_empty() || follow_last => {
-                        hops += 1;
-                        if hops > MAX_HOPS {
-                            return None;
-                        }
-                        if t.first() == Some(&b'/') {
-                            done.clear();
-                        }
-                        let mut more = split(t);
-                        more.reverse();
-                        todo.extend(more);
-                    }
-                    _ => done.push(c),
-                },
-                None => {
-                    missing = true;
-                    done.push(c);
-                }
-            }
-        }
-        let id = if missing {
-            None
-        } else {
-            self.tree.get(join(&done).as_bytes())
-        };
-        Some((done, id))
+    /// Where `path` leads in the image ([`Tree::resolve_partial`]: symlinks followed, the last
+    /// one too if `follow_last`); an error when the links loop.
+    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved> {
+        self.tree
+            .resolve_partial(path.as_bytes(), follow_last)
+            .ok_or_else(|| Error::BadFile {
+                path: path.into(),
+                detail: format!("more than {MAX_SYMLINKS} symlinks resolving the path"),
+            })
     }
 
     /// The node `path` resolves to (symlinks followed), if any.
     pub fn lookup(&self, path: &str) -> Option<NodeId> {
-        self.canon(path, true).and_then(|(_, id)| id)
+        self.tree.resolve(path.as_bytes(), true).map(|(_, id)| id)
     }
 
     /// Returns true if and only if `path` resolves to a regular file.
@@ -129,23 +70,14 @@ impl<'t> Io<'t> {
 
     /// Where to write `path`: its parent resolved through symlinks, its last component kept.
     pub fn write_path(&self, path: &str) -> Result<String> {
-        self.canon(path, false)
-            .map(|(c, _)| join(&c))
-            .ok_or_else(|| Error::BadFile {
-                path: path.into(),
-                detail: format!("more than {MAX_HOPS} symlinks resolving the path"),
-            })
+        let p = self.resolve(path, false)?.path();
+        Ok(String::from_utf8_lossy(&p).into_owned())
     }
 
-    /// The content of the regular file at `path` (symlinks followed), None if there is none.
+    /// The content of the regular file at `path` (symlinks followed), None if there is none;
+    /// more than [`MAX_EDIT`] bytes is an error.
     pub fn read(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        let Some(id) = self.lookup(path) else {
-            return Ok(None);
-        };
-        let Kind::File(content) = &self.tree.entry(id).kind else {
-            return Ok(None);
-        };
-        read_content(content, path).map(Some)
+        crate::boot::files::read(self.tree, path, MAX_EDIT)
     }
 
     /// The text of the file at `path`, None if there is none; not UTF-8 is an error.
@@ -202,16 +134,10 @@ impl<'t> Io<'t> {
     /// Makes sure `path` is a directory (existing ones keep their metadata; new ones are 0755
     /// root). Returns its node.
     pub fn mkdir(&mut self, path: &str) -> Result<NodeId> {
-        let (comps, id) = self.canon(path, true).ok_or_else(|| Error::BadFile {
-            path: path.into(),
-            detail: format!("more than {MAX_HOPS} symlinks resolving the path"),
-        })?;
-        if let Some(id) = id
-            && self.tree.entry(id).is_dir()
-        {
-            return Ok(id);
+        match self.resolve(path, true)? {
+            Resolved::Found { id, .. } if self.tree.entry(id).is_dir() => Ok(id),
+            r => Ok(self.tree.make_dirs(&r.path(), self.now)?),
         }
-        Ok(self.tree.make_dirs(join(&comps).as_bytes(), self.now)?)
     }
 
     /// Removes the name `path` (its parent resolved through symlinks; the name itself not
@@ -234,27 +160,6 @@ impl<'t> Io<'t> {
     }
 }
 
-/// Reads a whole tree file of at most [`MAX_EDIT`] bytes.
-pub fn read_content(content: &Content, path: &str) -> Result<Vec<u8>> {
-    let len = content.len();
-    if len > MAX_EDIT {
-        return Err(Error::BadFile {
-            path: path.into(),
-            detail: format!("{len} bytes, more than the {MAX_EDIT} the recipe edits"),
-        });
-    }
-    let mut buf = vec![0u8; len as usize];
-    content.read_at(&mut buf, 0)?;
-    Ok(buf)
-}
-
-fn split(p: &[u8]) -> Vec<Vec<u8>> {
-    p.split(|c| *c == b'/')
-        .filter(|c| !c.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,11 +172,14 @@ mod tests {
             .unwrap();
         io.symlink("/lib", "usr/lib").unwrap();
         io.symlink("/loop", "/loop").unwrap();
-        let (c, id) = io.canon("/lib/systemd/system/a.service", true).unwrap();
-        assert_eq!(join(&c), "/usr/lib/systemd/system/a.service");
+        let r = io.resolve("/lib/systemd/system/a.service", true).unwrap();
+        assert_eq!(r.path(), b"/usr/lib/systemd/system/a.service");
+        let id = r.node();
         assert!(id.is_some());
         assert_eq!(io.write_path("/lib/x/y").unwrap(), "/usr/lib/x/y");
-        assert!(io.canon("/loop/x", true).is_none());
+        assert!(io.resolve("/loop/x", true).is_err());
+        assert!(io.write_path("/loop/x").is_err());
+        assert!(io.lookup("/loop/x").is_none());
         assert!(io.read("/loop/x").is_err() || io.read("/loop/x").unwrap().is_none());
         io.edit_file("/lib/systemd/system/a.service", b"yy".to_vec(), 0o600)
             .unwrap();

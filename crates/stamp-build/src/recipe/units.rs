@@ -163,7 +163,7 @@ fn find(io: &Io<'_>, name: &str) -> Result<Option<Found>> {
     for cand in &candidates {
         for dir in SEARCH {
             let path = format!("{dir}/{cand}");
-            let Some((_, Some(id))) = io.canon(&path, false) else {
+            let Some((_, id)) = io.tree.resolve(path.as_bytes(), false) else {
                 continue;
             };
             if let Kind::Symlink(t) = &io.tree.entry(id).kind {
@@ -176,11 +176,12 @@ fn find(io: &Io<'_>, name: &str) -> Result<Option<Found>> {
                     }));
                 }
                 // An alias: the unit it names.
-                let Some((comps, Some(_))) = io.canon(&path, true) else {
+                let Some((canon, _)) = io.tree.resolve(path.as_bytes(), true) else {
                     continue;
                 };
-                let real = comps
-                    .last()
+                let real = canon
+                    .rsplit(|c| *c == b'/')
+                    .next()
                     .map(|c| String::from_utf8_lossy(c).into_owned())
                     .unwrap_or_default();
                 if real != *cand {
@@ -361,7 +362,7 @@ fn disable_one(
 /// `/etc/systemd/system` is an error, as systemctl refuses it.
 pub fn mask(io: &mut Io<'_>, name: &str, origin: &Origin) -> Result<()> {
     let path = format!("{ETC}/{name}");
-    if let Some((_, Some(id))) = io.canon(&path, false)
+    if let Some((_, id)) = io.tree.resolve(path.as_bytes(), false)
         && !matches!(io.tree.entry(id).kind, Kind::Symlink(_))
     {
         return Err(io.recipe_err(
