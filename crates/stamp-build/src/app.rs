@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use stamp_fs::{Content, Entry, Kind, NodeId, Timestamp, Tree};
+use stamp_fs::{Content, Entry, Kind, Timestamp, Tree};
 
 use crate::{Error, Result};
 
@@ -236,12 +236,6 @@ pub fn install_with(
         Entry::new(Kind::File(Content::Bytes(Bytes::from(json))), 0o644, mtime),
     )?;
     Ok(vec![format!("init={INIT_PATH}"), "panic=-1".into()])
-}
-
-/// Resolves `path` in `tree` with every link followed, the last included: its canonical path
-/// and node ([`Tree::resolve`] with `follow_last`).
-pub fn resolve(tree: &Tree, path: &[u8]) -> Option<(Vec<u8>, NodeId)> {
-    tree.resolve(path, true)
 }
 
 /// Where `path` goes in `tree`: its parent resolved through the tree's symbolic links (made as
@@ -560,19 +554,6 @@ mod tests {
             .unwrap();
         assert!(!has_init(&dangling));
         assert!(!has_init(&Tree::default()));
-    }
-
-    #[test]
-    fn versions_compare_numerically() {
-        use crate::boot::version_cmp;
-        use std::cmp::Ordering::*;
-        assert_eq!(
-            version_cmp("6.1.0-9-cloud-amd64", "6.1.0-28-cloud-amd64"),
-            Less
-        );
-        assert_eq!(version_cmp("6.10.0", "6.9.12"), Greater);
-        assert_eq!(version_cmp("6.1.0", "6.1.0"), Equal);
-        assert_eq!(version_cmp("6.1", "6.1.0"), Less);
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! End to end: an application image (busybox and a script, no init system) gets the Debian
-//! cloud kernel and stamp's init with `app::install`, is laid out as a GPT disk (FAT ESP with a
-//! UKI, ext4 root) in qcow2, and boots in qemu (TCG, OVMF) with user networking. The serial
-//! console must show the script ran as its User in its WorkingDir with its ENV, that DHCP
-//! configured the interface (10.0.2.15, default route via 10.0.2.2, resolv.conf), and the init's
-//! report of exit status 3; qemu must end by itself (the init powered off).
+//! The init's behaviour at the edges, end to end: an application image (busybox and a script, no
+//! init system) gets the Debian cloud kernel and stamp's init with `app::install`, goes through
+//! the build pipeline (UKI, FAT ESP, ext4 root, qcow2) and boots in qemu (TCG, OVMF) with user
+//! networking. A missing entrypoint reports 127; orphans are reaped and SIGTERM reaches the app;
+//! a NIC driver the initramfs did not load is loaded by the init. Qemu must end by itself (the
+//! init powered off). The ordinary case (entrypoint, ENV, WorkingDir, User, DHCP, exit status)
+//! is the CLI's `application_image_boots_its_entrypoint_with_a_separate_kernel`.
 //!
 //! Needs the Debian root filesystem tar (`STAMP_DEBIAN_TAR`, or `scripts/debian-image.sh
-//! --tar`'s cache), busybox-static, objcopy, qemu-system-x86 and ovmf; skipped without them.
+//! --tar`'s cache), busybox-static, qemu-system-x86 and ovmf; skipped without them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,15 +19,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use stamp_build::app::{self, AppConfig};
-use stamp_fs::ext4::{Ext4Options, ext4};
-use stamp_fs::fat::{FatOptions, fat};
-use stamp_fs::gpt::{GptOptions, Partition, PartitionType, gpt_disk};
+use stamp_build::boot::Arch;
+use stamp_build::pipeline::{self, BuildOptions, Output};
+use stamp_build::recipe::Recipe;
 use stamp_fs::{Content, Entry, Kind, Timestamp, Tree};
 
-/// The root partition's unique GUID, for `root=PARTUUID=`.
-const ROOT_GUID: [u8; 16] = [
-    0x6a, 0x1e, 0x50, 0x0c, 0x3b, 0x7d, 0x4e, 0x21, 0x9a, 0x55, 0x0f, 0x61, 0x7c, 0x2d, 0x88, 0x13,
-];
 /// A guard against a hung guest, not a performance assertion: TCG boots this in about a
 /// minute on an idle machine.
 const QEMU_GUARD: Duration = Duration::from_secs(900);
@@ -126,72 +123,6 @@ fn app_tree() -> Tree {
     app
 }
 
-fn read_content(tree: &Tree, path: &str) -> Vec<u8> {
-    let (_, id) = app::resolve(tree, path.as_bytes()).unwrap_or_else(|| panic!("{path} missing"));
-    let Kind::File(c) = &tree.entry(id).kind else {
-        panic!("{path} is not a file")
-    };
-    let mut b = vec![0; c.len() as usize];
-    c.read_at(&mut b, 0).unwrap();
-    b
-}
-
-fn guid_text(g: [u8; 16]) -> String {
-    let h: String = g.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
-/// A UKI from the stub, kernel, initrd, os-release and command line (objcopy, as systemd's
-/// documentation shows), standing in for the pipeline's own UKI writer.
-fn uki(dir: &Path, tree: &Tree, cmdline: &str) -> PathBuf {
-    let (_, boot) = app::resolve(tree, b"/boot").unwrap();
-    let mut vmlinuz = None;
-    let mut initrd = None;
-    for (name, _) in tree.children(boot) {
-        let n = String::from_utf8_lossy(name).into_owned();
-        if n.starts_with("vmlinuz-") {
-            vmlinuz = Some(format!("/boot/{n}"));
-        } else if n.starts_with("initrd.img-") {
-            initrd = Some(format!("/boot/{n}"));
-        }
-    }
-    let parts = [
-        (".osrel", "/usr/lib/os-release".to_string(), "0x20000"),
-        (".linux", vmlinuz.expect("kernel copied"), "0x2000000"),
-        (".initrd", initrd.expect("initrd copied"), "0x3000000"),
-    ];
-    std::fs::write(dir.join("cmdline"), cmdline).unwrap();
-    let mut cmd = Command::new("objcopy");
-    cmd.arg("--add-section")
-        .arg(format!(".cmdline={}", dir.join("cmdline").display()))
-        .args(["--change-section-vma", ".cmdline=0x30000"]);
-    for (section, path, vma) in parts {
-        let host = dir.join(section.trim_start_matches('.'));
-        std::fs::write(&host, read_content(tree, &path)).unwrap();
-        cmd.arg("--add-section")
-            .arg(format!("{section}={}", host.display()))
-            .arg("--change-section-vma")
-            .arg(format!("{section}={vma}"));
-    }
-    let stub = dir.join("stub.efi");
-    std::fs::write(
-        &stub,
-        read_content(tree, "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"),
-    )
-    .unwrap();
-    let out = dir.join("uki.efi");
-    let st = cmd.arg(&stub).arg(&out).status().unwrap();
-    assert!(st.success(), "objcopy failed");
-    out
-}
-
 /// Installs the Debian kernel and the init into `app_tree`, builds the disk and boots it.
 /// Returns the serial console's text, or None when a tool or the Debian tar is missing
 /// (the test is then skipped). Panics if the guest does not power off.
@@ -202,7 +133,7 @@ fn boot(mut app_tree: Tree, config: &AppConfig, extra_cmdline: &str) -> Option<S
         );
         return None;
     };
-    for tool in ["qemu-system-x86_64", "objcopy"] {
+    for tool in ["qemu-system-x86_64"] {
         if !have(tool) {
             eprintln!("skipped: {tool} is not installed");
             return None;
@@ -222,44 +153,22 @@ fn boot(mut app_tree: Tree, config: &AppConfig, extra_cmdline: &str) -> Option<S
     let args = app::install(&mut app_tree, &kernel.tree, config).unwrap();
     assert!(args.iter().any(|a| a == "init=/.stamp/init"), "{args:?}");
 
-    let cmdline = format!(
-        "root=PARTUUID={} rw console=ttyS0,115200 {} {extra_cmdline}",
-        guid_text(ROOT_GUID),
-        args.join(" ")
-    );
-    let uki_path = uki(dir.path(), &app_tree, &cmdline);
-    let mut esp = Tree::new(Entry::new(Kind::Dir, 0o755, t()));
-    esp.insert(b"/EFI/BOOT/BOOTX64.EFI", host_entry(&uki_path, 0o644))
-        .unwrap();
-
-    let esp_img = fat(
-        &esp,
-        &FatOptions {
-            size: Some(64 << 20),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let root_img = ext4(&app_tree, &Ext4Options::default()).unwrap();
-    let mut root = Partition::with_image("root", PartitionType::RootX86_64, root_img);
-    root.unique_guid = Some(ROOT_GUID);
-    let disk = gpt_disk(
-        vec![
-            Partition::with_image("esp", PartitionType::Esp, esp_img),
-            root,
-        ],
-        &GptOptions::default(),
-    )
-    .unwrap();
+    // The disk exactly as `stamp build --kernel` makes it: the pipeline's UKI, ESP and root.
+    let mut cmdline = args;
+    cmdline.extend(extra_cmdline.split_whitespace().map(String::from));
+    let opts = BuildOptions {
+        recipe: Recipe::default(),
+        cmdline,
+        boot_method: None,
+        arch: Arch::X86_64,
+        esp_size: None,
+        source_date_epoch: Some(1_700_000_000),
+        seed: [7; 32],
+    };
     let qcow2 = dir.path().join("disk.qcow2");
-    let w = stamp_disk::create(
-        &qcow2,
-        stamp_disk::Format::Qcow2,
-        disk.size,
-        &Default::default(),
-    )
-    .unwrap();
-    disk.write_to(vec![w]).unwrap();
+    let outputs = [Output::new(qcow2.clone(), stamp_disk::Format::Qcow2)];
+    let report = pipeline::build(app_tree, &opts, &outputs, &stamp_disk::NoProgress, None).unwrap();
+    assert_eq!(report.boot_method, "uki");
 
     let vars = dir.path().join("vars.fd");
     std::fs::copy(OVMF_VARS, &vars).unwrap();
@@ -307,44 +216,6 @@ fn boot(mut app_tree: Tree, config: &AppConfig, extra_cmdline: &str) -> Option<S
 fn tail(log: &str) -> String {
     let chars: Vec<char> = log.chars().collect();
     chars[chars.len().saturating_sub(6000)..].iter().collect()
-}
-
-#[test]
-fn app_image_boots_runs_its_entrypoint_with_dhcp_and_powers_off_with_its_status() {
-    let config = AppConfig {
-        argv: vec!["/app/run.sh".into(), "hello".into()],
-        env: vec!["FOO=bar".into(), "PATH=/bin".into()],
-        workdir: "/app".into(),
-        user: "app".into(),
-    };
-    let Some(log) = boot(app_tree(), &config, "") else {
-        return;
-    };
-    let tail = tail(&log);
-    assert!(
-        log.contains(
-            "STAMP-APP-MARKER uid=1000 gid=1000 pwd=/app foo=bar home=/home/app arg=hello"
-        ),
-        "the entrypoint did not run as expected; serial tail:\n{tail}"
-    );
-    assert!(log.contains("STAMP-APP-DONE"), "serial tail:\n{tail}");
-    assert!(
-        log.contains("inet 10.0.2.15/24"),
-        "DHCP did not configure the address:\n{tail}"
-    );
-    // The default route via 10.0.2.2 (little-endian hex in /proc/net/route).
-    assert!(
-        log.lines().any(|l| l.contains("\t00000000\t0202000A\t")),
-        "no default route via 10.0.2.2:\n{tail}"
-    );
-    assert!(
-        log.contains("nameserver 10.0.2.3"),
-        "resolv.conf not written:\n{tail}"
-    );
-    assert!(
-        log.contains("stamp-init: /app/run.sh exited with status 3"),
-        "the init did not report the status:\n{tail}"
-    );
 }
 
 #[test]
