@@ -10,9 +10,9 @@ export DEBIAN_FRONTEND=noninteractive
 need=()
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [[ -f /usr/share/OVMF/OVMF_CODE.fd ]] || need+=(ovmf)
 if ((${#need[@]})); then apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; fi
+command -v qemu-system-x86_64 >/dev/null || scripts/install-qemu-system.sh
 cargo build --release --locked -q
 stamp=$PWD/target/release/stamp
 tar=$(scripts/debian-image.sh --tar)

@@ -27,14 +27,20 @@ command -v runc >/dev/null || need+=(runc)
 command -v skopeo >/dev/null || need+=(skopeo)
 # stamp build: boot the disks it makes (QEMU with UEFI firmware, TCG), a static busybox for the
 # application image, objcopy for the benchmark's UKI, /usr/bin/time for its peak memory.
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+qemu_system=0
+command -v qemu-system-x86_64 >/dev/null || qemu_system=1
 [[ -s /usr/share/OVMF/OVMF_CODE.fd && -s /usr/share/OVMF/OVMF_VARS.fd ]] || need+=(ovmf)
 [[ -x /bin/busybox ]] || need+=(busybox-static)
 command -v objcopy >/dev/null || need+=(binutils)
 [[ -x /usr/bin/time ]] || need+=(time)
-if ((${#need[@]})); then
+if ((${#need[@]} || qemu_system)); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+  if ((${#need[@]})); then
+    apt-get install -y -qq $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+  fi
+  if ((qemu_system)); then
+    "$(dirname "$0")/install-qemu-system.sh"
+  fi
 fi
 command -v cargo >/dev/null || { echo "error: cargo is not installed (install Rust with rustup)" >&2; exit 1; }

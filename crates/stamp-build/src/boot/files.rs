@@ -115,11 +115,12 @@ impl EspBuilder {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn file(t: &mut Tree, p: &str, data: &'static [u8]) {
+    /// Test helper: a root-owned regular file of `data` at `p`.
+    pub(crate) fn file(t: &mut Tree, p: &str, data: &'static [u8]) {
         t.insert(
             p.as_bytes(),
             Entry::new(
@@ -131,7 +132,8 @@ mod tests {
         .unwrap();
     }
 
-    fn link(t: &mut Tree, p: &str, target: &str) {
+    /// Test helper: a symbolic link at `p` to `target`.
+    pub(crate) fn link(t: &mut Tree, p: &str, target: &str) {
         t.insert(
             p.as_bytes(),
             Entry::new(

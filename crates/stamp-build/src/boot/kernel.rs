@@ -140,31 +140,12 @@ fn order(c: Option<u8>) -> i32 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use stamp_fs::{Content, Entry, Kind, Timestamp};
+    use stamp_fs::Timestamp;
+
+    use crate::boot::files::tests::link;
 
     fn file(t: &mut Tree, p: &str) {
-        t.insert(
-            p.as_bytes(),
-            Entry::new(
-                Kind::File(Content::Bytes(Bytes::from_static(b"x"))),
-                0o644,
-                Timestamp::default(),
-            ),
-        )
-        .unwrap();
-    }
-
-    fn link(t: &mut Tree, p: &str, target: &str) {
-        t.insert(
-            p.as_bytes(),
-            Entry::new(
-                Kind::Symlink(target.as_bytes().to_vec()),
-                0o777,
-                Timestamp::default(),
-            ),
-        )
-        .unwrap();
+        crate::boot::files::tests::file(t, p, b"x");
     }
 
     #[test]

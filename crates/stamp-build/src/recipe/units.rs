@@ -213,6 +213,26 @@ fn find(io: &Io<'_>, name: &str) -> Result<Option<Found>> {
     Ok(None)
 }
 
+/// Records a visit of `name` while following Also=: false if it was seen already, an error
+/// past [`MAX_ALSO`] units.
+fn first_visit(
+    io: &Io<'_>,
+    name: &str,
+    origin: &Origin,
+    seen: &mut HashSet<String>,
+) -> Result<bool> {
+    if !seen.insert(name.to_string()) {
+        return Ok(false);
+    }
+    if seen.len() > MAX_ALSO {
+        return Err(io.recipe_err(
+            origin,
+            format!("{name}: more than {MAX_ALSO} units through Also="),
+        ));
+    }
+    Ok(true)
+}
+
 /// Enables `name` as `systemctl enable` does; `origin` is named in errors.
 pub fn enable(io: &mut Io<'_>, name: &str, origin: &Origin) -> Result<()> {
     let mut seen = HashSet::new();
@@ -225,14 +245,8 @@ fn enable_one(
     origin: &Origin,
     seen: &mut HashSet<String>,
 ) -> Result<()> {
-    if !seen.insert(name.to_string()) {
+    if !first_visit(io, name, origin, seen)? {
         return Ok(());
-    }
-    if seen.len() > MAX_ALSO {
-        return Err(io.recipe_err(
-            origin,
-            format!("{name}: more than {MAX_ALSO} units through Also="),
-        ));
     }
     let found = find(io, name)?.ok_or_else(|| {
         io.recipe_err(
@@ -304,14 +318,8 @@ fn disable_one(
     origin: &Origin,
     seen: &mut HashSet<String>,
 ) -> Result<()> {
-    if !seen.insert(name.to_string()) {
+    if !first_visit(io, name, origin, seen)? {
         return Ok(());
-    }
-    if seen.len() > MAX_ALSO {
-        return Err(io.recipe_err(
-            origin,
-            format!("{name}: more than {MAX_ALSO} units through Also="),
-        ));
     }
     let found = find(io, name)?
         .ok_or_else(|| io.recipe_err(origin, format!("unit {name} not found in the image")))?;
