@@ -116,34 +116,18 @@ fn host_file(path: PathBuf) -> Result<Content> {
     })
 }
 
-/// Makes `app` bootable: copies the kernel, initrd, modules and boot loader files (systemd-stub,
-/// systemd-boot) from `kernel_tree`, and installs stamp's init and the app's config. Returns the
-/// kernel command-line arguments the init needs (`init=/.stamp/init`, …).
-///
-/// Copies keep their metadata and share their contents with `kernel_tree`. The kernel is
-/// `/boot/vmlinuz-*` (with `/boot/initrd.img-*`) or `/usr/lib/modules/*/vmlinuz`; its module
-/// directory is copied whole; `/usr/lib/systemd/boot/efi` (the stub) too; `os-release` only
-/// if the app has none (the UKI needs it); `/etc/hosts` with `localhost` if the app has none.
-/// Mount points (`/proc`, `/sys`, `/dev`, `/run`, `/tmp`) and `/dev/console` are created when
-/// missing.
-pub fn install(app: &mut Tree, kernel_tree: &Tree, config: &AppConfig) -> Result<Vec<String>> {
-    install_with(app, kernel_tree, config, init_binary()?)
-}
-
-/// [`install`] with the init executable given.
-pub fn install_with(
-    app: &mut Tree,
-    kernel_tree: &Tree,
-    config: &AppConfig,
-    init: Content,
-) -> Result<Vec<String>> {
+/// Copies the kernel, initrd, modules and boot loader files (systemd-stub, systemd-boot) of
+/// `kernel_tree` into `tree`, and its os-release if `tree` has none (the UKI needs one): what
+/// `--kernel` gives an image that has an init system but no kernel. Copies keep their metadata
+/// and share their contents with `kernel_tree`.
+pub fn install_kernel(tree: &mut Tree, kernel_tree: &Tree) -> Result<()> {
+    let app = tree;
     let kernel = crate::boot::find_kernel(kernel_tree)?.ok_or_else(|| Error::NoKernel {
         detail: "the kernel image has no /boot/vmlinuz-* nor /usr/lib/modules/*/vmlinuz; \
                  use an image with a kernel package (linux-image-cloud-amd64) as --kernel"
             .into(),
     })?;
     let mtime = app.entry(app.root()).mtime;
-
     copy_path(kernel_tree, kernel.vmlinuz.as_bytes(), app)?;
     if let Some(initrd) = &kernel.initrd {
         copy_path(kernel_tree, initrd.as_bytes(), app)?;
@@ -182,6 +166,33 @@ pub fn install_with(
             }
         }
     }
+
+    Ok(())
+}
+
+/// Makes `app` bootable: copies the kernel, initrd, modules and boot loader files (systemd-stub,
+/// systemd-boot) from `kernel_tree`, and installs stamp's init and the app's config. Returns the
+/// kernel command-line arguments the init needs (`init=/.stamp/init`, …).
+///
+/// Copies keep their metadata and share their contents with `kernel_tree`. The kernel is
+/// `/boot/vmlinuz-*` (with `/boot/initrd.img-*`) or `/usr/lib/modules/*/vmlinuz`; its module
+/// directory is copied whole; `/usr/lib/systemd/boot/efi` (the stub) too; `os-release` only
+/// if the app has none (the UKI needs it); `/etc/hosts` with `localhost` if the app has none.
+/// Mount points (`/proc`, `/sys`, `/dev`, `/run`, `/tmp`) and `/dev/console` are created when
+/// missing.
+pub fn install(app: &mut Tree, kernel_tree: &Tree, config: &AppConfig) -> Result<Vec<String>> {
+    install_with(app, kernel_tree, config, init_binary()?)
+}
+
+/// [`install`] with the init executable given.
+pub fn install_with(
+    app: &mut Tree,
+    kernel_tree: &Tree,
+    config: &AppConfig,
+    init: Content,
+) -> Result<Vec<String>> {
+    install_kernel(app, kernel_tree)?;
+    let mtime = app.entry(app.root()).mtime;
 
     for (dir, mode) in [
         ("/proc", 0o555),

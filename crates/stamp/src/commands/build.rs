@@ -88,12 +88,17 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
         seed.update(kimage.manifest_digest.to_string());
         let ktree = stamp_oci::flatten(&store, &kimage, &source_opts)
             .with_context(|| format!("cannot read the layers of the kernel image {k}"))?;
-        let config = image
-            .config
-            .as_ref()
-            .map(AppConfig::from_image_config)
-            .unwrap_or_default();
-        cmdline.extend(app::install(&mut tree, &ktree, &config)?);
+        if app::has_init(&tree) {
+            // A system image without a kernel: its own init boots, with this kernel.
+            app::install_kernel(&mut tree, &ktree)?;
+        } else {
+            let config = image
+                .config
+                .as_ref()
+                .map(AppConfig::from_image_config)
+                .unwrap_or_default();
+            cmdline.extend(app::install(&mut tree, &ktree, &config)?);
+        }
     } else if !app::has_init(&tree) {
         bail!(
             "{name} has no init system (no /sbin/init or systemd): it is an application image; \

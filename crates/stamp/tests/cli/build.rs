@@ -629,3 +629,44 @@ fn dockerfile_is_built_with_podman_then_stamped() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn kernel_from_another_image_goes_into_a_system_image_without_one() {
+    let Some(debian) = debian_tar() else { return };
+    let t = crate::common::tmp();
+    let tar = no_kernel_tar(t.path());
+    let raw = t.path().join("sys.raw");
+    let r = stamp(&[
+        "build",
+        "--store",
+        s(&t.path().join("store")),
+        &format!("rootfs:{}", s(&tar)),
+        "--kernel",
+        &format!("rootfs:{}", s(&debian)),
+        "--json",
+        "-o",
+        s(&raw),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // The image's own init boots: no stamp init, no init= on the command line.
+    let cmdline = report["cmdline"].as_str().unwrap();
+    assert!(!cmdline.contains("init="), "{cmdline}");
+    assert_eq!(report["boot_method"], "uki");
+    let root = t.path().join("root.img");
+    partition(&raw, 2, &root);
+    let ls = |p: &str| {
+        let r = Command::new("debugfs")
+            .args(["-R", &format!("ls -l {p}"), s(&root)])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&r.stdout).into_owned()
+    };
+    assert!(ls("/boot").contains("vmlinuz-"), "{}", ls("/boot"));
+    assert!(
+        ls("/usr/lib/modules").contains("cloud-amd64"),
+        "{}",
+        ls("/usr/lib/modules")
+    );
+    assert!(!ls("/").contains(".stamp"), "{}", ls("/"));
+}
