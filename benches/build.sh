@@ -49,7 +49,7 @@ cat "$tar" >/dev/null  # warm the page cache so both routes read from memory
 now() { date +%s.%N; }
 min() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b < a) print b; else print a }'; }
 elapsed() { awk -v s="$1" -v e="$2" 'BEGIN { printf "%.2f", e - s }'; }
-actual_mib() { qemu-img info --output=json "$1" | awk -F'[:,]' '/"actual-size"/ { printf "%.0f", $2 / 1048576 }'; }
+actual_mib() { qemu-img info --output=json "$1" | awk -F'[:,]' '/"actual-size"/ { printf "%.0f", $2 / 1048576; exit }'; }
 
 # stamp: best of N; peak RSS of the best run.
 t_stamp= rss_kib=
