@@ -23,11 +23,15 @@ use crate::cli::{BootArg, BuildArgs, LoaderArg};
 use crate::progress::{Bar, CancelFlag};
 
 pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
-    if a.boot != BootArg::Uefi {
+    if let BootArg::Bios | BootArg::Hybrid = a.boot {
+        let name = if a.boot == BootArg::Bios {
+            "bios"
+        } else {
+            "hybrid"
+        };
         bail!(
-            "--boot {:?} is not supported yet: stamp builds UEFI disks (--boot uefi); \
-             QEMU boots them with OVMF, clouds with their UEFI boot mode",
-            a.boot
+            "--boot {name} is not supported yet: stamp builds UEFI disks (--boot uefi); \
+             QEMU boots them with OVMF, clouds with their UEFI boot mode"
         );
     }
     let outputs = outputs(&a.outputs, &a.formats)?;
