@@ -1,0 +1,46 @@
+//! The crate's error type.
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong talking to AWS.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No credentials were found; says where stamp looked.
+    #[error("no AWS credentials: {0}")]
+    NoCredentials(String),
+    /// A configuration file or value is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// An AWS API returned an error.
+    #[error("{service} {action}: {code}: {message}")]
+    Api {
+        /// The service (ec2, ebs, s3).
+        service: &'static str,
+        /// The action or operation.
+        action: String,
+        /// AWS's error code (`InvalidParameterValue`, ...).
+        code: String,
+        /// AWS's message.
+        message: String,
+    },
+    /// A response could not be parsed.
+    #[error("{service} {action}: malformed response: {detail}")]
+    Malformed {
+        /// The service.
+        service: &'static str,
+        /// The action.
+        action: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A transport error (connection, TLS, timeout) after retries.
+    #[error("{0}")]
+    Transport(String),
+    /// The user interrupted.
+    #[error("interrupted")]
+    Interrupted,
+    /// From the disk layer.
+    #[error(transparent)]
+    Disk(#[from] stamp_disk::Error),
+}

@@ -1,0 +1,13 @@
+//! AWS for stamp, without the AWS SDK's EC2 crate: credentials and regions the AWS way
+//! ([`config`]), SigV4-signed HTTP ([`http`]), the EC2 Query API's requests and XML responses
+//! as our own types, shared by the client and by `stamp serve` ([`ec2`]), and EBS direct
+//! snapshot upload and download ([`ebs`]).
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod ebs;
+pub mod ec2;
+mod error;
+pub mod http;
+
+pub use error::{Error, Result};
