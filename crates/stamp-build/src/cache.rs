@@ -8,7 +8,7 @@
 //! inode, size, modification time), as `make` and cargo judge freshness. An entry is a directory
 //! per key holding one disk and one summary per output kind; the summary is renamed into place
 //! after its disk, so a present summary always means a complete disk. Entries can be deleted at
-//! any time (`stamp gc` empties the cache).
+//! any time: the cache keeps the [`KEEP`] newest builds, and `stamp gc` empties it.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -20,6 +20,10 @@ use stamp_fs::{Content, Kind, Tree};
 
 use crate::pipeline::{BuildReport, Output};
 use crate::{Error, Result};
+
+/// How many builds the cache keeps (the most recently written); older entries are removed when
+/// a new one is recorded, so the cache holds at most a few disks' worth of space.
+pub const KEEP: usize = 4;
 
 /// Bumped whenever the pipeline's output for the same inputs changes.
 const CACHE_VERSION: &str = "stamp-build-cache v1";
@@ -94,7 +98,26 @@ impl Cache {
         }
         let mut bare = report.clone();
         bare.outputs.clear();
-        write_json(&entry.join("report.json"), &bare)
+        write_json(&entry.join("report.json"), &bare)?;
+        self.prune(key);
+        Ok(())
+    }
+
+    /// Removes all but the [`KEEP`] most recently written entries (never `current`).
+    fn prune(&self, current: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name() != current)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, old) in entries.into_iter().skip(KEEP.saturating_sub(1)) {
+            // Another build may be reading it; a failed removal is retried next time.
+            let _ = std::fs::remove_dir_all(old);
+        }
     }
 }
 

@@ -374,9 +374,14 @@ pub fn build(
     let (tree, ids) = apply(tree, opts)?;
     let key = cache.map(|c| c.key(&opts.seed, &tree));
     if let (Some(cache), Some(key)) = (cache, &key) {
-        if let Some(mut report) = cache.restore(key, outputs)? {
-            report.cached = true;
-            return Ok(report);
+        match cache.restore(key, outputs) {
+            Ok(Some(mut report)) => {
+                report.cached = true;
+                return Ok(report);
+            }
+            Ok(None) => {}
+            // An entry removed while it was read (pruned by another build): build instead.
+            Err(e) => tracing::warn!("cannot use the build cache, building: {e}"),
         }
     }
     let p = prepare(tree, ids, opts)?;

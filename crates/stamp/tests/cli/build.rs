@@ -102,6 +102,18 @@ fn output_args(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The tests that share the Debian build; the last to finish removes it (its outputs, stores
+/// and caches take gigabytes). A run of only some of them leaves it for the next run's
+/// [`scratch`] to remove.
+static DEBIAN_USERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+
+/// Called at the end of each test that uses [`debian`].
+fn done_with_debian(d: &Debian) {
+    if DEBIAN_USERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+        let _ = std::fs::remove_dir_all(&d.dir);
+    }
+}
+
 /// The Debian build (made once): `stamp build rootfs:debian.tar -f recipe -o …` into every format.
 fn debian() -> Option<&'static Debian> {
     static BUILT: OnceLock<Option<Debian>> = OnceLock::new();
@@ -257,6 +269,11 @@ fn debian_build_is_clean_for_fsck_sgdisk_and_qemu_img() {
         std::fs::metadata(gce.join("disk.raw")).unwrap().len() % (1 << 30),
         0
     );
+    for scratch in [&esp, &root, &gce] {
+        let _ = std::fs::remove_dir_all(scratch);
+        let _ = std::fs::remove_file(scratch);
+    }
+    done_with_debian(d);
 }
 
 #[test]
@@ -275,6 +292,7 @@ fn debian_build_is_reproducible_rootless_and_cached() {
         "--clear-groups".into(),
         env!("CARGO_BIN_EXE_stamp").into(),
         "build".into(),
+        "--no-cache".into(),
         "--store".into(),
         s(&store).into(),
         format!("rootfs:{}", s(&d.dir.join("debian.tar"))),
@@ -296,6 +314,8 @@ fn debian_build_is_reproducible_rootless_and_cached() {
             "{o} differs between the root and the unprivileged build"
         );
     }
+    let _ = std::fs::remove_dir_all(&nobody);
+    let _ = std::fs::remove_dir_all(&store);
     // The same build again in the first store: from the cache, the same bytes.
     let again = d.dir.join("again");
     std::fs::create_dir(&again).unwrap();
@@ -331,6 +351,7 @@ fn debian_build_is_reproducible_rootless_and_cached() {
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(sha256(&exported), sha256(&d.out.join("disk.qcow2")));
+    done_with_debian(d);
 }
 
 /// `opts` with the guest's writes kept in a temporary overlay (`-snapshot`): the outputs are
@@ -369,6 +390,7 @@ fn debian_qcow2_boots_to_login_with_the_recipe_applied() {
     );
     assert_booted(&log);
     check_marker(&log.console);
+    done_with_debian(d);
 }
 
 #[test]
@@ -386,6 +408,7 @@ fn debian_vmdk_and_vhd_boot_the_same_way() {
         assert_booted(&log);
         check_marker(&log.console);
     }
+    done_with_debian(d);
 }
 
 #[test]
