@@ -113,7 +113,7 @@ impl Cache {
             .filter(|e| e.file_name() != current)
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         for (_, old) in entries.into_iter().skip(KEEP.saturating_sub(1)) {
             // Another build may be reading it; a failed removal is retried next time.
             let _ = std::fs::remove_dir_all(old);
