@@ -203,3 +203,52 @@ fn identity(path: &Path) -> [u8; 40] {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_entries_and_the_current_one() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let base =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for i in 0..7u64 {
+            let e = cache.dir.join(format!("k{i}"));
+            std::fs::create_dir_all(&e).unwrap();
+            let f = std::fs::File::open(&e).unwrap();
+            f.set_modified(base + std::time::Duration::from_secs(i))
+                .unwrap();
+        }
+        // k0 is the oldest, but it is the entry just written.
+        cache.prune("k0");
+        let mut left: Vec<String> = std::fs::read_dir(&cache.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["k0", "k4", "k5", "k6"]);
+    }
+
+    #[test]
+    fn the_key_changes_with_the_tree_and_the_seed() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = Cache::new(d.path());
+        let mut t = Tree::default();
+        let a = cache.key(&[1; 32], &t);
+        assert_eq!(a, cache.key(&[1; 32], &t));
+        assert_ne!(a, cache.key(&[2; 32], &t));
+        t.insert(
+            b"/f",
+            stamp_fs::Entry::new(
+                Kind::File(Content::Bytes(bytes::Bytes::from_static(b"x"))),
+                0o644,
+                stamp_fs::Timestamp::default(),
+            ),
+        )
+        .unwrap();
+        assert_ne!(a, cache.key(&[1; 32], &t));
+    }
+}
