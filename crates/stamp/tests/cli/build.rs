@@ -693,3 +693,60 @@ fn kernel_from_another_image_goes_into_a_system_image_without_one() {
     );
     assert!(!ls("/").contains(".stamp"), "{}", ls("/"));
 }
+
+#[test]
+fn a_registry_reference_is_pulled_and_built() {
+    let (Some(app), Some(kernel)) = (qemu::app_oci(), debian_tar()) else {
+        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+        return;
+    };
+    let reg = &crate::support::start(crate::support::Flavour::Plain);
+    let t = crate::common::tmp();
+    let first = t.path().join("first");
+    let r = stamp(&[
+        "pull",
+        "--store",
+        s(&first),
+        &format!("oci-archive:{}", s(&app)),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let name = r
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("Pulled ")
+        .to_string();
+    let remote = format!(
+        "{}/{}:1",
+        reg.host,
+        crate::support::unique_repo("build-app")
+    );
+    let r = stamp(&[
+        "push",
+        "--store",
+        s(&first),
+        "--tls-verify=false",
+        &name,
+        &remote,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // A fresh store: the build pulls the image from the registry.
+    let raw = t.path().join("app.raw");
+    let r = stamp(&[
+        "build",
+        "--store",
+        s(&t.path().join("second")),
+        "--tls-verify=false",
+        &remote,
+        "--kernel",
+        &format!("rootfs:{}", s(&kernel)),
+        "-o",
+        s(&raw),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("Boots with uki"), "{}", r.stdout);
+    let r = stamp(&["images", "--store", s(&t.path().join("second"))]);
+    let repo = remote.rsplit_once(':').unwrap().0;
+    assert!(r.stdout.contains(repo), "{}", r.stdout);
+}
