@@ -37,7 +37,9 @@ pub fn parse(xml: &str) -> Result<Node, String> {
         ));
     }
     let mut reader = quick_xml::Reader::from_str(xml);
-    reader.config_mut().trim_text(true);
+    // Text is kept exactly (a name may start or end with a space); whitespace between
+    // elements lands in a structure's text, which nobody reads.
+    reader.config_mut().trim_text(false);
     let mut stack: Vec<Node> = Vec::new();
     let mut root: Option<Node> = None;
     let mut nodes = 0usize;
