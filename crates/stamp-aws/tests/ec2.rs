@@ -918,3 +918,109 @@ fn deep_or_huge_xml_is_refused() {
     let big = format!("<a>{}</a>", "x".repeat(ec2::xml::MAX_XML_LEN));
     assert!(ec2::xml::parse(&big).unwrap_err().contains("larger"));
 }
+
+// ---------- issue 7's legacy actions and the wire form ----------
+
+#[test]
+fn conversion_tasks_use_the_flat_item_shape_botocore_reads() {
+    let resp = DescribeConversionTasksResult {
+        conversion_tasks: vec![ConversionTask {
+            conversion_task_id: Some("import-i-fh95npoc".into()),
+            expiration_time: Some("2026-12-13T22:00:00Z".into()),
+            state: Some("active".into()),
+            status_message: Some("Pending".into()),
+            import_volume: Some(ImportVolumeTaskDetails {
+                bytes_converted: Some(1024),
+                availability_zone: Some("us-east-1a".into()),
+                image: Some(DiskImageDescription {
+                    format: Some("VMDK".into()),
+                    size: Some(1_179_648),
+                    import_manifest_url: Some("https://example.invalid/manifest.xml".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    };
+    let xml = ec2::write_response(&resp, "rid");
+    assert!(
+        xml.contains(
+            "<conversionTasks><item><conversionTaskId>import-i-fh95npoc</conversionTaskId>"
+        ),
+        "{xml}"
+    );
+    let (back, _) = ec2::parse_response::<DescribeConversionTasksResult>(&xml).unwrap();
+    assert_eq!(back, resp);
+    botocore_parse(
+        "DescribeConversionTasks",
+        &xml,
+        200,
+        r#"
+t = r['ConversionTasks'][0]
+assert t['ConversionTaskId'] == 'import-i-fh95npoc' and t['State'] == 'active'
+v = t['ImportVolume']
+assert v['BytesConverted'] == 1024 and v['Image']['Format'] == 'VMDK' and v['Image']['Size'] == 1179648
+"#,
+    );
+}
+
+const URLENCODE_PY: &str = r#"
+import sys, urllib.parse, botocore.session, botocore.serialize
+m = botocore.session.get_session().get_service_model('ec2')
+req = botocore.serialize.create_serializer('ec2').serialize_to_request(
+    eval(sys.argv[2]), m.operation_model(sys.argv[1]))
+print(urllib.parse.urlencode(req['body'], doseq=True), end='')
+"#;
+
+#[test]
+fn botocore_form_bodies_decode() {
+    if !botocore_available() {
+        return;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            URLENCODE_PY,
+            "ImportVolume",
+            r#"{'AvailabilityZone': 'us-east-1a', 'Description': 'a disk & more/é',
+                'Image': {'Format': 'VMDK', 'Bytes': 1179648, 'ImportManifestUrl': 'https://h/m.xml?a=b&c=d'},
+                'Volume': {'Size': 8}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = String::from_utf8(out.stdout).unwrap();
+    let params = ec2::form_decode(&body).unwrap();
+    let Request::ImportVolume(v) = Request::decode(&params).unwrap() else {
+        panic!("not ImportVolume: {body}")
+    };
+    assert_eq!(v.description.as_deref(), Some("a disk & more/é"));
+    assert_eq!(v.image.bytes, 1_179_648);
+    assert_eq!(v.image.import_manifest_url, "https://h/m.xml?a=b&c=d");
+    assert_eq!(v.volume.size, 8);
+    // And back: our body decodes to the same parameters.
+    let ours = ec2::form_encode(&Request::ImportVolume(v).encode());
+    assert_eq!(sorted(ec2::form_decode(&ours).unwrap()), sorted(params));
+}
+
+#[test]
+fn missing_nested_required_member_is_missing_parameter() {
+    let params = [
+        p("Action", "ImportVolume"),
+        p("Version", "2016-11-15"),
+        p("AvailabilityZone", "us-east-1a"),
+        p("Image.Format", "VMDK"),
+        p("Image.ImportManifestUrl", "https://h/m.xml"),
+        p("Volume.Size", "8"),
+    ];
+    let e = Request::decode(&params).unwrap_err();
+    assert_eq!(e.code, "MissingParameter");
+    assert!(e.message.contains("Image.Bytes"), "{e}");
+    assert_eq!(e.http_status(), 400);
+    assert_eq!(ApiError::new("AuthFailure", "x").http_status(), 401);
+}

@@ -11,6 +11,9 @@ ACTIONS = [
     # issue 7
     'ImportSnapshot', 'DescribeImportSnapshotTasks', 'ImportImage', 'DescribeImportImageTasks',
     'CancelImportTask', 'ExportImage', 'DescribeExportImageTasks',
+    # issue 7, legacy
+    'ImportVolume', 'ImportInstance', 'DescribeConversionTasks', 'CancelConversionTask',
+    'CreateInstanceExportTask', 'DescribeExportTasks', 'CancelExportTask',
 ]
 KEYWORDS = {'type', 'return', 'match', 'ref', 'move', 'in', 'fn', 'mod', 'use', 'struct', 'enum'}
 

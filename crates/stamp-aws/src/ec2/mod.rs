@@ -28,7 +28,7 @@ pub mod query;
 pub mod types;
 pub mod xml;
 
-pub use query::{ParamReader, ParamWriter, QueryField, QueryValue};
+pub use query::{ParamReader, ParamWriter, QueryField, QueryValue, form_decode, form_encode};
 pub use types::*;
 pub use xml::{Node, XmlField, XmlValue, XmlWriter};
 
@@ -68,6 +68,21 @@ impl ApiError {
     /// `InvalidParameterValue` with `message`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new("InvalidParameterValue", message)
+    }
+
+    /// The HTTP status AWS answers this error with: 401 for `AuthFailure`, 403 for
+    /// `UnauthorizedOperation`, 412 for `DryRunOperation`, 503 for `RequestLimitExceeded` and
+    /// `Unavailable`, 500 for `InternalError`, otherwise 400 (every client error, including
+    /// the `*.NotFound` codes).
+    pub fn http_status(&self) -> u16 {
+        match self.code.as_str() {
+            "AuthFailure" => 401,
+            "UnauthorizedOperation" | "OptInRequired" | "Blocked" => 403,
+            "DryRunOperation" => 412,
+            "RequestLimitExceeded" | "Unavailable" | "ServiceUnavailable" => 503,
+            "InternalError" | "InternalFailure" => 500,
+            _ => 400,
+        }
     }
 }
 

@@ -176,3 +176,113 @@ impl<T: QueryValue> QueryField for Vec<T> {
         Ok(items)
     }
 }
+
+/// The parameters as an `application/x-www-form-urlencoded` body, every byte but RFC 3986's
+/// unreserved characters percent-encoded (the encoding SigV4's canonical form also uses).
+pub fn form_encode(params: &[(String, String)]) -> String {
+    fn enc(s: &str, out: &mut String) {
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, (k, v)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        enc(k, &mut out);
+        out.push('=');
+        enc(v, &mut out);
+    }
+    out
+}
+
+/// Reads an `application/x-www-form-urlencoded` body (`+` is a space). A bad `%` escape,
+/// text that is not UTF-8 or more than [`MAX_PARAMS`] pairs is `InvalidParameterValue`.
+pub fn form_decode(body: &str) -> Result<Vec<(String, String)>, ApiError> {
+    fn dec(s: &str, at: usize) -> Result<String, ApiError> {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let hex = bytes
+                        .get(i + 1..i + 3)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .ok_or_else(|| {
+                            ApiError::invalid(format!(
+                                "bad percent escape at byte {} of the request body",
+                                at + i
+                            ))
+                        })?;
+                    out.push(hex);
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| {
+            ApiError::invalid(format!(
+                "parameter at byte {at} of the request body is not UTF-8"
+            ))
+        })
+    }
+    let mut params = Vec::new();
+    let mut at = 0;
+    for pair in body.split('&') {
+        if !pair.is_empty() {
+            if params.len() >= MAX_PARAMS {
+                return Err(ApiError::invalid(format!(
+                    "too many parameters (at most {MAX_PARAMS})"
+                )));
+            }
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            params.push((dec(k, at)?, dec(v, at + k.len() + 1)?));
+        }
+        at += pair.len() + 1;
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_round_trip_and_plus() {
+        let params = vec![
+            ("Action".to_string(), "RegisterImage".to_string()),
+            ("Name".to_string(), "a b&c=d/é+%".to_string()),
+            ("Empty".to_string(), String::new()),
+        ];
+        let body = form_encode(&params);
+        assert_eq!(
+            body,
+            "Action=RegisterImage&Name=a%20b%26c%3Dd%2F%C3%A9%2B%25&Empty="
+        );
+        assert_eq!(form_decode(&body).unwrap(), params);
+        assert_eq!(
+            form_decode("Name=a+b&Flag").unwrap(),
+            vec![
+                ("Name".to_string(), "a b".to_string()),
+                ("Flag".to_string(), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn form_decode_rejects_bad_escapes() {
+        for body in ["Name=%", "Name=%4", "Name=%zz", "Name=%FF"] {
+            let e = form_decode(body).unwrap_err();
+            assert_eq!(e.code, "InvalidParameterValue", "{body}");
+        }
+    }
+}

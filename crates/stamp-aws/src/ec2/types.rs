@@ -572,6 +572,152 @@ ec2_struct! {
 }
 
 ec2_struct! {
+    /// The `ImportVolume` request.
+    ImportVolumeRequest {
+        /// The ID of the Availability Zone for the resulting EBS volume.
+        availability_zone_id: Option<String> = "AvailabilityZoneId", "AvailabilityZoneId";
+        /// Checks whether you have the required permissions for the action, without actually making the request, and provides an error response.
+        dry_run: Option<bool> = "DryRun", "dryRun";
+        /// The Availability Zone for the resulting EBS volume.
+        availability_zone: Option<String> = "AvailabilityZone", "availabilityZone";
+        /// The disk image.
+        image: DiskImageDetail = "Image", "image";
+        /// A description of the volume.
+        description: Option<String> = "Description", "description";
+        /// The volume size.
+        volume: VolumeDetail = "Volume", "volume";
+    }
+}
+
+ec2_struct! {
+    /// The `ImportVolume` response.
+    ImportVolumeResult {
+        /// Information about the conversion task.
+        conversion_task: Option<ConversionTask> = "ConversionTask", "conversionTask";
+    }
+}
+
+ec2_struct! {
+    /// The `ImportInstance` request.
+    ImportInstanceRequest {
+        /// Checks whether you have the required permissions for the action, without actually making the request, and provides an error response.
+        dry_run: Option<bool> = "DryRun", "dryRun";
+        /// A description for the instance being imported.
+        description: Option<String> = "Description", "description";
+        /// The launch specification.
+        launch_specification: Option<ImportInstanceLaunchSpecification> = "LaunchSpecification", "launchSpecification";
+        /// The disk image.
+        disk_images: Vec<DiskImage> = "DiskImage", "diskImage";
+        /// The instance operating system.
+        platform: String = "Platform", "platform";
+    }
+}
+
+ec2_struct! {
+    /// The `ImportInstance` response.
+    ImportInstanceResult {
+        /// Information about the conversion task.
+        conversion_task: Option<ConversionTask> = "ConversionTask", "conversionTask";
+    }
+}
+
+ec2_struct! {
+    /// The `DescribeConversionTasks` request.
+    DescribeConversionTasksRequest {
+        /// Checks whether you have the required permissions for the action, without actually making the request, and provides an error response.
+        dry_run: Option<bool> = "DryRun", "dryRun";
+        /// The conversion task IDs.
+        conversion_task_ids: Vec<String> = "ConversionTaskId", "conversionTaskId";
+    }
+}
+
+ec2_struct! {
+    /// The `DescribeConversionTasks` response.
+    DescribeConversionTasksResult {
+        /// Information about the conversion tasks.
+        conversion_tasks: Vec<ConversionTask> = "ConversionTasks", "conversionTasks";
+    }
+}
+
+ec2_struct! {
+    /// The `CancelConversionTask` request.
+    CancelConversionRequest {
+        /// Checks whether you have the required permissions for the action, without actually making the request, and provides an error response.
+        dry_run: Option<bool> = "DryRun", "dryRun";
+        /// The ID of the conversion task.
+        conversion_task_id: String = "ConversionTaskId", "conversionTaskId";
+        /// The reason for canceling the conversion task.
+        reason_message: Option<String> = "ReasonMessage", "reasonMessage";
+    }
+}
+
+ec2_struct! {
+    /// The `CancelConversionTask` response: `<return>true</return>`.
+    CancelConversionTaskResult {
+        /// Whether the call succeeded.
+        return_: Option<bool> = "Return", "return";
+    }
+}
+
+ec2_struct! {
+    /// The `CreateInstanceExportTask` request.
+    CreateInstanceExportTaskRequest {
+        /// The tags to apply to the export instance task during creation.
+        tag_specifications: Vec<TagSpecification> = "TagSpecification", "TagSpecification";
+        /// A description for the conversion task or the resource being exported.
+        description: Option<String> = "Description", "description";
+        /// The ID of the instance.
+        instance_id: String = "InstanceId", "instanceId";
+        /// The target virtualization environment.
+        target_environment: String = "TargetEnvironment", "targetEnvironment";
+        /// The format and location for an export instance task.
+        export_to_s3_task: ExportToS3TaskSpecification = "ExportToS3", "exportToS3";
+    }
+}
+
+ec2_struct! {
+    /// The `CreateInstanceExportTask` response.
+    CreateInstanceExportTaskResult {
+        /// Information about the export instance task.
+        export_task: Option<ExportTask> = "ExportTask", "exportTask";
+    }
+}
+
+ec2_struct! {
+    /// The `DescribeExportTasks` request.
+    DescribeExportTasksRequest {
+        /// the filters for the export tasks.
+        filters: Vec<Filter> = "Filter", "Filter";
+        /// The export task IDs.
+        export_task_ids: Vec<String> = "ExportTaskId", "exportTaskId";
+    }
+}
+
+ec2_struct! {
+    /// The `DescribeExportTasks` response.
+    DescribeExportTasksResult {
+        /// Information about the export tasks.
+        export_tasks: Vec<ExportTask> = "ExportTaskSet", "exportTaskSet";
+    }
+}
+
+ec2_struct! {
+    /// The `CancelExportTask` request.
+    CancelExportTaskRequest {
+        /// The ID of the export task.
+        export_task_id: String = "ExportTaskId", "exportTaskId";
+    }
+}
+
+ec2_struct! {
+    /// The `CancelExportTask` response: `<return>true</return>`.
+    CancelExportTaskResult {
+        /// Whether the call succeeded.
+        return_: Option<bool> = "Return", "return";
+    }
+}
+
+ec2_struct! {
     /// The tags to apply to a resource when the resource is being created.
     TagSpecification {
         /// The type of resource to tag on creation.
@@ -998,6 +1144,120 @@ ec2_struct! {
 }
 
 ec2_struct! {
+    /// The disk image.
+    DiskImageDetail {
+        /// The disk image format.
+        format: String = "Format", "format";
+        /// The size of the disk image, in GiB.
+        bytes: i64 = "Bytes", "bytes";
+        /// A presigned URL for the import manifest stored in Amazon S3 and presented here as an Amazon S3 presigned URL.
+        import_manifest_url: String = "ImportManifestUrl", "importManifestUrl";
+    }
+}
+
+ec2_struct! {
+    /// The volume size.
+    VolumeDetail {
+        /// The size of the volume, in GiB.
+        size: i64 = "Size", "size";
+    }
+}
+
+ec2_struct! {
+    /// Information about the conversion task.
+    ConversionTask {
+        /// The ID of the conversion task.
+        conversion_task_id: Option<String> = "ConversionTaskId", "conversionTaskId";
+        /// The time when the task expires.
+        expiration_time: Option<String> = "ExpirationTime", "expirationTime";
+        /// If the task is for importing an instance, this contains information about the import instance task.
+        import_instance: Option<ImportInstanceTaskDetails> = "ImportInstance", "importInstance";
+        /// If the task is for importing a volume, this contains information about the import volume task.
+        import_volume: Option<ImportVolumeTaskDetails> = "ImportVolume", "importVolume";
+        /// The state of the conversion task.
+        state: Option<String> = "State", "state";
+        /// The status message related to the conversion task.
+        status_message: Option<String> = "StatusMessage", "statusMessage";
+        /// Any tags assigned to the task.
+        tags: Vec<Tag> = "TagSet", "tagSet";
+    }
+}
+
+ec2_struct! {
+    /// The launch specification.
+    ImportInstanceLaunchSpecification {
+        /// The architecture of the instance.
+        architecture: Option<String> = "Architecture", "architecture";
+        /// The security group names.
+        group_names: Vec<String> = "GroupName", "GroupName";
+        /// The security group IDs.
+        group_ids: Vec<String> = "GroupId", "GroupId";
+        /// Reserved.
+        additional_info: Option<String> = "AdditionalInfo", "additionalInfo";
+        /// The Base64-encoded user data to make available to the instance.
+        user_data: Option<UserData> = "UserData", "userData";
+        /// The instance type.
+        instance_type: Option<String> = "InstanceType", "instanceType";
+        /// The placement information for the instance.
+        placement: Option<Placement> = "Placement", "placement";
+        /// Indicates whether monitoring is enabled.
+        monitoring: Option<bool> = "Monitoring", "monitoring";
+        /// \[EC2-VPC\] The ID of the subnet in which to launch the instance.
+        subnet_id: Option<String> = "SubnetId", "subnetId";
+        /// Indicates whether an instance stops or terminates when you initiate shutdown from the instance (using the operating system command for system shutdown).
+        instance_initiated_shutdown_behavior: Option<String> = "InstanceInitiatedShutdownBehavior", "instanceInitiatedShutdownBehavior";
+        /// \[EC2-VPC\] An available IP address from the IP address range of the subnet.
+        private_ip_address: Option<String> = "PrivateIpAddress", "privateIpAddress";
+    }
+}
+
+ec2_struct! {
+    /// Describes a disk image.
+    DiskImage {
+        /// A description of the disk image.
+        description: Option<String> = "Description", "Description";
+        /// Information about the disk image.
+        image: Option<DiskImageDetail> = "Image", "Image";
+        /// Information about the volume.
+        volume: Option<VolumeDetail> = "Volume", "Volume";
+    }
+}
+
+ec2_struct! {
+    /// The format and location for an export instance task.
+    ExportToS3TaskSpecification {
+        /// The format for the exported image.
+        disk_image_format: Option<String> = "DiskImageFormat", "diskImageFormat";
+        /// The container format used to combine disk images with metadata (such as OVF).
+        container_format: Option<String> = "ContainerFormat", "containerFormat";
+        /// The Amazon S3 bucket for the destination image.
+        s3_bucket: Option<String> = "S3Bucket", "s3Bucket";
+        /// The image is written to a single object in the Amazon S3 bucket at the S3 key s3prefix + exportTaskId + '.' + diskImageFormat.
+        s3_prefix: Option<String> = "S3Prefix", "s3Prefix";
+    }
+}
+
+ec2_struct! {
+    /// Information about the export instance task.
+    ExportTask {
+        /// A description of the resource being exported.
+        description: Option<String> = "Description", "description";
+        /// The ID of the export task.
+        export_task_id: Option<String> = "ExportTaskId", "exportTaskId";
+        /// Information about the export task.
+        export_to_s3_task: Option<ExportToS3Task> = "ExportToS3", "exportToS3";
+        /// Information about the instance to export.
+        instance_export_details: Option<InstanceExportDetails> = "InstanceExport", "instanceExport";
+        /// The state of the export task.
+        state: Option<String> = "State", "state";
+        /// The status message related to the export task.
+        status_message: Option<String> = "StatusMessage", "statusMessage";
+        /// The tags for the export task.
+        tags: Vec<Tag> = "TagSet", "tagSet";
+    }
+}
+
+ec2_struct! {
     /// Parameters used to automatically set up EBS volumes when the instance is launched.
     EbsBlockDevice {
         /// Indicates whether the EBS volume is deleted on instance termination.
@@ -1093,6 +1353,142 @@ ec2_struct! {
     }
 }
 
+ec2_struct! {
+    /// If the task is for importing an instance, this contains information about the import instance task.
+    ImportInstanceTaskDetails {
+        /// A description of the task.
+        description: Option<String> = "Description", "description";
+        /// The ID of the instance.
+        instance_id: Option<String> = "InstanceId", "instanceId";
+        /// The instance operating system.
+        platform: Option<String> = "Platform", "platform";
+        /// The volumes.
+        volumes: Vec<ImportInstanceVolumeDetailItem> = "Volumes", "volumes";
+    }
+}
+
+ec2_struct! {
+    /// If the task is for importing a volume, this contains information about the import volume task.
+    ImportVolumeTaskDetails {
+        /// The Availability Zone where the resulting volume will reside.
+        availability_zone: Option<String> = "AvailabilityZone", "availabilityZone";
+        /// The ID of the Availability Zone where the resulting volume will reside.
+        availability_zone_id: Option<String> = "AvailabilityZoneId", "availabilityZoneId";
+        /// The number of bytes converted so far.
+        bytes_converted: Option<i64> = "BytesConverted", "bytesConverted";
+        /// The description you provided when starting the import volume task.
+        description: Option<String> = "Description", "description";
+        /// The image.
+        image: Option<DiskImageDescription> = "Image", "image";
+        /// The volume.
+        volume: Option<DiskImageVolumeDescription> = "Volume", "volume";
+    }
+}
+
+ec2_struct! {
+    /// The Base64-encoded user data to make available to the instance.
+    UserData {
+        /// The user data.
+        data: Option<String> = "Data", "data";
+    }
+}
+
+ec2_struct! {
+    /// The placement information for the instance.
+    Placement {
+        /// The ID of the Availability Zone of the instance.
+        availability_zone_id: Option<String> = "AvailabilityZoneId", "availabilityZoneId";
+        /// The affinity setting for the instance on the Dedicated Host.
+        affinity: Option<String> = "Affinity", "affinity";
+        /// The name of the placement group that the instance is in.
+        group_name: Option<String> = "GroupName", "groupName";
+        /// The number of the partition that the instance is in.
+        partition_number: Option<i64> = "PartitionNumber", "partitionNumber";
+        /// The ID of the Dedicated Host on which the instance resides.
+        host_id: Option<String> = "HostId", "hostId";
+        /// The tenancy of the instance.
+        tenancy: Option<String> = "Tenancy", "tenancy";
+        /// Reserved for future use.
+        spread_domain: Option<String> = "SpreadDomain", "spreadDomain";
+        /// The ARN of the host resource group in which to launch the instances.
+        host_resource_group_arn: Option<String> = "HostResourceGroupArn", "hostResourceGroupArn";
+        /// The ID of the placement group that the instance is in.
+        group_id: Option<String> = "GroupId", "groupId";
+        /// The Availability Zone of the instance.
+        availability_zone: Option<String> = "AvailabilityZone", "availabilityZone";
+    }
+}
+
+ec2_struct! {
+    /// Information about the export task.
+    ExportToS3Task {
+        /// The container format used to combine disk images with metadata (such as OVF).
+        container_format: Option<String> = "ContainerFormat", "containerFormat";
+        /// The format for the exported image.
+        disk_image_format: Option<String> = "DiskImageFormat", "diskImageFormat";
+        /// The Amazon S3 bucket for the destination image.
+        s3_bucket: Option<String> = "S3Bucket", "s3Bucket";
+        /// The encryption key for your S3 bucket.
+        s3_key: Option<String> = "S3Key", "s3Key";
+    }
+}
+
+ec2_struct! {
+    /// Information about the instance to export.
+    InstanceExportDetails {
+        /// The ID of the resource being exported.
+        instance_id: Option<String> = "InstanceId", "instanceId";
+        /// The target virtualization environment.
+        target_environment: Option<String> = "TargetEnvironment", "targetEnvironment";
+    }
+}
+
+ec2_struct! {
+    /// Describes an import volume task.
+    ImportInstanceVolumeDetailItem {
+        /// The Availability Zone where the resulting instance will reside.
+        availability_zone: Option<String> = "AvailabilityZone", "availabilityZone";
+        /// The ID of the Availability Zone where the resulting instance will reside.
+        availability_zone_id: Option<String> = "AvailabilityZoneId", "availabilityZoneId";
+        /// The number of bytes converted so far.
+        bytes_converted: Option<i64> = "BytesConverted", "bytesConverted";
+        /// A description of the task.
+        description: Option<String> = "Description", "description";
+        /// The image.
+        image: Option<DiskImageDescription> = "Image", "image";
+        /// The status of the import of this particular disk image.
+        status: Option<String> = "Status", "status";
+        /// The status information or errors related to the disk image.
+        status_message: Option<String> = "StatusMessage", "statusMessage";
+        /// The volume.
+        volume: Option<DiskImageVolumeDescription> = "Volume", "volume";
+    }
+}
+
+ec2_struct! {
+    /// The image.
+    DiskImageDescription {
+        /// The checksum computed for the disk image.
+        checksum: Option<String> = "Checksum", "checksum";
+        /// The disk image format.
+        format: Option<String> = "Format", "format";
+        /// A presigned URL for the import manifest stored in Amazon S3.
+        import_manifest_url: Option<String> = "ImportManifestUrl", "importManifestUrl";
+        /// The size of the disk image, in GiB.
+        size: Option<i64> = "Size", "size";
+    }
+}
+
+ec2_struct! {
+    /// The volume.
+    DiskImageVolumeDescription {
+        /// The volume identifier.
+        id: Option<String> = "Id", "id";
+        /// The size of the volume, in GiB.
+        size: Option<i64> = "Size", "size";
+    }
+}
+
 ec2_actions! {
     RegisterImage: RegisterImageRequest => RegisterImageResult;
     DescribeImages: DescribeImagesRequest => DescribeImagesResult;
@@ -1111,4 +1507,11 @@ ec2_actions! {
     CancelImportTask: CancelImportTaskRequest => CancelImportTaskResult;
     ExportImage: ExportImageRequest => ExportImageResult;
     DescribeExportImageTasks: DescribeExportImageTasksRequest => DescribeExportImageTasksResult;
+    ImportVolume: ImportVolumeRequest => ImportVolumeResult;
+    ImportInstance: ImportInstanceRequest => ImportInstanceResult;
+    DescribeConversionTasks: DescribeConversionTasksRequest => DescribeConversionTasksResult;
+    CancelConversionTask: CancelConversionRequest => CancelConversionTaskResult;
+    CreateInstanceExportTask: CreateInstanceExportTaskRequest => CreateInstanceExportTaskResult;
+    DescribeExportTasks: DescribeExportTasksRequest => DescribeExportTasksResult;
+    CancelExportTask: CancelExportTaskRequest => CancelExportTaskResult;
 }
