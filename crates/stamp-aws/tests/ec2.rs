@@ -327,11 +327,31 @@ fn missing_and_invalid_parameters_use_aws_codes() {
         Request::decode(&params).unwrap_err().code,
         "InvalidParameterValue"
     );
+    // A list stops at its first gap; what lies beyond is a parameter nobody knows.
     let params = [
         p("Action", "DescribeImages"),
         p("Version", "2016-11-15"),
         p("ImageId.1", "ami-1"),
         p("ImageId.3", "ami-3"),
+    ];
+    let e = Request::decode(&params).unwrap_err();
+    assert_eq!(e.code, "UnknownParameter");
+    assert!(e.message.contains("ImageId.3"), "{e}");
+    let params = [
+        p("Action", "DescribeImages"),
+        p("Version", "2016-11-15"),
+        p("Filter.1.Name", "name"),
+        p("Filter.1.Values.1", "x"),
+        p("X-Amz-Date", "20261206T220000Z"),
+    ];
+    let e = Request::decode(&params).unwrap_err();
+    assert_eq!(e.code, "UnknownParameter");
+    assert!(e.message.contains("Filter.1.Values.1"), "{e}");
+    let params = [
+        p("Action", "DescribeImages"),
+        p("Version", "2016-11-15"),
+        p("ImageId.1", "ami-1"),
+        p("X-Amz-Date", "20261206T220000Z"),
     ];
     let Request::DescribeImages(d) = Request::decode(&params).unwrap() else {
         panic!()

@@ -172,7 +172,8 @@ pub fn encode_request<R: Ec2Request>(req: &R) -> Vec<(String, String)> {
     w.params
 }
 
-/// Reads a request of type `R` from form parameters; `Action` must name `R`'s action.
+/// Reads a request of type `R` from form parameters; `Action` must name `R`'s action, and a
+/// parameter the action does not have is `UnknownParameter` (as AWS answers).
 pub fn decode_request<R: Ec2Request>(params: &[(String, String)]) -> Result<R, ApiError> {
     let r = ParamReader::new(params)?;
     match r.get("Action") {
@@ -186,7 +187,9 @@ pub fn decode_request<R: Ec2Request>(params: &[(String, String)]) -> Result<R, A
         Some(_) => {}
     }
     check_version(&r)?;
-    R::decode_fields(&r)
+    let req = R::decode_fields(&r)?;
+    r.check_all_read()?;
+    Ok(req)
 }
 
 fn check_version(r: &ParamReader) -> Result<(), ApiError> {
@@ -357,7 +360,8 @@ macro_rules! ec2_actions {
 
         impl Request {
             /// Reads any known request from form parameters. An unknown `Action` is
-            /// `InvalidAction`; a missing one `MissingAction`.
+            /// `InvalidAction`; a missing one `MissingAction`; a parameter the action does not
+            /// have `UnknownParameter`.
             pub fn decode(params: &[(String, String)]) -> Result<Self, $crate::ec2::ApiError> {
                 let r = $crate::ec2::ParamReader::new(params)?;
                 let action = r.get("Action").ok_or_else(|| $crate::ec2::ApiError::new(
@@ -365,7 +369,9 @@ macro_rules! ec2_actions {
                 match action {
                     $( stringify!($action) => {
                         $crate::ec2::check_version_pub(&r)?;
-                        <$req as $crate::ec2::Ec2Request>::decode_fields(&r).map(Self::$action)
+                        let req = <$req as $crate::ec2::Ec2Request>::decode_fields(&r)?;
+                        r.check_all_read()?;
+                        Ok(Self::$action(req))
                     } )*
                     other => Err($crate::ec2::ApiError::new(
                         "InvalidAction",

@@ -1,7 +1,8 @@
 //! EC2 Query parameters both ways: flattened keys (`ImageId.1`, `Filter.1.Value.1`,
 //! `BlockDeviceMapping.1.Ebs.SnapshotId`) written from our types and read back into them.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::ApiError;
 
@@ -24,10 +25,33 @@ impl ParamWriter {
     }
 }
 
-/// Form parameters being read, by key.
+/// Parameters every request may carry besides its action's own: the action, the version and
+/// the query-string forms of signing (SigV2 and presigned SigV4).
+pub const COMMON_PARAMS: &[&str] = &[
+    "Action",
+    "Version",
+    "AWSAccessKeyId",
+    "Signature",
+    "SignatureMethod",
+    "SignatureVersion",
+    "Timestamp",
+    "Expires",
+    "SecurityToken",
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+/// Form parameters being read, by key; remembers which keys were read so that the rest can be
+/// reported as `UnknownParameter`.
 #[derive(Debug, Clone)]
 pub struct ParamReader {
     map: BTreeMap<String, String>,
+    read: RefCell<BTreeSet<String>>,
 }
 
 impl ParamReader {
@@ -51,12 +75,34 @@ impl ParamReader {
                 return Err(ApiError::invalid(format!("parameter {k} given twice")));
             }
         }
-        Ok(Self { map })
+        Ok(Self {
+            map,
+            read: RefCell::new(BTreeSet::new()),
+        })
     }
 
-    /// The value of `key`, if given.
+    /// The value of `key`, if given (and marks it read).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.map.get(key).map(String::as_str)
+        let (k, v) = self.map.get_key_value(key)?;
+        self.read.borrow_mut().insert(k.clone());
+        Some(v.as_str())
+    }
+
+    /// `UnknownParameter` naming the first parameter that was never read and is not one of
+    /// [`COMMON_PARAMS`].
+    pub fn check_all_read(&self) -> Result<(), ApiError> {
+        let read = self.read.borrow();
+        match self
+            .map
+            .keys()
+            .find(|k| !read.contains(*k) && !COMMON_PARAMS.contains(&k.as_str()))
+        {
+            None => Ok(()),
+            Some(k) => Err(ApiError::new(
+                "UnknownParameter",
+                format!("The parameter {k:.128} is not recognized"),
+            )),
+        }
     }
 
     /// Returns true if and only if some parameter's key starts with `prefix` followed by `.`.
