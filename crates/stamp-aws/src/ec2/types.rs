@@ -3,6 +3,9 @@
 
 use super::{ec2_actions, ec2_struct};
 
+/// The botocore version whose model these types were generated from.
+pub const BOTOCORE_MODEL: &str = "1.43.11";
+
 ec2_struct! {
     /// The `RegisterImage` request.
     RegisterImageRequest {
