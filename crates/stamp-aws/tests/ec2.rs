@@ -1158,3 +1158,71 @@ fn every_response_field_survives_our_parse_and_write() {
     }
     run(COMPARE_PY, &[ec2::BOTOCORE_MODEL]);
 }
+
+const GEN_REQUESTS_PY: &str = r#"
+import sys, datetime, botocore, botocore.session, botocore.serialize
+m = botocore.session.get_session().get_service_model('ec2')
+ser = botocore.serialize.create_serializer('ec2', include_validation=False)
+def gen(shape, name):
+    t = shape.type_name
+    if t == 'structure':
+        return {n: gen(s, n) for n, s in shape.members.items()}
+    if t == 'list':
+        return [gen(shape.member, name) for _ in range(2)]
+    return {'boolean': False, 'integer': 7, 'long': 1099511627776, 'float': 1.5, 'double': 2.5,
+            'timestamp': '2026-12-06T22:00:00Z', 'blob': b'blob'}.get(t, ' %s & é=+ ' % name)
+for op in sys.argv[1:]:
+    o = m.operation_model(op)
+    body = ser.serialize_to_request(gen(o.input_shape, op), o)['body']
+    print('#' + op)
+    for k, v in body.items():
+        print(k + '\t' + str(v))
+"#;
+
+#[test]
+fn every_request_member_survives_our_decode_and_encode() {
+    if !botocore_available() {
+        return;
+    }
+    let out = Command::new("python3")
+        .args(["-c", GEN_REQUESTS_PY])
+        .args(ec2::ACTIONS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let version = Command::new("python3")
+        .args(["-c", "import botocore; print(botocore.__version__, end='')"])
+        .output()
+        .unwrap();
+    let strict = version.stdout == ec2::BOTOCORE_MODEL.as_bytes();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut seen = 0;
+    for block in text.split('#').filter(|b| !b.is_empty()) {
+        let mut lines = block.lines();
+        let op = lines.next().unwrap();
+        let mut theirs: Vec<(String, String)> = lines
+            .map(|l| {
+                let (k, v) = l.split_once('\t').unwrap();
+                p(k, v)
+            })
+            .collect();
+        theirs.sort();
+        assert!(theirs.len() >= 3, "{op}: {theirs:?}");
+        match Request::decode(&theirs) {
+            Ok(req) => {
+                assert_eq!(req.action(), op);
+                assert_eq!(sorted(req.encode()), theirs, "{op}");
+                seen += 1;
+            }
+            Err(e) if !strict && e.code == "UnknownParameter" => {
+                eprintln!("{op}: newer botocore than our types: {e}");
+            }
+            Err(e) => panic!("{op}: {e}\n{theirs:?}"),
+        }
+    }
+    assert!(!strict || seen == ec2::ACTIONS.len());
+}
