@@ -161,6 +161,8 @@ pub trait Ec2Request: QueryValue + Sized {
 pub trait Ec2Response: XmlValue {
     /// The action (the root element is `<{ACTION}Response>`).
     const ACTION: &'static str;
+    /// Writes the response's fields (without the root element).
+    fn write_fields(&self, w: &mut XmlWriter);
 }
 
 /// The form parameters of `req`: `Action`, `Version`, then its fields.
@@ -205,20 +207,12 @@ fn check_version(r: &ParamReader) -> Result<(), ApiError> {
 
 /// Writes `resp` as AWS does: `<{Action}Response xmlns="..."><requestId>..</requestId>...`.
 pub fn write_response<R: Ec2Response>(resp: &R, request_id: &str) -> String {
-    let mut body = XmlWriter::default();
-    resp.write_xml("x", &mut body);
-    // `write_xml` wrapped the fields in <x>...</x>; take them out and wrap them ourselves.
-    let inner = body
-        .out
-        .strip_prefix("<x>")
-        .and_then(|s| s.strip_suffix("</x>"))
-        .unwrap_or_default();
     let mut w = XmlWriter::default();
     w.out.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     w.out
         .push_str(&format!(r#"<{}Response xmlns="{XMLNS}">"#, R::ACTION));
     w.leaf("requestId", request_id);
-    w.out.push_str(inner);
+    resp.write_fields(&mut w);
     w.close(&format!("{}Response", R::ACTION));
     w.out
 }
@@ -305,13 +299,21 @@ macro_rules! ec2_struct {
                 Self::query_fields(r, key).map(Some)
             }
         }
+
+        impl $name {
+            /// Writes the fields as child elements (without an element around them).
+            #[allow(unused_variables)]
+            pub fn write_xml_fields(&self, w: &mut $crate::ec2::XmlWriter) {
+                $( $crate::ec2::XmlField::write_field(&self.$field, $x, w); )*
+            }
+        }
         $crate::ec2::query::required_field!($name);
 
         impl $crate::ec2::XmlValue for $name {
             #[allow(unused_variables)]
             fn write_xml(&self, name: &str, w: &mut $crate::ec2::XmlWriter) {
                 w.open(name);
-                $( $crate::ec2::XmlField::write_field(&self.$field, $x, w); )*
+                self.write_xml_fields(w);
                 w.close(name);
             }
             #[allow(unused_variables)]
@@ -342,6 +344,9 @@ macro_rules! ec2_actions {
             }
             impl $crate::ec2::Ec2Response for $resp {
                 const ACTION: &'static str = stringify!($action);
+                fn write_fields(&self, w: &mut $crate::ec2::XmlWriter) {
+                    self.write_xml_fields(w);
+                }
             }
         )*
 

@@ -8,6 +8,9 @@ use super::ApiError;
 
 /// Most form parameters one request may carry; AWS's own request size limit is far lower.
 pub const MAX_PARAMS: usize = 10_000;
+/// Largest form body [`form_decode`] reads (ImportInstance's user data, the largest EC2 value
+/// these actions carry, is 16 KiB).
+pub const MAX_FORM_LEN: usize = 8 << 20;
 /// Longest key or value accepted (AWS caps a whole Query request well below this).
 pub const MAX_PARAM_LEN: usize = 1 << 20;
 
@@ -248,8 +251,15 @@ pub fn form_encode(params: &[(String, String)]) -> String {
 }
 
 /// Reads an `application/x-www-form-urlencoded` body (`+` is a space). A bad `%` escape,
-/// text that is not UTF-8 or more than [`MAX_PARAMS`] pairs is `InvalidParameterValue`.
+/// text that is not UTF-8, more than [`MAX_PARAMS`] pairs or more than [`MAX_FORM_LEN`] bytes
+/// is `InvalidParameterValue`.
 pub fn form_decode(body: &str) -> Result<Vec<(String, String)>, ApiError> {
+    if body.len() > MAX_FORM_LEN {
+        return Err(ApiError::invalid(format!(
+            "request body of {} bytes is larger than {MAX_FORM_LEN}",
+            body.len()
+        )));
+    }
     fn dec(s: &str, at: usize) -> Result<String, ApiError> {
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
@@ -330,5 +340,9 @@ mod tests {
             let e = form_decode(body).unwrap_err();
             assert_eq!(e.code, "InvalidParameterValue", "{body}");
         }
+        let e = form_decode(&"a".repeat(MAX_FORM_LEN + 1)).unwrap_err();
+        assert!(e.message.contains("larger"), "{e}");
+        let many = "a=1&".repeat(MAX_PARAMS + 1);
+        assert!(form_decode(&many).unwrap_err().message.contains("too many"));
     }
 }
