@@ -1226,3 +1226,30 @@ fn every_request_member_survives_our_decode_and_encode() {
     }
     assert!(!strict || seen == ec2::ACTIONS.len());
 }
+
+#[test]
+fn root_snapshot_is_the_root_devices() {
+    let mut image = sample_image();
+    image.block_device_mappings.insert(
+        0,
+        BlockDeviceMapping {
+            device_name: Some("/dev/xvdb".into()),
+            ebs: Some(EbsBlockDevice {
+                snapshot_id: Some("snap-data".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    assert_eq!(image.root_snapshot_id(), Some("snap-0123456789abcdef0"));
+    assert_eq!(
+        image.snapshot_ids(),
+        vec!["snap-data", "snap-0123456789abcdef0"]
+    );
+    image.root_device_name = Some("/dev/sda1".into());
+    assert_eq!(image.root_snapshot_id(), Some("snap-data"));
+    assert_eq!(Image::default().root_snapshot_id(), None);
+    let f = Filter::new("tag:stamp", ["a", "b"]);
+    assert_eq!(f.values, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(Tag::new("k", "v").value.as_deref(), Some("v"));
+}

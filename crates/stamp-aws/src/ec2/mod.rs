@@ -147,6 +147,62 @@ impl ErrorResponse {
     }
 }
 
+impl Tag {
+    /// A tag `key=value`.
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            value: Some(value.into()),
+        }
+    }
+}
+
+impl Filter {
+    /// A filter on `name` matching any of `values`.
+    pub fn new(
+        name: impl Into<String>,
+        values: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Self {
+            name: Some(name.into()),
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TagSpecification {
+    /// `tags` for resources of `resource_type` (`image`, `snapshot`, `import-image-task`, ...).
+    pub fn new(resource_type: impl Into<String>, tags: Vec<Tag>) -> Self {
+        Self {
+            resource_type: Some(resource_type.into()),
+            tags,
+        }
+    }
+}
+
+impl Image {
+    /// The snapshot behind the root device: the EBS mapping whose device is the image's root
+    /// device name, or else the first EBS mapping with a snapshot.
+    pub fn root_snapshot_id(&self) -> Option<&str> {
+        fn ebs_snapshot(m: &BlockDeviceMapping) -> Option<&str> {
+            m.ebs.as_ref()?.snapshot_id.as_deref()
+        }
+        self.block_device_mappings
+            .iter()
+            .find(|m| m.device_name.is_some() && m.device_name == self.root_device_name)
+            .and_then(ebs_snapshot)
+            .or_else(|| self.block_device_mappings.iter().find_map(ebs_snapshot))
+    }
+
+    /// Every EBS snapshot the image maps (what deregistering leaves behind to delete).
+    pub fn snapshot_ids(&self) -> Vec<&str> {
+        self.block_device_mappings
+            .iter()
+            .filter_map(|m| m.ebs.as_ref()?.snapshot_id.as_deref())
+            .collect()
+    }
+}
+
 /// A request of one action; its response type is [`Ec2Request::Response`].
 pub trait Ec2Request: QueryValue + Sized {
     /// The `Action` parameter.
