@@ -54,7 +54,10 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -106,7 +109,10 @@ impl AwsConfig {
     }
 
     /// As [`AwsConfig::load`], reading environment variables through `env` (for tests).
-    pub fn load_with(opts: &ConfigOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<AwsConfig> {
+    pub fn load_with(
+        opts: &ConfigOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<AwsConfig> {
         let home = env("HOME").map(PathBuf::from);
         let in_home = |rel: &str| home.as_ref().map(|h| h.join(rel));
         let cred_path = env("AWS_SHARED_CREDENTIALS_FILE")
@@ -131,7 +137,8 @@ impl AwsConfig {
         let cred_section = cred_file.as_ref().and_then(|f| f.section(&profile));
         let config_section = config_file.as_ref().and_then(|f| {
             if profile == "default" {
-                f.section("default").or_else(|| f.section("profile default"))
+                f.section("default")
+                    .or_else(|| f.section("profile default"))
             } else {
                 f.section(&format!("profile {profile}"))
             }
@@ -142,7 +149,11 @@ impl AwsConfig {
             env,
             &profile,
             (cred_path.as_deref(), cred_file.is_some(), cred_section),
-            (config_path.as_deref(), config_file.is_some(), config_section),
+            (
+                config_path.as_deref(),
+                config_file.is_some(),
+                config_section,
+            ),
         )?;
 
         let region = opts
@@ -162,7 +173,9 @@ impl AwsConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-')
         {
-            return Err(Error::Config(format!("AWS region '{region}' is not a region name")));
+            return Err(Error::Config(format!(
+                "AWS region '{region}' is not a region name"
+            )));
         }
 
         let mut config_services = BTreeMap::new();
@@ -238,7 +251,10 @@ impl AwsConfig {
 
 /// Shows an optional path for messages.
 fn show(p: Option<&Path>) -> String {
-    p.map_or_else(|| "(no HOME, no file)".to_string(), |p| p.display().to_string())
+    p.map_or_else(
+        || "(no HOME, no file)".to_string(),
+        |p| p.display().to_string(),
+    )
 }
 
 type FileLookup<'a> = (Option<&'a Path>, bool, Option<&'a Section>);
@@ -381,14 +397,18 @@ fn read_ini(path: &Path) -> Result<Option<Ini>> {
             meta.len()
         )));
     }
-    let text = std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let text =
+        std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     if text.len() as u64 > MAX_FILE_SIZE {
-        return Err(Error::Config(format!("{}: file grew while read", path.display())));
+        return Err(Error::Config(format!(
+            "{}: file grew while read",
+            path.display()
+        )));
     }
     let text = String::from_utf8_lossy(&text);
-    parse_ini(&text).map(Some).map_err(|(line, what)| {
-        Error::Config(format!("{}: line {line}: {what}", path.display()))
-    })
+    parse_ini(&text)
+        .map(Some)
+        .map_err(|(line, what)| Error::Config(format!("{}: line {line}: {what}", path.display())))
 }
 
 /// Parses the AWS flavour of INI: `[section]`, `key = value`, `#`/`;` comments, and indented
@@ -543,7 +563,10 @@ mod tests {
 
     #[test]
     fn endpoints_follow_the_aws_order() {
-        let home = Home::new(None, Some("[default]\nregion=us-east-1\nendpoint_url = http://profile/\n"));
+        let home = Home::new(
+            None,
+            Some("[default]\nregion=us-east-1\nendpoint_url = http://profile/\n"),
+        );
         let base = [
             ("HOME", home.path()),
             ("AWS_ACCESS_KEY_ID", "a"),

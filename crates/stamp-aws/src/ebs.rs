@@ -138,7 +138,9 @@ fn check_snapshot_id(id: &str) -> Result<()> {
     {
         Ok(())
     } else {
-        Err(Error::Config(format!("'{id}' is not a snapshot id (snap-...)")))
+        Err(Error::Config(format!(
+            "'{id}' is not a snapshot id (snap-...)"
+        )))
     }
 }
 
@@ -195,7 +197,11 @@ fn fresh_token() -> String {
 }
 
 /// StartSnapshot for a volume of `volume_size_gib`.
-pub fn start_snapshot(client: &Client, volume_size_gib: u64, opts: &UploadOptions) -> Result<Snapshot> {
+pub fn start_snapshot(
+    client: &Client,
+    volume_size_gib: u64,
+    opts: &UploadOptions,
+) -> Result<Snapshot> {
     const ACTION: &str = "StartSnapshot";
     let mut body = serde_json::json!({
         "VolumeSize": volume_size_gib,
@@ -228,7 +234,11 @@ pub fn start_snapshot(client: &Client, volume_size_gib: u64, opts: &UploadOption
         .snapshot_id
         .ok_or_else(|| malformed(ACTION, "no SnapshotId"))?;
     check_snapshot_id(&snapshot_id).map_err(|e| malformed(ACTION, e.to_string()))?;
-    let block_size = check_block_size(ACTION, out.block_size.ok_or_else(|| malformed(ACTION, "no BlockSize"))?)?;
+    let block_size = check_block_size(
+        ACTION,
+        out.block_size
+            .ok_or_else(|| malformed(ACTION, "no BlockSize"))?,
+    )?;
     Ok(Snapshot {
         snapshot_id,
         block_size,
@@ -271,8 +281,15 @@ pub fn put_snapshot_block(
             return Ok(digest);
         }
         tries += 1;
-        if resp.error_code().as_deref() == Some("ResourceNotFoundException") && tries <= NOT_FOUND_RETRIES {
-            tracing::debug!(snapshot_id, index, tries, "snapshot not visible yet; retrying");
+        if resp.error_code().as_deref() == Some("ResourceNotFoundException")
+            && tries <= NOT_FOUND_RETRIES
+        {
+            tracing::debug!(
+                snapshot_id,
+                index,
+                tries,
+                "snapshot not visible yet; retrying"
+            );
             backoff(tries);
             continue;
         }
@@ -290,7 +307,12 @@ pub fn linear_checksum<'a>(digests: impl IntoIterator<Item = &'a [u8; 32]>) -> S
 }
 
 /// CompleteSnapshot with `changed_blocks` and the linear checksum `aggregate`.
-pub fn complete_snapshot(client: &Client, snapshot_id: &str, changed_blocks: u64, aggregate: &str) -> Result<String> {
+pub fn complete_snapshot(
+    client: &Client,
+    snapshot_id: &str,
+    changed_blocks: u64,
+    aggregate: &str,
+) -> Result<String> {
     const ACTION: &str = "CompleteSnapshot";
     check_snapshot_id(snapshot_id)?;
     let headers = [
@@ -423,20 +445,29 @@ fn list_blocks(client: &Client, snapshot_id: &str, max_pages: u32) -> Result<Blo
     let block_size = block_size.ok_or_else(|| malformed(ACTION, "no BlockSize"))?;
     let volume_size_gib = volume_size.ok_or_else(|| malformed(ACTION, "no VolumeSize"))?;
     if volume_size_gib > MAX_VOLUME_GIB {
-        return Err(malformed(ACTION, format!("VolumeSize {volume_size_gib} GiB is over {MAX_VOLUME_GIB}")));
+        return Err(malformed(
+            ACTION,
+            format!("VolumeSize {volume_size_gib} GiB is over {MAX_VOLUME_GIB}"),
+        ));
     }
     blocks.sort_by_key(|b| b.index);
     let total = volume_size_gib * GIB / block_size;
     for w in blocks.windows(2) {
         if w[0].index == w[1].index {
-            return Err(malformed(ACTION, format!("block {} listed twice", w[0].index)));
+            return Err(malformed(
+                ACTION,
+                format!("block {} listed twice", w[0].index),
+            ));
         }
     }
     if let Some(last) = blocks.last() {
         if last.index >= total {
             return Err(malformed(
                 ACTION,
-                format!("block {} is beyond the {volume_size_gib} GiB volume", last.index),
+                format!(
+                    "block {} is beyond the {volume_size_gib} GiB volume",
+                    last.index
+                ),
             ));
         }
     }
@@ -448,7 +479,12 @@ fn list_blocks(client: &Client, snapshot_id: &str, max_pages: u32) -> Result<Blo
 }
 
 /// GetSnapshotBlock: the data of `block`, verified against its checksum and length.
-pub fn get_snapshot_block(client: &Client, snapshot_id: &str, block: &BlockRef, block_size: u64) -> Result<Vec<u8>> {
+pub fn get_snapshot_block(
+    client: &Client,
+    snapshot_id: &str,
+    block: &BlockRef,
+    block_size: u64,
+) -> Result<Vec<u8>> {
     let action = format!("GetSnapshotBlock {snapshot_id} block {}", block.index);
     check_snapshot_id(snapshot_id)?;
     let path = format!(
@@ -463,18 +499,29 @@ pub fn get_snapshot_block(client: &Client, snapshot_id: &str, block: &BlockRef, 
         detail: d,
     };
     if resp.body.len() as u64 != block_size {
-        return Err(bad(format!("{} bytes, not the block size {block_size}", resp.body.len())));
+        return Err(bad(format!(
+            "{} bytes, not the block size {block_size}",
+            resp.body.len()
+        )));
     }
     if let Some(len) = resp.header("x-amz-data-length") {
         if len.trim() != resp.body.len().to_string() {
-            return Err(bad(format!("x-amz-Data-Length {len} but {} bytes", resp.body.len())));
+            return Err(bad(format!(
+                "x-amz-Data-Length {len} but {} bytes",
+                resp.body.len()
+            )));
         }
     }
-    match (resp.header("x-amz-checksum-algorithm"), resp.header("x-amz-checksum")) {
+    match (
+        resp.header("x-amz-checksum-algorithm"),
+        resp.header("x-amz-checksum"),
+    ) {
         (Some(alg), Some(sum)) if alg.eq_ignore_ascii_case("SHA256") => {
             let got = checksum(&resp.body);
             if got != sum.trim() {
-                return Err(bad(format!("checksum mismatch: expected {sum}, data has {got}")));
+                return Err(bad(format!(
+                    "checksum mismatch: expected {sum}, data has {got}"
+                )));
             }
         }
         (Some(alg), Some(_)) => return Err(bad(format!("unknown checksum algorithm {alg}"))),
@@ -508,7 +555,8 @@ fn ec2_call(client: &Client, action: &str, params: &[(&str, &str)]) -> Result<Re
         service: "ec2",
         action: action.to_string(),
         code: xml_text(&resp.body, "Code").unwrap_or_else(|| format!("HTTP {}", resp.status)),
-        message: xml_text(&resp.body, "Message").unwrap_or_else(|| crate::http::snippet(&resp.body)),
+        message: xml_text(&resp.body, "Message")
+            .unwrap_or_else(|| crate::http::snippet(&resp.body)),
     })
 }
 
@@ -520,7 +568,11 @@ pub fn ec2_delete_snapshot(client: &Client, snapshot_id: &str) -> Result<()> {
 /// EC2 DescribeSnapshots for one snapshot: its state (`pending`, `completed`, `error`) and
 /// progress. The `ec2` module may replace this with its typed call.
 pub fn ec2_snapshot_state(client: &Client, snapshot_id: &str) -> Result<(String, Option<String>)> {
-    let resp = ec2_call(client, "DescribeSnapshots", &[("SnapshotId.1", snapshot_id)])?;
+    let resp = ec2_call(
+        client,
+        "DescribeSnapshots",
+        &[("SnapshotId.1", snapshot_id)],
+    )?;
     let state = xml_text(&resp.body, "status").ok_or_else(|| Error::Malformed {
         service: "ec2",
         action: "DescribeSnapshots".into(),
@@ -530,7 +582,12 @@ pub fn ec2_snapshot_state(client: &Client, snapshot_id: &str) -> Result<(String,
 }
 
 /// Waits until `snapshot_id` is `completed` (error on `error` or after `timeout`).
-pub fn wait_completed(client: &Client, snapshot_id: &str, timeout: Duration, cancel: &AtomicBool) -> Result<()> {
+pub fn wait_completed(
+    client: &Client,
+    snapshot_id: &str,
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> Result<()> {
     let start = Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
@@ -777,9 +834,14 @@ pub fn snapshot_size(client: &Client, snapshot_id: &str) -> Result<u64> {
         b"",
     )?;
     let out: ListOut = json(ACTION, &resp)?;
-    let gib = out.volume_size.ok_or_else(|| malformed(ACTION, "no VolumeSize"))?;
+    let gib = out
+        .volume_size
+        .ok_or_else(|| malformed(ACTION, "no VolumeSize"))?;
     if gib > MAX_VOLUME_GIB {
-        return Err(malformed(ACTION, format!("VolumeSize {gib} GiB is over {MAX_VOLUME_GIB}")));
+        return Err(malformed(
+            ACTION,
+            format!("VolumeSize {gib} GiB is over {MAX_VOLUME_GIB}"),
+        ));
     }
     Ok(gib * GIB)
 }

@@ -437,7 +437,14 @@ mod tests {
         assert!(resp(429, &[], "").is_retryable());
         assert!(resp(400, &[], "<Response><Errors><Error><Code>RequestLimitExceeded</Code></Error></Errors></Response>").is_retryable());
         assert!(resp(400, &[("x-amzn-ErrorType", "ThrottlingException")], "{}").is_retryable());
-        assert!(!resp(400, &[], "<Error><Code>InvalidParameterValue</Code></Error>").is_retryable());
+        assert!(
+            !resp(
+                400,
+                &[],
+                "<Error><Code>InvalidParameterValue</Code></Error>"
+            )
+            .is_retryable()
+        );
         assert!(!resp(404, &[], "").is_retryable());
     }
 

@@ -1,4 +1,5 @@
 //! EBS direct upload and download against a real moto_server.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
@@ -169,7 +170,9 @@ fn a_failing_block_deletes_the_snapshot_and_names_the_block() {
         }
         fn read_at(&self, buf: &mut [u8], offset: u64) -> stamp_disk::Result<()> {
             if offset >= 64 << 10 {
-                return Err(stamp_disk::Error::InvalidOption("injected read failure".into()));
+                return Err(stamp_disk::Error::InvalidOption(
+                    "injected read failure".into(),
+                ));
             }
             buf.fill(0xa5);
             Ok(())
@@ -217,7 +220,10 @@ fn credentials_from_a_profile_file_the_environment_and_options_all_reach_moto() 
     .unwrap();
     std::fs::write(
         home.path().join(".aws/config"),
-        format!("[profile ci]\nregion = eu-west-1\nendpoint_url = {}\n", moto.url),
+        format!(
+            "[profile ci]\nregion = eu-west-1\nendpoint_url = {}\n",
+            moto.url
+        ),
     )
     .unwrap();
     let h = home.path().to_str().unwrap().to_string();
@@ -265,7 +271,10 @@ fn missing_credentials_say_where_stamp_looked() {
     let err = AwsConfig::load_with(&ConfigOptions::default(), &env).unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("no AWS credentials"), "{msg}");
-    assert!(msg.contains(&format!("{h}/.aws/credentials [default] (no such file)")), "{msg}");
+    assert!(
+        msg.contains(&format!("{h}/.aws/credentials [default] (no such file)")),
+        "{msg}"
+    );
     assert!(msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
 }
 
@@ -273,5 +282,11 @@ fn missing_credentials_say_where_stamp_looked() {
 fn api_errors_from_ebs_are_typed() {
     let client = support::client();
     let err = ebs::list_snapshot_blocks(&client, "snap-0000000000doesnotexist").unwrap_err();
-    assert!(matches!(err, Error::Api { service: "ebs", .. } | Error::Malformed { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Api { service: "ebs", .. } | Error::Malformed { .. }
+        ),
+        "{err}"
+    );
 }

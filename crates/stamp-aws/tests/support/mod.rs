@@ -49,7 +49,9 @@ fn start() -> Moto {
         let mut child = Command::new("sh")
             .arg("-c")
             // Closing stdin (drop, or this process exiting) stops the server.
-            .arg(r#"moto_server -H 127.0.0.1 -p "$1" & pid=$!; read _ignored; kill $pid; wait $pid"#)
+            .arg(
+                r#"moto_server -H 127.0.0.1 -p "$1" & pid=$!; read _ignored; kill $pid; wait $pid"#,
+            )
             .arg("sh")
             .arg(port.to_string())
             .stdin(Stdio::piped())
