@@ -257,49 +257,22 @@ impl Client {
         body: &[u8],
     ) -> std::result::Result<Response, SendError> {
         let fatal = |e: String| SendError::Fatal(Error::Transport(format!("{method} {url}: {e}")));
-        let creds = &self.config.credentials;
-        let identity = aws_credential_types::Credentials::new(
-            &creds.access_key_id,
-            &creds.secret_access_key,
-            creds.session_token.clone(),
-            None,
-            "stamp",
-        )
-        .into();
-        let mut settings = SigningSettings::default();
-        if service == "s3" {
-            // S3 signs the path as sent and wants the payload hash in a header.
-            settings.percent_encoding_mode = PercentEncodingMode::Single;
-            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        }
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.config.region)
-            .name(service)
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()
-            .map_err(|e| fatal(e.to_string()))?
-            .into();
-        let payload_hash = hex::encode(Sha256::digest(body));
-        let signable = SignableRequest::new(
+        let signed = sign_request(
+            &self.config,
+            service,
             method,
             url,
-            headers.iter().map(|(k, v)| (*k, v.as_str())),
-            SignableBody::Precomputed(payload_hash),
+            headers,
+            body,
+            SystemTime::now(),
         )
-        .map_err(|e| fatal(e.to_string()))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| fatal(e.to_string()))?
-            .into_parts();
-
+        .map_err(fatal)?;
         let mut b = ureq::http::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             b = b.header(*k, v.as_str());
         }
-        for (k, v) in instructions.headers() {
-            b = b.header(k, v);
+        for (k, v) in &signed {
+            b = b.header(*k, v.as_str());
         }
         let result = if body.is_empty() && matches!(method, "GET" | "HEAD" | "DELETE") {
             let req = b.body(()).map_err(|e| fatal(e.to_string()))?;
@@ -346,6 +319,60 @@ impl Client {
             body,
         })
     }
+}
+
+/// The headers SigV4 adds (`authorization`, `x-amz-date`, the session token and, for S3,
+/// `x-amz-content-sha256`) to sign `method url` with `headers` and `body` at `time`.
+pub fn sign_request(
+    config: &AwsConfig,
+    service: &str,
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    time: SystemTime,
+) -> std::result::Result<Vec<(&'static str, String)>, String> {
+    let creds = &config.credentials;
+    let identity = aws_credential_types::Credentials::new(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        creds.session_token.clone(),
+        None,
+        "stamp",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    if service == "s3" {
+        // S3 signs the path as sent and wants the payload hash in a header.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    }
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(&config.region)
+        .name(service)
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| e.to_string())?
+        .into();
+    let payload_hash = hex::encode(Sha256::digest(body));
+    let signable = SignableRequest::new(
+        method,
+        url,
+        headers.iter().map(|(k, v)| (*k, v.as_str())),
+        SignableBody::Precomputed(payload_hash),
+    )
+    .map_err(|e| e.to_string())?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    let (out, _) = instructions.into_parts();
+    Ok(out
+        .into_iter()
+        .map(|h| (h.name(), h.value().to_string()))
+        .collect())
 }
 
 enum SendError {
@@ -456,6 +483,51 @@ mod tests {
         assert_eq!(backoff_delay(30, 0.99999), MAX_BACKOFF.mul_f64(1.99999));
         let f = jitter_fraction();
         assert!((0.0..1.0).contains(&f));
+    }
+
+    #[test]
+    fn signing_matches_the_sigv4_test_suite() {
+        // AWS's SigV4 test suite, "get-vanilla" and "post-x-www-form-urlencoded".
+        let config = AwsConfig::new(
+            "us-east-1",
+            crate::config::Credentials {
+                access_key_id: "AKIDEXAMPLE".into(),
+                secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+                session_token: None,
+            },
+        );
+        let time = SystemTime::UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        let h = sign_request(
+            &config,
+            "service",
+            "GET",
+            "https://example.amazonaws.com/",
+            &[],
+            b"",
+            time,
+        )
+        .unwrap();
+        let auth = h.iter().find(|(k, _)| *k == "authorization").unwrap();
+        assert_eq!(
+            auth.1,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        );
+        let h = sign_request(
+            &config,
+            "service",
+            "POST",
+            "https://example.amazonaws.com/",
+            &[("content-type", "application/x-www-form-urlencoded".into())],
+            b"Param1=value1",
+            time,
+        )
+        .unwrap();
+        let auth = h.iter().find(|(k, _)| *k == "authorization").unwrap();
+        assert!(
+            auth.1.ends_with("SignedHeaders=content-type;host;x-amz-date, Signature=ff11897932ad3f4e8b18135d722051e5ac45fc38421b1da7b9d196a0fe09473a"),
+            "{}",
+            auth.1
+        );
     }
 
     #[test]

@@ -278,15 +278,150 @@ fn missing_credentials_say_where_stamp_looked() {
     assert!(msg.contains("AWS_ACCESS_KEY_ID"), "{msg}");
 }
 
+fn fault(
+    matching: &str,
+    times: usize,
+    status: u16,
+    header: Option<(&str, &str)>,
+    body: &str,
+) -> support::Fault {
+    support::Fault {
+        matching: matching.into(),
+        times,
+        status,
+        headers: header
+            .map(|(k, v)| vec![(k.to_string(), v.to_string())])
+            .unwrap_or_default(),
+        body: body.into(),
+    }
+}
+
 #[test]
-fn api_errors_from_ebs_are_typed() {
-    let client = support::client();
-    let err = ebs::list_snapshot_blocks(&client, "snap-0000000000doesnotexist").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::Api { service: "ebs", .. } | Error::Malformed { .. }
+fn throttling_5xx_and_the_not_yet_visible_snapshot_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("disk.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(GIB).unwrap();
+    drop(f);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .write_all(&[7u8; 2048])
+        .unwrap();
+    let proxy = support::Proxy::start(vec![
+        fault("POST /snapshots", 1, 503, None, "busy"),
+        fault(
+            "PUT /snapshots/",
+            2,
+            404,
+            Some(("x-amzn-ErrorType", "ResourceNotFoundException")),
+            r#"{"Message":"The snapshot does not exist yet"}"#,
         ),
-        "{err}"
-    );
+        fault(
+            "PUT /snapshots/",
+            1,
+            400,
+            Some(("x-amzn-ErrorType", "ThrottlingException")),
+            r#"{"Message":"Rate exceeded"}"#,
+        ),
+        fault(
+            "POST /",
+            1,
+            400,
+            None,
+            "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow down</Message></Error></Errors></Response>",
+        ),
+    ]);
+    let client = proxy.client();
+    let reader = stamp_disk::open(&src, None).unwrap();
+    let report = ebs::upload(
+        &client,
+        reader.as_ref(),
+        &UploadOptions {
+            jobs: 1,
+            ..Default::default()
+        },
+        &|_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(report.blocks_sent, 4);
+    assert_eq!(proxy.unused_faults(), 0);
+    let puts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT "))
+        .count();
+    // 4 blocks, 3 of the attempts answered by the faults.
+    assert_eq!(puts, 7, "{:?}", proxy.requests());
+}
+
+#[test]
+fn a_json_error_is_typed_and_not_retried() {
+    let proxy = support::Proxy::start(vec![fault(
+        "GET /snapshots/",
+        5,
+        400,
+        Some(("x-amzn-ErrorType", "ValidationException:http://internal")),
+        r#"{"Message":"bad snapshot","Reason":"INVALID_PARAMETER"}"#,
+    )]);
+    let err = ebs::list_snapshot_blocks(&proxy.client(), "snap-0123456789abcdef0").unwrap_err();
+    match &err {
+        Error::Api {
+            service,
+            code,
+            message,
+            ..
+        } => {
+            assert_eq!(*service, "ebs");
+            assert_eq!(code, "ValidationException");
+            assert_eq!(message, "bad snapshot (reason: INVALID_PARAMETER)");
+        }
+        e => panic!("{e}"),
+    }
+    assert_eq!(proxy.requests().len(), 1);
+}
+
+#[test]
+fn a_block_with_a_wrong_checksum_fails_the_download_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("disk.raw");
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(GIB).unwrap();
+    drop(f);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .write_all(&[9u8; 1024])
+        .unwrap();
+    let client = support::client();
+    let reader = stamp_disk::open(&src, None).unwrap();
+    let report = ebs::upload(
+        &client,
+        reader.as_ref(),
+        &UploadOptions::default(),
+        &|_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    // Block 1 comes back with one byte changed but the original checksum.
+    let mut bad = vec![9u8; 512];
+    bad[17] = 8;
+    let proxy = support::Proxy::start(vec![support::Fault {
+        matching: format!("GET /snapshots/{}/blocks/1?", report.snapshot_id),
+        times: 1,
+        status: 200,
+        headers: vec![
+            ("x-amz-Checksum".into(), ebs::checksum(&[9u8; 512])),
+            ("x-amz-Checksum-Algorithm".into(), "SHA256".into()),
+        ],
+        body: String::from_utf8(bad).unwrap(),
+    }]);
+    let out = dir.path().join("back.raw");
+    let writer = stamp_disk::create(&out, Format::Raw, GIB, &CreateOptions::default()).unwrap();
+    let err = ebs::download(&proxy.client(), &report.snapshot_id, writer, 4, &|_| {}).unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    assert!(!out.exists());
 }

@@ -105,3 +105,124 @@ pub fn config() -> AwsConfig {
 pub fn client() -> stamp_aws::http::Client {
     stamp_aws::http::Client::new(&config())
 }
+
+/// A canned answer the [`Proxy`] gives instead of forwarding.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Requests whose `METHOD path` contains this get it.
+    pub matching: String,
+    /// How many of them.
+    pub times: usize,
+    /// Status of the answer.
+    pub status: u16,
+    /// Extra headers of the answer.
+    pub headers: Vec<(String, String)>,
+    /// Body of the answer.
+    pub body: String,
+}
+
+/// A one-request-per-connection HTTP proxy in front of moto that answers some requests with
+/// [`Fault`]s and records `METHOD path` of every request.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    faults: std::sync::Arc<Mutex<Vec<Fault>>>,
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// A proxy to moto with `faults`.
+    pub fn start(faults: Vec<Fault>) -> Proxy {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let upstream = moto().url.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let faults = std::sync::Arc::new(Mutex::new(faults));
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (f, l) = (faults.clone(), log.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (f, l, upstream) = (f.clone(), l.clone(), upstream.clone());
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    let mut reader = BufReader::new(conn.try_clone()?);
+                    let mut head = String::new();
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line)? == 0 {
+                            return Ok(());
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                            if k.eq_ignore_ascii_case("connection") {
+                                continue;
+                            }
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body)?;
+                    let request_line = head.lines().next().unwrap_or("").to_string();
+                    let what = request_line
+                        .rsplit_once(' ')
+                        .map_or(request_line.clone(), |(a, _)| a.to_string());
+                    l.lock().unwrap().push(what.clone());
+                    let fault = {
+                        let mut faults = f.lock().unwrap();
+                        faults
+                            .iter_mut()
+                            .find(|x| x.times > 0 && what.contains(&x.matching))
+                            .map(|x| {
+                                x.times -= 1;
+                                x.clone()
+                            })
+                    };
+                    if let Some(x) = fault {
+                        let mut resp = format!(
+                            "HTTP/1.1 {} Injected\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            x.status,
+                            x.body.len()
+                        );
+                        for (k, v) in &x.headers {
+                            resp.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        resp.push_str("\r\n");
+                        resp.push_str(&x.body);
+                        conn.write_all(resp.as_bytes())?;
+                        return Ok(());
+                    }
+                    let mut up = TcpStream::connect(&upstream)?;
+                    up.write_all(head.as_bytes())?;
+                    up.write_all(b"Connection: close\r\n\r\n")?;
+                    up.write_all(&body)?;
+                    let mut resp = Vec::new();
+                    up.read_to_end(&mut resp)?;
+                    conn.write_all(&resp)?;
+                    Ok(())
+                });
+            }
+        });
+        Proxy { url, faults, log }
+    }
+
+    /// `METHOD path` of every request so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Faults not used up.
+    pub fn unused_faults(&self) -> usize {
+        self.faults.lock().unwrap().iter().map(|f| f.times).sum()
+    }
+
+    /// A client that goes through this proxy.
+    pub fn client(&self) -> stamp_aws::http::Client {
+        stamp_aws::http::Client::new(&config().with_endpoint(&self.url))
+    }
+}
