@@ -50,7 +50,8 @@ const LIST_PAGE: u32 = 10000;
 /// Most ListSnapshotBlocks pages followed: a 64 TiB volume of 512 KiB blocks needs 13 108.
 const MAX_LIST_PAGES: u32 = 20_000;
 
-/// Counters reported to the progress callback.
+/// Counters reported to the progress callback. During an upload `blocks_skipped` counts the
+/// zero blocks found inside allocated ranges; the last call counts every block not sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transfer {
     /// Blocks sent (upload) or received (download) so far.
@@ -784,7 +785,12 @@ fn upload_blocks(
     let status = complete_snapshot(client, id, blocks_sent, &aggregate)?;
     tracing::info!(snapshot_id = id, status, "completed snapshot");
     wait_completed(client, id, COMPLETION_TIMEOUT, cancel)?;
-    report_progress();
+    progress(&Transfer {
+        blocks_done: blocks_sent,
+        blocks_skipped: total - blocks_sent,
+        bytes: bytes.load(Ordering::Relaxed),
+        blocks_total: total,
+    });
     Ok(UploadReport {
         snapshot_id: id.to_string(),
         volume_size_gib: snap.volume_size_gib,

@@ -75,6 +75,7 @@ fn round_trip(client: &Client, path: &Path, out: &Path) -> ebs::UploadReport {
     .unwrap();
     let last = *last.lock().unwrap();
     assert_eq!(last.blocks_done, report.blocks_sent);
+    assert_eq!(last.blocks_skipped, report.blocks_skipped);
     assert_eq!(last.bytes, report.bytes_sent);
 
     let size = ebs::snapshot_size(client, &report.snapshot_id).unwrap();
@@ -90,9 +91,17 @@ fn upload_sends_only_nonzero_blocks_and_download_gives_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("disk.raw");
     let nonzero = make_disk(&src);
-    let client = support::client();
+    // Through a recording proxy, to count the PutSnapshotBlock calls on the wire.
+    let proxy = support::Proxy::start(Vec::new());
+    let client = proxy.client();
     let out = dir.path().join("back.raw");
     let report = round_trip(&client, &src, &out);
+    let puts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PUT /snapshots/"))
+        .count() as u64;
+    assert_eq!(puts, nonzero);
     // moto's StartSnapshot says 512-byte blocks (AWS says 512 KiB): the upload follows it.
     assert_eq!(report.block_size, 512);
     assert_eq!(report.volume_size_gib, 1);
