@@ -43,4 +43,14 @@ if ((${#need[@]} || qemu_system)); then
     "$(dirname "$0")/install-qemu-system.sh"
   fi
 fi
+# stamp-aws: moto_server emulates EC2, EBS direct and S3; boto3 and the AWS CLI are the
+# reference clients.
+if ! command -v moto_server >/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-pip >/dev/null
+  fi
+  python3 -m pip install -q --break-system-packages 'moto[server]' boto3 awscli
+fi
 command -v cargo >/dev/null || { echo "error: cargo is not installed (install Rust with rustup)" >&2; exit 1; }

@@ -40,6 +40,15 @@ pub enum Error {
     /// The user interrupted.
     #[error("interrupted")]
     Interrupted,
+    /// An upload or download failed (or was interrupted) after creating something in AWS;
+    /// `cleanup` says what stamp removed (or could not remove).
+    #[error("{cause}; {cleanup}")]
+    Aborted {
+        /// What went wrong.
+        cause: Box<Error>,
+        /// What was cleaned up, e.g. "deleted snapshot snap-0123".
+        cleanup: String,
+    },
     /// From the disk layer.
     #[error(transparent)]
     Disk(#[from] stamp_disk::Error),
