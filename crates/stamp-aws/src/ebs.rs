@@ -24,7 +24,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use stamp_disk::{DiskReader, DiskSummary, DiskWriter, Extent};
 
-use crate::http::{Client, Response, backoff, xml_text};
+use crate::ec2::query::percent_encode as encode;
+use crate::ec2::{self, DeleteSnapshotRequest, DescribeSnapshotsRequest};
+use crate::http::{Client, Response, backoff};
 use crate::{Error, Result};
 
 /// One GiB: EBS volume sizes are whole GiB.
@@ -167,19 +169,6 @@ fn check_block_size(action: &str, bs: u64) -> Result<u64> {
             format!("BlockSize {bs} is not a power of two in {MIN_BLOCK_SIZE}..={MAX_BLOCK_SIZE}"),
         ))
     }
-}
-
-/// Percent-encodes `s` for a URL query value (everything but RFC 3986 unreserved bytes).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A token for StartSnapshot's idempotency: unique per call in practice.
@@ -531,55 +520,40 @@ pub fn get_snapshot_block(
     Ok(resp.body)
 }
 
-/// Sends an EC2 Query API call (form POST) and returns the response or the XML error as
-/// [`Error::Api`]. Minimal on purpose: the `ec2` module has the typed API.
-fn ec2_call(client: &Client, action: &str, params: &[(&str, &str)]) -> Result<Response> {
-    let mut form = format!("Action={action}&Version=2016-11-15");
-    for (k, v) in params {
-        form.push_str(&format!("&{}={}", encode(k), encode(v)));
-    }
-    let resp = client.send(
-        "ec2",
-        action,
-        "POST",
-        "/",
-        &[(
-            "content-type",
-            "application/x-www-form-urlencoded; charset=utf-8".into(),
-        )],
-        form.as_bytes(),
-    )?;
-    if resp.is_success() {
-        return Ok(resp);
-    }
-    Err(Error::Api {
-        service: "ec2",
-        action: action.to_string(),
-        code: xml_text(&resp.body, "Code").unwrap_or_else(|| format!("HTTP {}", resp.status)),
-        message: xml_text(&resp.body, "Message")
-            .unwrap_or_else(|| crate::http::snippet(&resp.body)),
-    })
-}
-
-/// EC2 DeleteSnapshot. The `ec2` module may replace this with its typed call.
+/// EC2 DeleteSnapshot.
 pub fn ec2_delete_snapshot(client: &Client, snapshot_id: &str) -> Result<()> {
-    ec2_call(client, "DeleteSnapshot", &[("SnapshotId", snapshot_id)]).map(|_| ())
+    let req = DeleteSnapshotRequest {
+        snapshot_id: snapshot_id.to_string(),
+        dry_run: None,
+    };
+    ec2::call(client, &req).map(|_| ())
 }
 
 /// EC2 DescribeSnapshots for one snapshot: its state (`pending`, `completed`, `error`) and
-/// progress. The `ec2` module may replace this with its typed call.
+/// progress.
 pub fn ec2_snapshot_state(client: &Client, snapshot_id: &str) -> Result<(String, Option<String>)> {
-    let resp = ec2_call(
-        client,
-        "DescribeSnapshots",
-        &[("SnapshotId.1", snapshot_id)],
-    )?;
-    let state = xml_text(&resp.body, "status").ok_or_else(|| Error::Malformed {
+    let req = DescribeSnapshotsRequest {
+        snapshot_ids: vec![snapshot_id.to_string()],
+        ..Default::default()
+    };
+    let resp = ec2::call(client, &req)?;
+    let snap = resp
+        .snapshots
+        .into_iter()
+        .find(|s| s.snapshot_id.as_deref() == Some(snapshot_id));
+    let Some(snap) = snap else {
+        return Err(Error::Malformed {
+            service: "ec2",
+            action: "DescribeSnapshots".into(),
+            detail: format!("no snapshot {snapshot_id} in the answer"),
+        });
+    };
+    let state = snap.state.ok_or_else(|| Error::Malformed {
         service: "ec2",
         action: "DescribeSnapshots".into(),
         detail: format!("no <status> for {snapshot_id}"),
     })?;
-    Ok((state, xml_text(&resp.body, "progress")))
+    Ok((state, snap.progress))
 }
 
 /// Waits until `snapshot_id` is `completed` (error on `error` or after `timeout`).

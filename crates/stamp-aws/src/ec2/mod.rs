@@ -473,3 +473,32 @@ pub fn join_key(prefix: &str, key: &str) -> String {
 pub fn check_version_pub(r: &ParamReader) -> Result<(), ApiError> {
     check_version(r)
 }
+
+/// Sends `req` to EC2 through `client` (SigV4-signed form POST) and parses its response; AWS's
+/// error document becomes [`Error::Api`] with AWS's code.
+pub fn call<R: Ec2Request>(client: &crate::http::Client, req: &R) -> crate::Result<R::Response> {
+    let form = form_encode(&encode_request(req));
+    let resp = client.send(
+        "ec2",
+        R::ACTION,
+        "POST",
+        "/",
+        &[(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8".into(),
+        )],
+        form.as_bytes(),
+    )?;
+    let body = String::from_utf8_lossy(&resp.body);
+    match parse_response::<R::Response>(&body) {
+        Ok((r, _)) => Ok(r),
+        Err(e @ Error::Api { .. }) => Err(e),
+        Err(_) if !resp.is_success() => Err(Error::Api {
+            service: "ec2",
+            action: R::ACTION.to_string(),
+            code: format!("HTTP {}", resp.status),
+            message: crate::http::snippet(&resp.body),
+        }),
+        Err(e) => Err(e),
+    }
+}

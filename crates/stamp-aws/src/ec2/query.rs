@@ -229,23 +229,28 @@ impl<T: QueryValue> QueryField for Vec<T> {
 /// The parameters as an `application/x-www-form-urlencoded` body, every byte but RFC 3986's
 /// unreserved characters percent-encoded (the encoding SigV4's canonical form also uses).
 pub fn form_encode(params: &[(String, String)]) -> String {
-    fn enc(s: &str, out: &mut String) {
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                out.push(char::from(b));
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
-    }
     let mut out = String::new();
     for (i, (k, v)) in params.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        enc(k, &mut out);
+        out.push_str(&percent_encode(k));
         out.push('=');
-        enc(v, &mut out);
+        out.push_str(&percent_encode(v));
+    }
+    out
+}
+
+/// `s` with every byte but RFC 3986's unreserved characters percent-encoded (for query values
+/// and form bodies).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
     }
     out
 }
