@@ -333,9 +333,29 @@ pub struct PushArgs {
 pub struct ImagesArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// List a cloud's images instead of the store's: `aws` or `aws://REGION` (the caller's AMIs).
+    #[arg(long, value_name = "LOCATION")]
+    pub remote: Option<String>,
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How to reach AWS, as the AWS CLI's flags (else AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL and
+/// ~/.aws/config and credentials).
+#[derive(Debug, Args)]
+pub struct AwsArgs {
+    /// The profile of ~/.aws/config and ~/.aws/credentials.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// The region (unless the aws://REGION location names one).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Send every AWS request to this endpoint (an S3/EC2-compatible cloud, or a test server).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
 }
 
 /// `stamp inspect`.
@@ -369,10 +389,13 @@ pub struct TagArgs {
 pub struct RmiArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// Remove every name of an image given by digest.
     #[arg(short = 'f', long)]
     pub force: bool,
-    /// Names (or digests) to remove. Blobs are freed by `stamp gc`.
+    /// Names (or digests) to remove, or AMIs as aws://[REGION/]ami-… (deregistered, their
+    /// snapshots deleted). Blobs are freed by `stamp gc`.
     #[arg(required = true)]
     pub references: Vec<String>,
 }

@@ -1,6 +1,7 @@
 //! One module per verb; each turns parsed arguments into library calls and prints the result.
 
 mod archive;
+mod aws;
 mod build;
 mod check;
 mod compare;

@@ -16,6 +16,10 @@ pub fn run_rmi(a: RmiArgs) -> Result<u8> {
     let store = open_store(&a.store)?;
     let named = store.list()?;
     for reference in &a.references {
+        if super::aws::parse_location(reference).is_some() {
+            super::aws::rmi(&a.aws, reference)?;
+            continue;
+        }
         if named.iter().any(|n| &n.name == reference) {
             store.remove_name(reference)?;
             println!("Untagged: {reference}");

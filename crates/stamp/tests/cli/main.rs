@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../../stamp-aws/tests/support/mod.rs"]
+mod aws_support;
 mod common;
 #[path = "../../../stamp-oci/tests/support/mod.rs"]
 mod support;
 
+mod aws;
 mod build;
 mod compare;
 mod convert;
