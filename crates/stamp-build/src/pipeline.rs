@@ -13,6 +13,7 @@ use stamp_fs::ext4::{Ext4Options, ext4};
 use stamp_fs::fat::{FatOptions, fat};
 use stamp_fs::gpt::{GptOptions, Partition, PartitionType, gpt_disk};
 use stamp_fs::{Image, Tree};
+use uuid::Uuid;
 
 use crate::boot::{Arch, BootFiles, BootMethod, BootRequest, boot_files};
 use crate::cache::Cache;
@@ -73,17 +74,17 @@ pub struct BuildOptions {
     pub seed: [u8; 32],
 }
 
-/// Identifiers of the disk being built.
+/// Identifiers of the disk being built (JSON: lower-case hyphenated strings).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ids {
     /// The disk GUID.
-    pub disk_guid: String,
+    pub disk_guid: Uuid,
     /// The ESP's PARTUUID.
-    pub esp_partuuid: String,
+    pub esp_partuuid: Uuid,
     /// The root partition's PARTUUID.
-    pub root_partuuid: String,
+    pub root_partuuid: Uuid,
     /// The root filesystem's UUID.
-    pub root_fs_uuid: String,
+    pub root_fs_uuid: Uuid,
 }
 
 /// What a build made.
@@ -111,8 +112,8 @@ pub struct BuildReport {
 }
 
 /// A UUID derived from `seed` and `label`: SHA-256 truncated, with the version 4 and RFC 4122
-/// variant bits set so that every tool accepts it. Bytes in textual order.
-pub fn derive_guid(seed: &[u8; 32], label: &str) -> [u8; 16] {
+/// variant bits set so that every tool accepts it.
+pub fn derive_guid(seed: &[u8; 32], label: &str) -> Uuid {
     let mut h = Sha256::new();
     h.update(b"stamp-build guid\0");
     h.update(seed);
@@ -122,37 +123,24 @@ pub fn derive_guid(seed: &[u8; 32], label: &str) -> [u8; 16] {
     g.copy_from_slice(&d[..16]);
     g[6] = (g[6] & 0x0f) | 0x40;
     g[8] = (g[8] & 0x3f) | 0x80;
-    g
-}
-
-/// The textual form of a GUID given in textual byte order (lower case, 8-4-4-4-12).
-pub fn guid_string(g: &[u8; 16]) -> String {
-    let h = hex::encode(g);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    Uuid::from_bytes(g)
 }
 
 impl Ids {
     /// The identifiers derived from `seed`.
     pub fn derive(seed: &[u8; 32]) -> Ids {
         Ids {
-            disk_guid: guid_string(&derive_guid(seed, "disk")),
-            esp_partuuid: guid_string(&derive_guid(seed, "esp")),
-            root_partuuid: guid_string(&derive_guid(seed, "root")),
-            root_fs_uuid: guid_string(&derive_guid(seed, "root-fs")),
+            disk_guid: derive_guid(seed, "disk"),
+            esp_partuuid: derive_guid(seed, "esp"),
+            root_partuuid: derive_guid(seed, "root"),
+            root_fs_uuid: derive_guid(seed, "root-fs"),
         }
     }
 }
 
 /// The first 8 bytes of `seed` as the u64 seeds the writers take.
 fn seed_u64(seed: &[u8; 32], label: &str) -> u64 {
-    let g = derive_guid(seed, label);
+    let g = derive_guid(seed, label).into_bytes();
     u64::from_le_bytes([g[0], g[1], g[2], g[3], g[4], g[5], g[10], g[11]])
 }
 
@@ -172,8 +160,8 @@ pub struct Prepared {
 pub fn apply(mut tree: Tree, opts: &BuildOptions) -> Result<(Tree, Ids)> {
     let ids = Ids::derive(&opts.seed);
     let ctx = ApplyContext {
-        root_partuuid: ids.root_partuuid.clone(),
-        esp_partuuid: ids.esp_partuuid.clone(),
+        root_partuuid: ids.root_partuuid.to_string(),
+        esp_partuuid: ids.esp_partuuid.to_string(),
         source_date_epoch: opts.source_date_epoch,
     };
     opts.recipe.apply(&mut tree, &ctx)?;
@@ -190,7 +178,7 @@ pub fn prepare(tree: Tree, ids: Ids, opts: &BuildOptions) -> Result<Prepared> {
         tree: &tree,
         cmdline: cmdline.clone(),
         arch: opts.arch,
-        root_fs_uuid: ids.root_fs_uuid.clone(),
+        root_fs_uuid: ids.root_fs_uuid.to_string(),
         method: opts.boot_method,
     })?;
     Ok(Prepared {
@@ -204,14 +192,6 @@ pub fn prepare(tree: Tree, ids: Ids, opts: &BuildOptions) -> Result<Prepared> {
 /// Sum of the ESP tree's file sizes.
 fn content_size(tree: &Tree) -> u64 {
     tree.ids().map(|id| tree.entry(id).size()).sum()
-}
-
-/// Parses a GUID's textual form back into bytes (only for GUIDs this module printed).
-fn guid_bytes(s: &str) -> Result<[u8; 16]> {
-    let h: String = s.chars().filter(|c| *c != '-').collect();
-    let v = hex::decode(&h).map_err(|_| Error::InvalidOption(format!("bad GUID '{s}'")))?;
-    v.try_into()
-        .map_err(|_| Error::InvalidOption(format!("bad GUID '{s}'")))
 }
 
 /// The laid-out disk of a prepared build.
@@ -268,7 +248,7 @@ pub fn layout<'a>(p: &'a Prepared, opts: &BuildOptions) -> Result<Layout<'a>> {
             size: root_size,
             extra_space_bytes: opts.recipe.extra_space.unwrap_or(0),
             label: Some("root".into()),
-            uuid: Some(guid_bytes(&p.ids.root_fs_uuid)?),
+            uuid: Some(p.ids.root_fs_uuid.into_bytes()),
             seed: Some(seed_u64(&opts.seed, "ext4")),
             source_date_epoch: sde,
             ..Ext4Options::default()
@@ -286,7 +266,7 @@ pub fn layout<'a>(p: &'a Prepared, opts: &BuildOptions) -> Result<Layout<'a>> {
             kind: PartitionType::Esp,
             size: esp_size,
             attributes: 0,
-            unique_guid: Some(guid_bytes(&p.ids.esp_partuuid)?),
+            unique_guid: Some(p.ids.esp_partuuid.into_bytes()),
             image: Some(esp),
         },
         Partition {
@@ -294,14 +274,14 @@ pub fn layout<'a>(p: &'a Prepared, opts: &BuildOptions) -> Result<Layout<'a>> {
             kind: root_type,
             size: 0,
             attributes: 0,
-            unique_guid: Some(guid_bytes(&p.ids.root_partuuid)?),
+            unique_guid: Some(p.ids.root_partuuid.into_bytes()),
             image: Some(root),
         },
     ];
     let disk = gpt_disk(
         parts,
         &GptOptions {
-            disk_guid: Some(guid_bytes(&p.ids.disk_guid)?),
+            disk_guid: Some(p.ids.disk_guid.into_bytes()),
             size: opts.recipe.disk_size,
             seed: Some(seed_u64(&opts.seed, "gpt")),
         },
@@ -424,9 +404,12 @@ mod tests {
         assert_eq!(a, Ids::derive(&seed));
         assert_ne!(a.root_partuuid, a.esp_partuuid);
         assert_ne!(a.root_partuuid, Ids::derive(&[8u8; 32]).root_partuuid);
-        let u = a.root_partuuid.as_bytes();
+        let text = a.root_partuuid.to_string();
+        let u = text.as_bytes();
         assert_eq!(u[14], b'4');
         assert!(matches!(u[19], b'8' | b'9' | b'a' | b'b'));
-        assert_eq!(guid_string(&guid_bytes(&a.disk_guid).unwrap()), a.disk_guid);
+        // The report's JSON keeps the textual form.
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["root_partuuid"], text.as_str());
     }
 }
