@@ -87,6 +87,6 @@ fn is_disk(path: &Path) -> Result<bool> {
 }
 
 /// This machine's architecture in OCI's words.
-fn host_arch() -> String {
+pub(super) fn host_arch() -> String {
     stamp_oci::image::host_platform().architecture().to_string()
 }

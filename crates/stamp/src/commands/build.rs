@@ -35,9 +35,17 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
         );
     }
     let outputs = outputs(&a.outputs, &a.formats)?;
-    let mut recipe = match &a.recipe {
-        Some(path) => Recipe::load(path)?,
-        None => Recipe::default(),
+    // Read once: parsed here, and its bytes are part of the build's identity below.
+    let recipe_text = match &a.recipe {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the recipe {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut recipe = match (&a.recipe, &recipe_text) {
+        (Some(path), Some(text)) => Recipe::parse(text, path)?,
+        _ => Recipe::default(),
     };
     if let Some(size) = &a.size {
         let bytes = stamp_disk::parse_size(size)
@@ -63,10 +71,7 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
         }
         None => {
             let source = a.source.as_deref().unwrap_or_default();
-            let desc = match store.resolve(source) {
-                Ok(desc) if stamp_oci::archive::Source::parse(source)?.is_none() => desc,
-                _ => fetch(&store, source, &a.registry, platform.as_ref(), true, cancel)?.0,
-            };
+            let desc = local_or_fetch(&store, source, &a, platform.as_ref(), cancel)?;
             (store.image(&desc, platform.as_ref())?, source.to_string())
         }
     };
@@ -84,10 +89,7 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
     seed.update(b"stamp build v1\0");
     seed.update(image.manifest_digest.to_string());
     if let Some(k) = &a.kernel {
-        let kdesc = match store.resolve(k) {
-            Ok(d) if stamp_oci::archive::Source::parse(k)?.is_none() => d,
-            _ => fetch(&store, k, &a.registry, platform.as_ref(), true, cancel)?.0,
-        };
+        let kdesc = local_or_fetch(&store, k, &a, platform.as_ref(), cancel)?;
         let kimage = store.image(&kdesc, platform.as_ref())?;
         seed.update(kimage.manifest_digest.to_string());
         let ktree = stamp_oci::flatten(&store, &kimage, &source_opts)
@@ -110,10 +112,8 @@ pub fn run(a: BuildArgs, cancel: &CancelFlag) -> Result<u8> {
              with linux-image-cloud-amd64) to boot its entrypoint with stamp's init"
         );
     }
-    if let Some(path) = &a.recipe {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        seed.update(&bytes);
+    if let Some(text) = &recipe_text {
+        seed.update(text.as_bytes());
     }
     seed.update(format!(
         "{:?}|{:?}|{:?}|{:?}",
@@ -226,13 +226,28 @@ fn arch_of(image: &Image) -> Arch {
     }
 }
 
+/// The image `reference` names: the store's when it has one by that name, else pulled from its
+/// registry or imported from its archive.
+fn local_or_fetch(
+    store: &Store,
+    reference: &str,
+    a: &BuildArgs,
+    platform: Option<&oci_spec::image::Platform>,
+    cancel: &CancelFlag,
+) -> Result<oci_spec::image::Descriptor> {
+    match store.resolve(reference) {
+        Ok(desc) if stamp_oci::archive::Source::parse(reference)?.is_none() => Ok(desc),
+        _ => Ok(fetch(store, reference, &a.registry, platform, true, cancel)?.0),
+    }
+}
+
 /// The image config's architecture in OCI's words (the host's when it has no config).
 fn image_arch(image: &Image) -> String {
     image
         .config
         .as_ref()
         .map(|c| c.architecture().to_string())
-        .unwrap_or_else(|| stamp_oci::image::host_platform().architecture().to_string())
+        .unwrap_or_else(super::archive::host_arch)
 }
 
 /// Builds `dockerfile` with podman (or buildah) and imports the result into the store.
