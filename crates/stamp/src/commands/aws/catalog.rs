@@ -1,43 +1,13 @@
-//! The `aws://` side of `stamp images --remote` and `stamp rmi`: the caller's AMIs.
+//! The caller's AMIs: `stamp images --remote aws` lists them, `stamp rmi aws://…` removes one.
 
 use anyhow::{Context, Result, bail};
-use stamp_aws::config::{AwsConfig, ConfigOptions};
 use stamp_aws::ec2::{
     self, DeleteSnapshotRequest, DeregisterImageRequest, DescribeImagesRequest, Image,
 };
-use stamp_aws::http::Client;
 
-use super::print_json;
+use super::{client, parse_location};
 use crate::cli::AwsArgs;
-
-/// `aws[://REGION[/ID]]` split into the region (if any) and the id (if any); `None` if `s` is
-/// not an `aws` location.
-pub fn parse_location(s: &str) -> Option<(Option<String>, Option<String>)> {
-    let rest = match s.strip_prefix("aws://") {
-        Some(r) => r,
-        None if s == "aws" => "",
-        None => return None,
-    };
-    let mut parts = rest.splitn(2, '/');
-    let first = parts.next().filter(|p| !p.is_empty()).map(String::from);
-    let second = parts.next().filter(|p| !p.is_empty()).map(String::from);
-    Some(match (first, second) {
-        // aws://ami-… names an id in the configured region.
-        (Some(f), None) if f.starts_with("ami-") || f.starts_with("snap-") => (None, Some(f)),
-        (f, s) => (f, s),
-    })
-}
-
-/// A signed EC2 client for `region` (else the flags', the environment's, the profile's).
-fn client(a: &AwsArgs, region: Option<String>) -> Result<Client> {
-    let config = AwsConfig::load(&ConfigOptions {
-        profile: a.profile.clone(),
-        region: region.or_else(|| a.region.clone()),
-        endpoint_url: a.endpoint_url.clone(),
-        ..ConfigOptions::default()
-    })?;
-    Ok(Client::new(&config))
-}
+use crate::commands::print_json;
 
 /// One AMI as `stamp images --remote aws` shows it.
 #[derive(Debug, serde::Serialize)]
@@ -163,23 +133,3 @@ pub fn rmi(a: &AwsArgs, location: &str) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_location;
-
-    #[test]
-    fn locations() {
-        let s = |v: &str| Some(v.to_string());
-        assert_eq!(parse_location("aws"), Some((None, None)));
-        assert_eq!(
-            parse_location("aws://eu-west-1"),
-            Some((s("eu-west-1"), None))
-        );
-        assert_eq!(parse_location("aws://ami-1"), Some((None, s("ami-1"))));
-        assert_eq!(
-            parse_location("aws://eu-west-1/ami-1"),
-            Some((s("eu-west-1"), s("ami-1")))
-        );
-        assert_eq!(parse_location("localhost/x"), None);
-    }
-}
