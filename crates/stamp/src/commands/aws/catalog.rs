@@ -132,4 +132,3 @@ pub fn rmi(a: &AwsArgs, location: &str) -> Result<()> {
     }
     Ok(())
 }
-
