@@ -1,8 +1,11 @@
-//! The `aws://` locations: `stamp images --remote aws` and `stamp rmi aws://…` ([`catalog`]).
+//! The `aws://` locations: `stamp images --remote aws` and `stamp rmi aws://…` ([`catalog`]);
+//! `stamp pull aws://…` ([`pull`]).
 
 mod catalog;
+mod pull;
 
-pub use catalog::{images, rmi};
+pub use catalog::{images, rmi, rmi_incomplete};
+pub use pull::pull;
 
 use anyhow::Result;
 use stamp_aws::config::{AwsConfig, ConfigOptions};
