@@ -233,6 +233,14 @@ impl AwsConfig {
         self
     }
 
+    /// The same credentials and endpoint settings for another region.
+    pub fn for_region(&self, region: &str) -> AwsConfig {
+        AwsConfig {
+            region: region.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// The base URL of `service` (`ec2`, `ebs`, `s3`), without a trailing slash.
     pub fn endpoint(&self, service: &str) -> String {
         let e = &self.endpoints;

@@ -53,3 +53,14 @@ pub enum Error {
     #[error(transparent)]
     Disk(#[from] stamp_disk::Error),
 }
+
+impl Error {
+    /// True if the user interrupted (also when clean-up followed).
+    pub fn is_interrupted(&self) -> bool {
+        match self {
+            Error::Interrupted => true,
+            Error::Aborted { cause, .. } => cause.is_interrupted(),
+            _ => false,
+        }
+    }
+}

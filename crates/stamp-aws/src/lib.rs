@@ -1,9 +1,10 @@
 //! AWS for stamp, without the AWS SDK's EC2 crate: credentials and regions the AWS way
 //! ([`config`]), SigV4-signed HTTP ([`http`]), the EC2 Query API's requests and XML responses
 //! as our own types, shared by the client and by `stamp serve` ([`ec2`]), and EBS direct
-//! snapshot upload and download ([`ebs`]).
+//! snapshot upload and download ([`ebs`]), and publishing a disk as an AMI ([`ami`]).
 #![deny(missing_docs)]
 
+pub mod ami;
 pub mod config;
 pub mod ebs;
 pub mod ec2;

@@ -432,3 +432,57 @@ fn every_partition_type_is_named_by_sfdisk() {
         );
     }
 }
+
+#[test]
+fn firmware_is_read_from_the_partition_table() {
+    use stamp_fs::gpt::{Firmware, firmware};
+    let tree = esp_tree();
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk.raw");
+    write(
+        gpt_disk(parts(&tree), &GptOptions::default()).unwrap(),
+        &disk,
+        Format::Raw,
+    );
+    let reader = stamp_disk::open(&disk, None).unwrap();
+    assert_eq!(firmware(&*reader).unwrap(), Some(Firmware::Uefi));
+
+    // A GPT with a BIOS boot partition and no ESP, made by sfdisk.
+    let bios = tmp.path().join("bios.raw");
+    std::fs::File::create(&bios)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("printf 'label: gpt\\nsize=1M, type=21686148-6449-6E6F-744E-656564454649\\ntype=linux\\n' | sfdisk -q \"$1\"")
+        .arg("sh")
+        .arg(&bios)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = stamp_disk::open(&bios, None).unwrap();
+    assert_eq!(firmware(&*reader).unwrap(), Some(Firmware::Bios));
+
+    // An MBR with boot code; then one with an 0xEF partition; then a blank disk.
+    let mbr = tmp.path().join("mbr.raw");
+    let mut bytes = vec![0u8; 4 * MIB as usize];
+    bytes[0] = 0xEB;
+    bytes[510] = 0x55;
+    bytes[511] = 0xAA;
+    bytes[446 + 4] = 0x83;
+    std::fs::write(&mbr, &bytes).unwrap();
+    let reader = stamp_disk::open(&mbr, Some(Format::Raw)).unwrap();
+    assert_eq!(firmware(&*reader).unwrap(), Some(Firmware::Bios));
+    bytes[446 + 16 + 4] = 0xEF;
+    std::fs::write(&mbr, &bytes).unwrap();
+    let reader = stamp_disk::open(&mbr, Some(Format::Raw)).unwrap();
+    assert_eq!(firmware(&*reader).unwrap(), Some(Firmware::Uefi));
+    std::fs::write(&mbr, vec![0u8; 4096]).unwrap();
+    let reader = stamp_disk::open(&mbr, Some(Format::Raw)).unwrap();
+    assert_eq!(firmware(&*reader).unwrap(), None);
+}

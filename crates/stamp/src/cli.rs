@@ -336,10 +336,75 @@ pub struct PushArgs {
     /// Print only the pushed manifest digest.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// The image in the store.
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub ami: AmiArgs,
+    /// The image in the store; for aws:// also a disk file in any format stamp reads.
     pub local: String,
-    /// The registry reference to push to (default: the local name).
+    /// The registry reference to push to (default: the local name), or aws://[REGION/]NAME to
+    /// publish the disk as an AMI.
     pub remote: Option<String>,
+}
+
+/// `stamp push IMAGE aws://[REGION/]NAME`: what the AMI says and how to upload it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "AMI (aws://[REGION/]NAME)")]
+pub struct AmiArgs {
+    /// The architecture (default: the store image's, else x86_64).
+    #[arg(long, value_name = "ARCH", value_parser = ["x86_64", "arm64"])]
+    pub arch: Option<String>,
+    /// The boot mode (default: the store image's, else what the disk's partition table says).
+    #[arg(long, value_name = "MODE", value_parser = ["uefi", "legacy-bios", "uefi-preferred"])]
+    pub boot_mode: Option<String>,
+    /// Enhanced networking with ENA.
+    #[arg(long)]
+    pub ena: bool,
+    /// Enhanced networking with the Intel 82599 VF (sriovNetSupport=simple).
+    #[arg(long)]
+    pub sriov: bool,
+    /// NitroTPM 2.0 (needs --boot-mode uefi).
+    #[arg(long)]
+    pub tpm: bool,
+    /// Instances launched from the AMI must use IMDSv2.
+    #[arg(long)]
+    pub imds_v2: bool,
+    /// The root volume's type.
+    #[arg(long, value_name = "TYPE", default_value = "gp3")]
+    pub volume_type: String,
+    /// The root volume's size in GiB (default: the disk's size rounded up).
+    #[arg(long, value_name = "GiB")]
+    pub volume_size: Option<u64>,
+    /// The AMI's description.
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+    /// A tag on the AMI and its snapshot (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// Let everyone launch the AMI.
+    #[arg(long, conflicts_with = "grants")]
+    pub public: bool,
+    /// Let this account launch the AMI (repeatable).
+    #[arg(long = "grant", value_name = "ACCOUNT")]
+    pub grants: Vec<String>,
+    /// Copy the AMI to this region too, waiting until it is available (repeatable).
+    #[arg(long = "copy-to", value_name = "REGION")]
+    pub copy_to: Vec<String>,
+    /// Upload through S3 and ImportSnapshot (where EBS direct APIs are not allowed).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+    pub via: Option<String>,
+    /// If an AMI of this name exists, return it instead of failing.
+    #[arg(long)]
+    pub reuse: bool,
+    /// Blocks in flight.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub jobs: usize,
+    /// Show a progress bar (on a terminal).
+    #[arg(short = 'p')]
+    pub progress: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `stamp images`.
@@ -373,6 +438,15 @@ pub struct AwsArgs {
     /// Send every AWS request to this endpoint (an S3/EC2-compatible cloud, or a test server).
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
+    /// The access key id (prefer AWS_ACCESS_KEY_ID or a profile: arguments are visible in ps).
+    #[arg(long, value_name = "ID", requires = "secret_key")]
+    pub access_key: Option<String>,
+    /// The secret access key (prefer AWS_SECRET_ACCESS_KEY or a profile).
+    #[arg(long, value_name = "SECRET", requires = "access_key")]
+    pub secret_key: Option<String>,
+    /// The session token of temporary credentials.
+    #[arg(long, value_name = "TOKEN", requires = "access_key")]
+    pub session_token: Option<String>,
 }
 
 /// `stamp inspect`.

@@ -49,6 +49,8 @@ pub fn exit_code_for(err: &anyhow::Error, error_code: u8) -> u8 {
             || matches!(e.downcast_ref::<OciError>(), Some(OciError::Interrupted))
             || e.downcast_ref::<stamp_build::Error>()
                 .is_some_and(stamp_build::Error::is_interrupted)
+            || e.downcast_ref::<stamp_aws::Error>()
+                .is_some_and(stamp_aws::Error::is_interrupted)
     });
     if interrupted {
         EXIT_INTERRUPTED
@@ -61,6 +63,12 @@ pub fn exit_code_for(err: &anyhow::Error, error_code: u8) -> u8 {
 fn hint_for(err: &anyhow::Error) -> Option<String> {
     if let Some(oci) = err.chain().find_map(|e| e.downcast_ref::<OciError>()) {
         return oci_hint(oci);
+    }
+    if let Some(aws) = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<stamp_aws::Error>())
+    {
+        return aws_hint(aws);
     }
     let disk = err.chain().find_map(|e| e.downcast_ref::<DiskError>())?;
     Some(match disk {
@@ -90,6 +98,23 @@ fn oci_hint(err: &OciError) -> Option<String> {
         }
         OciError::NotFound(_) => "`stamp images` lists what is in the store; check the name and tag".into(),
         OciError::Interrupted => "what was complete is kept; run the command again to finish it".into(),
+        _ => return None,
+    })
+}
+
+/// What the user can do about an AWS error.
+fn aws_hint(err: &stamp_aws::Error) -> Option<String> {
+    use stamp_aws::Error as E;
+    Some(match err {
+        E::NoCredentials(_) => "`--profile NAME` picks another profile of ~/.aws/credentials and ~/.aws/config".into(),
+        E::Aborted { cause, .. } => return aws_hint(cause),
+        E::Interrupted => "what this run created was removed; run the command again".into(),
+        E::Api { code, .. } if code.contains("AuthFailure") || code.contains("SignatureDoesNotMatch") || code.contains("UnrecognizedClient") || code.contains("InvalidClientTokenId") => {
+            "check the access key and secret (AWS_PROFILE, --profile, ~/.aws/credentials) and the region".into()
+        }
+        E::Api { code, .. } if code.contains("AccessDenied") || code.contains("UnauthorizedOperation") => {
+            "the credentials lack a permission: stamp push needs ebs:StartSnapshot, ebs:PutSnapshotBlock, ebs:CompleteSnapshot, ec2:RegisterImage, ec2:DescribeImages, ec2:DescribeSnapshots, ec2:CreateTags, ec2:DeleteTags, ec2:DeleteSnapshot (and ec2:ModifyImageAttribute, ec2:CopyImage for --public/--grant/--copy-to)".into()
+        }
         _ => return None,
     })
 }

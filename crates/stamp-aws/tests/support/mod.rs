@@ -109,7 +109,7 @@ pub fn client() -> stamp_aws::http::Client {
 /// A canned answer the [`Proxy`] gives instead of forwarding.
 #[derive(Debug, Clone)]
 pub struct Fault {
-    /// Requests whose `METHOD path` contains this get it.
+    /// Requests whose `METHOD path` or form body contains this (`Action=RegisterImage`) get it.
     pub matching: String,
     /// How many of them.
     pub times: usize,
@@ -121,18 +121,45 @@ pub struct Fault {
     pub body: String,
 }
 
+/// One request as the [`Proxy`] saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `METHOD path`.
+    pub line: String,
+    /// The body, if it is a form (EC2 Query API requests), else empty.
+    pub form: String,
+    /// The `Credential=` of the Authorization header: `KEY/DATE/REGION/SERVICE/aws4_request`.
+    pub credential: String,
+}
+
+impl Recorded {
+    /// The EC2 `Action` of a form request, if any.
+    pub fn action(&self) -> Option<&str> {
+        self.form
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("Action="))
+    }
+}
+
 /// A one-request-per-connection HTTP proxy in front of moto that answers some requests with
-/// [`Fault`]s and records `METHOD path` of every request.
+/// [`Fault`]s (matched on `METHOD path` or on the form body), delays some, and records every
+/// request ([`Recorded`]).
 pub struct Proxy {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     faults: std::sync::Arc<Mutex<Vec<Fault>>>,
-    log: std::sync::Arc<Mutex<Vec<String>>>,
+    log: std::sync::Arc<Mutex<Vec<Recorded>>>,
 }
 
 impl Proxy {
     /// A proxy to moto with `faults`.
     pub fn start(faults: Vec<Fault>) -> Proxy {
+        Self::start_with(faults, Vec::new())
+    }
+
+    /// A proxy to moto with `faults` that holds requests matching a `delays` entry (on
+    /// `METHOD path`) for its duration before forwarding them.
+    pub fn start_with(faults: Vec<Fault>, delays: Vec<(String, Duration)>) -> Proxy {
         use std::io::{BufRead, BufReader, Read, Write};
         let upstream = moto().url.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -144,10 +171,13 @@ impl Proxy {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
                 let (f, l, upstream) = (f.clone(), l.clone(), upstream.clone());
+                let delays = delays.clone();
                 std::thread::spawn(move || -> std::io::Result<()> {
                     let mut reader = BufReader::new(conn.try_clone()?);
                     let mut head = String::new();
                     let mut len = 0usize;
+                    let mut form = false;
+                    let mut credential = String::new();
                     loop {
                         let mut line = String::new();
                         if reader.read_line(&mut line)? == 0 {
@@ -159,6 +189,14 @@ impl Proxy {
                             }
                             if k.eq_ignore_ascii_case("connection") {
                                 continue;
+                            }
+                            if k.eq_ignore_ascii_case("content-type") {
+                                form = v.contains("x-www-form-urlencoded");
+                            }
+                            if k.eq_ignore_ascii_case("authorization")
+                                && let Some(c) = v.split("Credential=").nth(1)
+                            {
+                                credential = c.split(',').next().unwrap_or("").to_string();
                             }
                         }
                         if line == "\r\n" {
@@ -172,12 +210,28 @@ impl Proxy {
                     let what = request_line
                         .rsplit_once(' ')
                         .map_or(request_line.clone(), |(a, _)| a.to_string());
-                    l.lock().unwrap().push(what.clone());
+                    let form = if form {
+                        String::from_utf8_lossy(&body).into_owned()
+                    } else {
+                        String::new()
+                    };
+                    l.lock().unwrap().push(Recorded {
+                        line: what.clone(),
+                        form: form.clone(),
+                        credential,
+                    });
+                    if let Some((_, d)) = delays.iter().find(|(m, _)| what.contains(m.as_str())) {
+                        std::thread::sleep(*d);
+                    }
                     let fault = {
                         let mut faults = f.lock().unwrap();
                         faults
                             .iter_mut()
-                            .find(|x| x.times > 0 && what.contains(&x.matching))
+                            .find(|x| {
+                                x.times > 0
+                                    && (what.contains(&x.matching)
+                                        || (!form.is_empty() && form.contains(&x.matching)))
+                            })
                             .map(|x| {
                                 x.times -= 1;
                                 x.clone()
@@ -213,7 +267,26 @@ impl Proxy {
 
     /// `METHOD path` of every request so far.
     pub fn requests(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.line.clone())
+            .collect()
+    }
+
+    /// Every request so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The form bodies of the EC2 requests of `action` so far.
+    pub fn forms(&self, action: &str) -> Vec<String> {
+        self.recorded()
+            .into_iter()
+            .filter(|r| r.action() == Some(action))
+            .map(|r| r.form)
+            .collect()
     }
 
     /// Faults not used up.

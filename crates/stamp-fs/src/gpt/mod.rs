@@ -7,11 +7,13 @@
 
 mod guid;
 mod header;
+mod probe;
 mod types;
 
 use bytes::Bytes;
 use stamp_disk::Extent;
 
+pub use probe::{Firmware, firmware};
 pub use types::PartitionType;
 
 use crate::{Error, Image, Result};

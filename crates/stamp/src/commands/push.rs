@@ -10,6 +10,9 @@ use crate::cli::{PushArgs, PushAs};
 use crate::progress::CancelFlag;
 
 pub fn run(a: PushArgs, cancel: &CancelFlag) -> Result<u8> {
+    if let Some(remote) = a.remote.as_deref().filter(|r| r.starts_with("aws://")) {
+        return super::aws::push(&a, remote, cancel);
+    }
     let store = open_store(&a.store)?;
     let desc = store.resolve(&a.local)?;
     let mut image = store.image(&desc, None)?;

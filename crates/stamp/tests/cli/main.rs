@@ -10,6 +10,7 @@ mod common;
 mod support;
 
 mod aws;
+mod aws_push;
 mod build;
 mod compare;
 mod convert;

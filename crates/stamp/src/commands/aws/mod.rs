@@ -1,11 +1,13 @@
-//! The `aws://` locations: `stamp images --remote aws` and `stamp rmi aws://…` ([`catalog`]);
-//! `stamp pull aws://…` ([`pull`]).
+//! The `aws://` locations: `stamp images --remote aws` and `stamp rmi aws://…` ([`catalog`]),
+//! `stamp push IMAGE aws://NAME` ([`push`]), `stamp pull aws://…` ([`pull`]).
 
 mod catalog;
 mod pull;
+mod push;
 
 pub use catalog::{images, rmi, rmi_incomplete};
 pub use pull::pull;
+pub use push::run as push;
 
 use anyhow::Result;
 use stamp_aws::config::{AwsConfig, ConfigOptions};
@@ -31,15 +33,21 @@ pub fn parse_location(s: &str) -> Option<(Option<String>, Option<String>)> {
     })
 }
 
-/// A signed EC2 client for `region` (else the flags', the environment's, the profile's).
-pub(crate) fn client(a: &AwsArgs, region: Option<String>) -> Result<Client> {
-    let config = AwsConfig::load(&ConfigOptions {
+/// The AWS configuration for `region` (else the flags', the environment's, the profile's).
+pub(crate) fn config(a: &AwsArgs, region: Option<String>) -> Result<AwsConfig> {
+    Ok(AwsConfig::load(&ConfigOptions {
         profile: a.profile.clone(),
         region: region.or_else(|| a.region.clone()),
         endpoint_url: a.endpoint_url.clone(),
-        ..ConfigOptions::default()
-    })?;
-    Ok(Client::new(&config))
+        access_key: a.access_key.clone(),
+        secret_key: a.secret_key.clone(),
+        session_token: a.session_token.clone(),
+    })?)
+}
+
+/// A signed client for [`config`].
+pub(crate) fn client(a: &AwsArgs, region: Option<String>) -> Result<Client> {
+    Ok(Client::new(&config(a, region)?))
 }
 
 #[cfg(test)]

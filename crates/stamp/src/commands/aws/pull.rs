@@ -103,24 +103,13 @@ pub fn pull(a: &PullArgs, cancel: &CancelFlag) -> Result<u8> {
         cancel.as_ref(),
     );
     bar.finish();
-    let report = match result {
-        Ok(r) => r,
-        Err(stamp_aws::Error::Interrupted) => {
-            // stamp-disk's Interrupted is what the CLI turns into exit code 130.
-            return Err(
-                anyhow::Error::new(stamp_disk::Error::Interrupted).context(format!(
-                    "pulling {snapshot_id} to {} was interrupted",
-                    out.display()
-                )),
-            );
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "cannot pull {snapshot_id} to {}; nothing was written",
-                out.display()
-            )));
-        }
-    };
+    // An interruption is a stamp_aws::Error::Interrupted in the chain: exit code 130.
+    let report = result.with_context(|| {
+        format!(
+            "cannot pull {snapshot_id} to {}; nothing was written",
+            out.display()
+        )
+    })?;
 
     let summary = PullReport {
         image_id,
