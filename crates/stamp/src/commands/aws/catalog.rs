@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
+use stamp_aws::ami::INCOMPLETE_TAG;
 use stamp_aws::config::{AwsConfig, ConfigOptions};
 use stamp_aws::ec2::{
     self, DeleteSnapshotRequest, DeregisterImageRequest, DescribeImagesRequest,
@@ -22,8 +23,6 @@ use super::{client, parse_location};
 use crate::cli::AwsArgs;
 use crate::commands::print_json;
 
-/// The tag an unfinished `stamp push` leaves on what it created.
-pub const INCOMPLETE_TAG: &str = "stamp:incomplete";
 /// Most pages of a Describe* listing followed (a server repeating its token must not loop).
 const MAX_PAGES: usize = 10_000;
 /// Largest cache file read: a listing of thousands of AMIs is a few MiB.
