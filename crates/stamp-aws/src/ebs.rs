@@ -839,7 +839,10 @@ struct Ordered {
 
 /// Downloads `snapshot_id` into `writer` (created for [`snapshot_size`] bytes): blocks fetched
 /// by `jobs` threads, verified, written in ascending order; at most `2 * jobs` blocks are held
-/// in memory. Zero blocks are written as gaps. Setting `cancel` stops the download with
+/// in memory. Zero blocks are written as gaps. `progress` gets, after each block written,
+/// `blocks_done` = blocks of the snapshot received so far and `blocks_skipped` = blocks the
+/// snapshot does not hold (the same in every call: `blocks_total - blocks_skipped` is the
+/// number of blocks to fetch). Setting `cancel` stops the download with
 /// [`Error::Interrupted`] once the requests in flight end; the writer is then dropped
 /// unfinished, which removes what it wrote.
 pub fn download(
@@ -873,7 +876,6 @@ pub fn download(
     let n = list.blocks.len();
     let mut bytes = 0u64;
     let mut written = 0u64;
-    let mut skipped = 0u64;
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
@@ -950,9 +952,7 @@ pub fn download(
             };
             let Some(data) = data else { break };
             bytes += data.len() as u64;
-            if stamp_disk::is_zero(&data) {
-                skipped += 1;
-            } else {
+            if !stamp_disk::is_zero(&data) {
                 let e = Extent::Data {
                     offset: list.blocks[i].index * bs,
                     bytes: Bytes::from(data),
@@ -975,7 +975,7 @@ pub fn download(
             }
             progress(&Transfer {
                 blocks_done: (i + 1) as u64,
-                blocks_skipped: total - n as u64 + skipped,
+                blocks_skipped: total - n as u64,
                 bytes,
                 blocks_total: total,
             });

@@ -193,9 +193,9 @@ impl Progress {
 
     fn update(&self, t: &Transfer) {
         let Some(b) = &self.bar else { return };
-        // Blocks the snapshot does not hold are skipped at once; the bar covers every block.
-        b.set_length(t.blocks_total);
-        b.set_position((t.blocks_done + t.blocks_skipped).min(t.blocks_total));
+        // The bar covers the blocks the snapshot holds (the others are holes, never fetched).
+        b.set_length(t.blocks_total.saturating_sub(t.blocks_skipped));
+        b.set_position(t.blocks_done);
         let secs = self.start.elapsed().as_secs_f64().max(0.001);
         b.set_message(format!(
             "{}  {}/s",
