@@ -287,7 +287,8 @@ pub struct PullArgs {
     /// The platform to pick from a multi-platform image (default: this machine's, linux/amd64 or linux/arm64).
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<String>,
-    /// For a disk artifact: also write the reassembled, verified disk to this file.
+    /// For a disk artifact: also write the reassembled, verified disk to this file. For aws://
+    /// (required): the disk file to write.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Print only the manifest digest (for aws://, only the written file).
