@@ -145,6 +145,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_PUT = do_POST = do_DELETE = handle_any
 
+# A deep accept queue: 64 clients connecting at once must not wait for SYN retransmits.
+http.server.ThreadingHTTPServer.request_queue_size = 1024
 server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler)
 server.daemon_threads = True
 server.serve_forever()
