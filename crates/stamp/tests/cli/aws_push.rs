@@ -522,13 +522,7 @@ fn credentials_and_region_come_from_flags_environment_and_profiles() {
     let proxy = Proxy::start(Vec::new());
     // Each case: extra args, whether the environment has keys, extra environment, and the
     // key and region the request must be signed with.
-    type Case<'a> = (
-        &'a [&'a str],
-        bool,
-        &'a [(&'a str, &'a str)],
-        &'a str,
-        &'a str,
-    );
+    type Case<'a> = (&'a [&'a str], bool, &'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: [Case; 5] = [
         // The environment's keys and region.
         (&[], true, &[], "testing", "us-east-1"),
