@@ -340,7 +340,7 @@ fn show(amis: &[Ami], json: bool, cached: Option<&Cached>) -> Result<u8> {
         );
     }
     if let Some(c) = cached {
-        println!("(cached at {})", c.fetched);
+        eprintln!("(the listing cached at {})", c.fetched);
     }
     Ok(0)
 }
