@@ -281,6 +281,9 @@ pub fn images(a: &AwsArgs, location: &str, json: bool, offline: bool) -> Result<
                 path.display()
             );
         };
+        if !json {
+            eprintln!("(the listing cached at {})", cached.fetched);
+        }
         return show(&cached.images, json, Some(&cached));
     }
     let client = client(a, region)?;
@@ -338,9 +341,6 @@ fn show(amis: &[Ami], json: bool, cached: Option<&Cached>) -> Result<u8> {
             i.size_gib.map(|s| s.to_string()).unwrap_or_default(),
             i.state
         );
-    }
-    if let Some(c) = cached {
-        eprintln!("(the listing cached at {})", c.fetched);
     }
     Ok(0)
 }
