@@ -49,6 +49,8 @@ const NOT_FOUND_RETRIES: u32 = 10;
 const COMPLETION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// Blocks per ListSnapshotBlocks page (the API's maximum is 10000).
 const LIST_PAGE: u32 = 10000;
+/// How often a download waiting for blocks looks at its cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
 /// Most ListSnapshotBlocks pages followed: a 64 TiB volume of 512 KiB blocks needs 13 108.
 const MAX_LIST_PAGES: u32 = 20_000;
 
@@ -837,15 +839,27 @@ struct Ordered {
 
 /// Downloads `snapshot_id` into `writer` (created for [`snapshot_size`] bytes): blocks fetched
 /// by `jobs` threads, verified, written in ascending order; at most `2 * jobs` blocks are held
-/// in memory. Zero blocks are written as gaps.
+/// in memory. Zero blocks are written as gaps. `progress` gets, after each block written,
+/// `blocks_done` = blocks of the snapshot received so far and `blocks_skipped` = blocks the
+/// snapshot does not hold (the same in every call: `blocks_total - blocks_skipped` is the
+/// number of blocks to fetch). Setting `cancel` stops the download with
+/// [`Error::Interrupted`] once the requests in flight end; the writer is then dropped
+/// unfinished, which removes what it wrote.
 pub fn download(
     client: &Client,
     snapshot_id: &str,
     mut writer: Box<dyn DiskWriter>,
     jobs: usize,
     progress: &(dyn Fn(&Transfer) + Sync),
+    cancel: &AtomicBool,
 ) -> Result<DownloadReport> {
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
     let list = list_snapshot_blocks(client, snapshot_id)?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
     let bs = list.block_size;
     let total = list.volume_size_gib * GIB / bs;
     let jobs = jobs.clamp(1, MAX_JOBS);
@@ -862,7 +876,6 @@ pub fn download(
     let n = list.blocks.len();
     let mut bytes = 0u64;
     let mut written = 0u64;
-    let mut skipped = 0u64;
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
@@ -874,15 +887,26 @@ pub fn download(
                     // Wait until the block is inside the window the writer will take.
                     {
                         let Ok(mut st) = state.lock() else { return };
-                        while !st.failed && i >= st.next_write + window {
-                            st = match ready.wait(st) {
-                                Ok(g) => g,
+                        while !st.failed
+                            && !cancel.load(Ordering::Relaxed)
+                            && i >= st.next_write + window
+                        {
+                            st = match ready.wait_timeout(st, CANCEL_POLL) {
+                                Ok((g, _)) => g,
                                 Err(_) => return,
                             };
                         }
                         if st.failed {
                             return;
                         }
+                    }
+                    if cancel.load(Ordering::Relaxed) {
+                        record(&failures, &stop, Error::Interrupted);
+                        if let Ok(mut st) = state.lock() {
+                            st.failed = true;
+                        }
+                        ready.notify_all();
+                        return;
                     }
                     match get_snapshot_block(client, snapshot_id, &list.blocks[i], bs) {
                         Ok(data) => {
@@ -915,17 +939,20 @@ pub fn download(
                     if st.failed {
                         break None;
                     }
-                    st = match ready.wait(st) {
-                        Ok(g) => g,
+                    if cancel.load(Ordering::Relaxed) {
+                        st.failed = true;
+                        record(&failures, &stop, Error::Interrupted);
+                        break None;
+                    }
+                    st = match ready.wait_timeout(st, CANCEL_POLL) {
+                        Ok((g, _)) => g,
                         Err(_) => return,
                     };
                 }
             };
             let Some(data) = data else { break };
             bytes += data.len() as u64;
-            if stamp_disk::is_zero(&data) {
-                skipped += 1;
-            } else {
+            if !stamp_disk::is_zero(&data) {
                 let e = Extent::Data {
                     offset: list.blocks[i].index * bs,
                     bytes: Bytes::from(data),
@@ -948,7 +975,7 @@ pub fn download(
             }
             progress(&Transfer {
                 blocks_done: (i + 1) as u64,
-                blocks_skipped: total - n as u64 + skipped,
+                blocks_skipped: total - n as u64,
                 bytes,
                 blocks_total: total,
             });

@@ -81,7 +81,15 @@ fn round_trip(client: &Client, path: &Path, out: &Path) -> ebs::UploadReport {
     let size = ebs::snapshot_size(client, &report.snapshot_id).unwrap();
     assert_eq!(size, GIB);
     let writer = stamp_disk::create(out, Format::Raw, size, &CreateOptions::default()).unwrap();
-    let dl = ebs::download(client, &report.snapshot_id, writer, 8, &|_| {}).unwrap();
+    let dl = ebs::download(
+        client,
+        &report.snapshot_id,
+        writer,
+        8,
+        &|_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(dl.blocks, report.blocks_sent);
     report
 }
@@ -430,7 +438,15 @@ fn a_block_with_a_wrong_checksum_fails_the_download_and_leaves_no_file() {
     }]);
     let out = dir.path().join("back.raw");
     let writer = stamp_disk::create(&out, Format::Raw, GIB, &CreateOptions::default()).unwrap();
-    let err = ebs::download(&proxy.client(), &report.snapshot_id, writer, 4, &|_| {}).unwrap_err();
+    let err = ebs::download(
+        &proxy.client(),
+        &report.snapshot_id,
+        writer,
+        4,
+        &|_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     assert!(!out.exists());
 }

@@ -287,14 +287,29 @@ pub struct PullArgs {
     /// The platform to pick from a multi-platform image (default: this machine's, linux/amd64 or linux/arm64).
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<String>,
-    /// For a disk artifact: also write the reassembled, verified disk to this file.
+    /// For a disk artifact: also write the reassembled, verified disk to this file. For aws://
+    /// (required): the disk file to write.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Print only the manifest digest.
+    /// Print only the manifest digest (for aws://, only the written file).
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    // aws:// references: `stamp pull aws://[REGION/]ami-…|snap-… -o OUT.FMT`.
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// For aws://: the format of -o (raw, qcow2, vmdk, vhd, vhdx, vdi, ...; by default from
+    /// its extension, else raw).
+    #[arg(short = 'O', value_name = "FMT")]
+    pub out_format: Option<String>,
+    /// For aws://: blocks fetched in parallel.
+    #[arg(long, value_name = "N", default_value_t = stamp_aws::ebs::DEFAULT_JOBS)]
+    pub jobs: usize,
+    /// For aws://: print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// A registry reference (`host/repo:tag`, `repo@sha256:...`), or oci:DIR[:TAG],
-    /// oci-archive:FILE, docker-archive:FILE, rootfs:FILE.tar[.gz|.zst|.xz], dir:PATH.
+    /// oci-archive:FILE, docker-archive:FILE, rootfs:FILE.tar[.gz|.zst|.xz], dir:PATH; or an
+    /// EBS snapshot or AMI as aws://[REGION/]snap-…|ami-… (written to -o, not the store).
     pub reference: String,
 }
 
@@ -403,6 +418,9 @@ pub struct ImagesArgs {
     /// List a cloud's images instead of the store's: `aws` or `aws://REGION` (the caller's AMIs).
     #[arg(long, value_name = "LOCATION")]
     pub remote: Option<String>,
+    /// With --remote: list the last listing saved in the cache, without any network.
+    #[arg(long, requires = "remote")]
+    pub offline: bool,
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
@@ -468,6 +486,14 @@ pub struct RmiArgs {
     /// Remove every name of an image given by digest.
     #[arg(short = 'f', long)]
     pub force: bool,
+    // aws:// clean-up: `stamp rmi --incomplete aws://REGION`.
+    /// With aws://REGION: remove the caller's AMIs and snapshots tagged stamp:incomplete=true
+    /// (what an interrupted `stamp push` leaves).
+    #[arg(long)]
+    pub incomplete: bool,
+    /// Print what was removed from AWS as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// Names (or digests) to remove, or AMIs as aws://[REGION/]ami-… (deregistered, their
     /// snapshots deleted). Blobs are freed by `stamp gc`.
     #[arg(required = true)]

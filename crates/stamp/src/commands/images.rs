@@ -30,7 +30,7 @@ fn split_name(name: &str) -> (&str, &str) {
 
 pub fn run_images(a: ImagesArgs) -> Result<u8> {
     if let Some(remote) = &a.remote {
-        return super::aws::images(&a.aws, remote, a.json);
+        return super::aws::images(&a.aws, remote, a.json, a.offline);
     }
     let store = open_store(&a.store)?;
     let mut rows = Vec::new();

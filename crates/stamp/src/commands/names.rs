@@ -13,6 +13,15 @@ pub fn run_tag(a: TagArgs) -> Result<u8> {
 }
 
 pub fn run_rmi(a: RmiArgs) -> Result<u8> {
+    if a.incomplete {
+        for location in &a.references {
+            super::aws::rmi_incomplete(&a.aws, location, a.json)?;
+        }
+        return Ok(0);
+    }
+    if a.json {
+        bail!("--json goes with --incomplete");
+    }
     let store = open_store(&a.store)?;
     let named = store.list()?;
     for reference in &a.references {

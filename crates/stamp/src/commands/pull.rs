@@ -14,6 +14,12 @@ use crate::cli::{PullArgs, RegistryArgs};
 use crate::progress::CancelFlag;
 
 pub fn run(a: PullArgs, cancel: &CancelFlag) -> Result<u8> {
+    if a.reference.starts_with("aws://") {
+        return super::aws::pull(&a, cancel);
+    }
+    if a.out_format.is_some() || a.json {
+        bail!("-O and --json go with aws:// references; -o writes a disk artifact's disk as raw");
+    }
     let store = open_store(&a.store)?;
     let platform = a.platform.as_deref().map(parse_platform).transpose()?;
     let (desc, name) = fetch(

@@ -1,10 +1,12 @@
 //! The `aws://` locations: `stamp images --remote aws` and `stamp rmi aws://…` ([`catalog`]),
-//! `stamp push IMAGE aws://NAME` ([`push`]).
+//! `stamp push IMAGE aws://NAME` ([`push`]), `stamp pull aws://…` ([`pull`]).
 
 mod catalog;
+mod pull;
 mod push;
 
-pub use catalog::{images, rmi};
+pub use catalog::{images, rmi, rmi_incomplete};
+pub use pull::pull;
 pub use push::run as push;
 
 use anyhow::Result;
