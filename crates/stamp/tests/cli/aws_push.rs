@@ -465,6 +465,69 @@ fn interrupted_or_failed_push_deletes_its_snapshot() {
         assert!(proxy.forms("RegisterImage").is_empty());
     }
 
+    // A SIGKILL leaves the snapshot, tagged incomplete with the run; `stamp rmi --incomplete`
+    // finds and removes it. (A region of its own: no other test's push is touched.)
+    let proxy = Proxy::start_with(
+        Vec::new(),
+        vec![("PUT /snapshots/".into(), Duration::from_millis(20))],
+    );
+    let mut c = stamp_env(
+        tmp.path(),
+        &[
+            "push",
+            d,
+            "aws://ap-northeast-1/stamp-killed",
+            "--endpoint-url",
+            &proxy.url,
+            "--jobs",
+            "2",
+        ],
+        &[],
+    );
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the first block", || first_put_snapshot(&proxy).is_some());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let snap = first_put_snapshot(&proxy).unwrap();
+    let tags = boto3(
+        &proxy.url,
+        &format!(
+            "e = boto3.client('ec2', **dict(kw, region_name='ap-northeast-1'))\n\
+             s = e.describe_snapshots(SnapshotIds=['{snap}'])['Snapshots'][0]\n\
+             print(sorted(t['Key'] + '=' + t['Value'] for t in s.get('Tags', [])))"
+        ),
+    );
+    assert!(
+        tags.contains("stamp:incomplete=true") && tags.contains("stamp:run="),
+        "{tags}"
+    );
+    let r = run(stamp_env(
+        tmp.path(),
+        &[
+            "rmi",
+            "--incomplete",
+            "aws://ap-northeast-1",
+            "--endpoint-url",
+            &proxy.url,
+        ],
+        &[],
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(&snap), "{}", r.stdout);
+    let gone = boto3(
+        &proxy.url,
+        &format!(
+            "e = boto3.client('ec2', **dict(kw, region_name='ap-northeast-1'))\n\
+             try:\n    e.describe_snapshots(SnapshotIds=['{snap}'])\n    print('left')\n\
+             except botocore.exceptions.ClientError as x:\n    print(x.response['Error']['Code'])"
+        ),
+    );
+    assert_eq!(gone, "InvalidSnapshot.NotFound");
+
     // 4b. RegisterImage fails: the uploaded snapshot is deleted and the error says so.
     let proxy = Proxy::start(vec![Fault {
         matching: "Action=RegisterImage".into(),
