@@ -202,10 +202,24 @@ impl Client {
         body: &[u8],
     ) -> Result<Response> {
         let url = format!("{}{path_and_query}", self.config.endpoint(service));
+        self.send_url(service, action, method, &url, headers, body)
+    }
+
+    /// As [`Client::send`], to a whole URL (`https://BUCKET.s3.REGION.amazonaws.com/KEY`,
+    /// already percent-encoded) instead of a path on the service's endpoint.
+    pub fn send_url(
+        &self,
+        service: &'static str,
+        action: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Response> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.send_once(service, method, &url, headers, body) {
+            match self.send_once(service, method, url, headers, body) {
                 Ok(resp) if resp.is_retryable() && attempt < MAX_ATTEMPTS => {
                     tracing::debug!(
                         service,

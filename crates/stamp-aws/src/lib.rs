@@ -1,7 +1,8 @@
 //! AWS for stamp, without the AWS SDK's EC2 crate: credentials and regions the AWS way
 //! ([`config`]), SigV4-signed HTTP ([`http`]), the EC2 Query API's requests and XML responses
 //! as our own types, shared by the client and by `stamp serve` ([`ec2`]), and EBS direct
-//! snapshot upload and download ([`ebs`]).
+//! snapshot upload and download ([`ebs`]), and the S3 path: multipart upload ([`s3`]) and
+//! ImportSnapshot of the uploaded disk ([`import`]).
 #![deny(missing_docs)]
 
 pub mod config;
@@ -9,5 +10,7 @@ pub mod ebs;
 pub mod ec2;
 mod error;
 pub mod http;
+pub mod import;
+pub mod s3;
 
 pub use error::{Error, Result};
