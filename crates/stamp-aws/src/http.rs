@@ -33,8 +33,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time for a whole response (an EBS block upload on a slow link included).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Error codes that mean "slow down" whatever the status.
+/// Error codes that mean "slow down" or "try again" whatever the status (S3 answers a part
+/// upload that stalled with 400 `RequestTimeout`; the AWS SDKs retry it).
 const THROTTLING_CODES: &[&str] = &[
+    "RequestTimeout",
+    "RequestTimeoutException",
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -478,6 +481,7 @@ mod tests {
         assert!(resp(429, &[], "").is_retryable());
         assert!(resp(400, &[], "<Response><Errors><Error><Code>RequestLimitExceeded</Code></Error></Errors></Response>").is_retryable());
         assert!(resp(400, &[("x-amzn-ErrorType", "ThrottlingException")], "{}").is_retryable());
+        assert!(resp(400, &[], "<Error><Code>RequestTimeout</Code></Error>").is_retryable());
         assert!(
             !resp(
                 400,
