@@ -275,7 +275,9 @@ fn s3_signatures_match_botocore() {
     let local = aws.clone().with_endpoint("http://127.0.0.1:9000");
     let key = "dir/a b+c=é~(1).bin";
     let upload = stamp_aws::ec2::query::percent_encode("2~abc/+=XYZ.def");
-    let mut cases: Vec<(&str, String, Vec<(&str, String)>, Vec<u8>)> = Vec::new();
+    // Method, URL, headers, body.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<u8>);
+    let mut cases: Vec<Case> = Vec::new();
     for cfg in [&aws, &local] {
         let url = |q: &str| s3::object_url(cfg, "my-bucket", key, q);
         cases.push((
