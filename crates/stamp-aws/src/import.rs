@@ -165,6 +165,13 @@ fn check_id(id: &str, prefix: &str, action: &str) -> Result<()> {
 /// ImportSnapshot of `spec`'s object; returns the task id.
 pub fn start_import(client: &Client, spec: &ImportSpec) -> Result<String> {
     const ACTION: &str = "ImportSnapshot";
+    s3::check_bucket_name(&spec.bucket).map_err(Error::Config)?;
+    if spec.key.is_empty() || spec.key.len() > s3::MAX_KEY_LEN {
+        return Err(Error::Config(format!(
+            "ImportSnapshot needs an S3 key of 1 to {} bytes",
+            s3::MAX_KEY_LEN
+        )));
+    }
     let tags: Vec<Tag> = spec.tags.iter().map(|(k, v)| Tag::new(k, v)).collect();
     let req = ImportSnapshotRequest {
         client_token: Some(
@@ -294,7 +301,16 @@ fn wait_import(
         if cancel.load(Ordering::Relaxed) {
             return Err(alive(Error::Interrupted));
         }
-        match describe_import(client, task_id).map_err(alive)? {
+        let described = match describe_import(client, task_id) {
+            // A task can be unknown for a moment after ImportSnapshot.
+            Err(Error::Api { code, .. })
+                if code.starts_with("InvalidConversionTaskId") && missing < NOT_FOUND_POLLS =>
+            {
+                None
+            }
+            r => r.map_err(alive)?,
+        };
+        match described {
             None => {
                 missing += 1;
                 if missing > NOT_FOUND_POLLS {
