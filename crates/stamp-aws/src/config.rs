@@ -243,17 +243,22 @@ impl AwsConfig {
 
     /// The base URL of `service` (`ec2`, `ebs`, `s3`), without a trailing slash.
     pub fn endpoint(&self, service: &str) -> String {
+        self.endpoint_override(service)
+            .unwrap_or_else(|| format!("https://{service}.{}.amazonaws.com", self.region))
+    }
+
+    /// The endpoint configured for `service` (option, environment or profile), without a
+    /// trailing slash; `None` when it is AWS's own. S3 uses path-style URLs with one
+    /// (moto, MinIO, Ceph) and virtual-hosted ones without.
+    pub fn endpoint_override(&self, service: &str) -> Option<String> {
         let e = &self.endpoints;
-        let url = e
-            .explicit
+        e.explicit
             .as_ref()
             .or(e.env_services.get(service))
             .or(e.env_global.as_ref())
             .or(e.config_services.get(service))
             .or(e.config_global.as_ref())
-            .cloned()
-            .unwrap_or_else(|| format!("https://{service}.{}.amazonaws.com", self.region));
-        url.trim_end_matches('/').to_string()
+            .map(|url| url.trim_end_matches('/').to_string())
     }
 }
 

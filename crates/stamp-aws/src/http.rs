@@ -33,8 +33,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Time for a whole response (an EBS block upload on a slow link included).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Error codes that mean "slow down" whatever the status.
+/// Error codes that mean "slow down" or "try again" whatever the status (S3 answers a part
+/// upload that stalled with 400 `RequestTimeout`; the AWS SDKs retry it).
 const THROTTLING_CODES: &[&str] = &[
+    "RequestTimeout",
+    "RequestTimeoutException",
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
@@ -202,10 +205,24 @@ impl Client {
         body: &[u8],
     ) -> Result<Response> {
         let url = format!("{}{path_and_query}", self.config.endpoint(service));
+        self.send_url(service, action, method, &url, headers, body)
+    }
+
+    /// As [`Client::send`], to a whole URL (`https://BUCKET.s3.REGION.amazonaws.com/KEY`,
+    /// already percent-encoded) instead of a path on the service's endpoint.
+    pub fn send_url(
+        &self,
+        service: &'static str,
+        action: &str,
+        method: &str,
+        url: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Response> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.send_once(service, method, &url, headers, body) {
+            match self.send_once(service, method, url, headers, body) {
                 Ok(resp) if resp.is_retryable() && attempt < MAX_ATTEMPTS => {
                     tracing::debug!(
                         service,
@@ -464,6 +481,7 @@ mod tests {
         assert!(resp(429, &[], "").is_retryable());
         assert!(resp(400, &[], "<Response><Errors><Error><Code>RequestLimitExceeded</Code></Error></Errors></Response>").is_retryable());
         assert!(resp(400, &[("x-amzn-ErrorType", "ThrottlingException")], "{}").is_retryable());
+        assert!(resp(400, &[], "<Error><Code>RequestTimeout</Code></Error>").is_retryable());
         assert!(
             !resp(
                 400,

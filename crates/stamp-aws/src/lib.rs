@@ -1,7 +1,8 @@
 //! AWS for stamp, without the AWS SDK's EC2 crate: credentials and regions the AWS way
 //! ([`config`]), SigV4-signed HTTP ([`http`]), the EC2 Query API's requests and XML responses
 //! as our own types, shared by the client and by `stamp serve` ([`ec2`]), and EBS direct
-//! snapshot upload and download ([`ebs`]), and publishing a disk as an AMI ([`ami`]).
+//! snapshot upload and download ([`ebs`]), the S3 path: multipart upload ([`s3`]) and
+//! ImportSnapshot of the uploaded disk ([`import`]), and publishing a disk as an AMI ([`ami`]).
 #![deny(missing_docs)]
 
 pub mod ami;
@@ -10,5 +11,7 @@ pub mod ebs;
 pub mod ec2;
 mod error;
 pub mod http;
+pub mod import;
+pub mod s3;
 
 pub use error::{Error, Result};

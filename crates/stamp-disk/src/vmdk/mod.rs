@@ -22,4 +22,4 @@ pub use descriptor::{Descriptor, MAX_DESCRIPTOR_LEN, MAX_EXTENTS};
 pub use header::{CowdHeader, SparseHeader};
 pub use reader::{VmdkReader, open};
 pub use sparse::{MAX_COMPRESSED_GRAIN, MAX_GD_ENTRIES, MAX_GRAIN_SECTORS, MAX_GTES_PER_GT};
-pub use writer::{ADAPTER_TYPES, SparseWriter, StreamWriter, Subformat, create};
+pub use writer::{ADAPTER_TYPES, SparseWriter, StreamWriter, Subformat, create, create_stream};

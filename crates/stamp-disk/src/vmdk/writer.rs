@@ -1,7 +1,8 @@
 //! VMDK writers: monolithicSparse (qemu-img's layout) and streamOptimized (VMware's stream
 //! layout), both fed ascending extents and writing only grains that hold data.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
@@ -80,43 +81,145 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn Di
                 .into(),
         ));
     }
-    let adapter = match opts.adapter_type.as_deref() {
-        None => "ide",
-        Some(a) if ADAPTER_TYPES.contains(&a) => a,
-        Some(a) => {
+    let adapter = adapter_type(opts)?;
+    check_size(size)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let common = Common::new(Out::File(OutputFile::create(path)?), size, adapter, name);
+    Ok(match sub {
+        Subformat::MonolithicSparse => Box::new(SparseWriter::new(common)),
+        Subformat::StreamOptimized => Box::new(StreamWriter::new(common)?),
+    })
+}
+
+/// Writes a streamOptimized VMDK of `size` bytes to `sink`, strictly front to back (no seek):
+/// header and descriptor first, then compressed grains, grain tables, grain directory, footer
+/// and end-of-stream marker. `name` is the extent file name in the descriptor and the path in
+/// errors and in the summary. Options: `adapter_type`, `-c` and `subformat=streamOptimized`.
+///
+/// Unlike [`create`], the content ID is not a hash of the grains (the header goes out before
+/// them) but of `name` and `size`. The sink gets writes of up to a few MiB; a writer dropped
+/// without `finish` leaves what it wrote to the sink (the sink's owner discards it).
+pub fn create_stream(
+    sink: Box<dyn Write + Send>,
+    name: &str,
+    size: u64,
+    opts: &CreateOptions,
+) -> Result<Box<dyn DiskWriter>> {
+    opts.allow_only(Format::Vmdk, &["subformat", "adapter_type", "compress"])?;
+    match opts.subformat.as_deref() {
+        None | Some("streamOptimized") => {}
+        Some(other) => {
             return Err(Error::InvalidOption(format!(
-                "vmdk adapter_type '{a}' is not known (use one of: {})",
-                ADAPTER_TYPES.join(", ")
+                "vmdk subformat '{other}' cannot be written to a stream (use streamOptimized)"
             )));
         }
+    }
+    let adapter = adapter_type(opts)?;
+    check_size(size)?;
+    let out = Out::Stream {
+        sink,
+        name: PathBuf::from(name),
+        pos: 0,
     };
-    let capacity = size.div_ceil(SECTOR);
-    let grains = capacity.div_ceil(GRAIN_SECTORS);
-    let gt_count = grains.div_ceil(GTES);
+    let mut common = Common::new(out, size, adapter, name.to_string());
+    let mut h = crc32fast::Hasher::new();
+    h.update(name.as_bytes());
+    h.update(&size.to_le_bytes());
+    common.fixed_cid = Some(match h.finalize() {
+        u32::MAX => u32::MAX - 1,
+        c => c,
+    });
+    Ok(Box::new(StreamWriter::new(common)?))
+}
+
+/// The adapter type option, checked.
+fn adapter_type(opts: &CreateOptions) -> Result<&str> {
+    match opts.adapter_type.as_deref() {
+        None => Ok("ide"),
+        Some(a) if ADAPTER_TYPES.contains(&a) => Ok(a),
+        Some(a) => Err(Error::InvalidOption(format!(
+            "vmdk adapter_type '{a}' is not known (use one of: {})",
+            ADAPTER_TYPES.join(", ")
+        ))),
+    }
+}
+
+/// Refuses disks larger than [`MAX_WRITE_SIZE`].
+fn check_size(size: u64) -> Result<()> {
     if size > MAX_WRITE_SIZE {
         return Err(Error::InvalidOption(format!(
             "vmdk cannot hold a disk of {size} bytes (at most {MAX_WRITE_SIZE}, 64 TiB)"
         )));
     }
-    let common = Common {
-        out: OutputFile::create(path)?,
-        capacity,
-        order: ExtentOrder::new(size),
-        grains: Grains::new(capacity * SECTOR),
-        gts: (0..gt_count).map(|_| None).collect(),
-        gt_count,
-        data_bytes: 0,
-        adapter: adapter.to_string(),
-        name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        done: Vec::new(),
-    };
-    Ok(match sub {
-        Subformat::MonolithicSparse => Box::new(SparseWriter::new(common)),
-        Subformat::StreamOptimized => Box::new(StreamWriter::new(common)),
-    })
+    Ok(())
+}
+
+/// Where a writer's bytes go: a file written at offsets and renamed into place, or a
+/// sequential sink (streamOptimized only).
+enum Out {
+    File(OutputFile),
+    Stream {
+        sink: Box<dyn Write + Send>,
+        /// For messages and the summary.
+        name: PathBuf,
+        /// Bytes written so far: the only offset the next write may have.
+        pos: u64,
+    },
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Out::File(o) => f.debug_tuple("File").field(o).finish(),
+            Out::Stream { name, pos, .. } => f
+                .debug_struct("Stream")
+                .field("name", name)
+                .field("pos", pos)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Out {
+    fn path(&self) -> &Path {
+        match self {
+            Out::File(o) => o.path(),
+            Out::Stream { name, .. } => name,
+        }
+    }
+
+    /// Writes `buf` at `offset`; a stream takes only the offset right after its last write.
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        match self {
+            Out::File(o) => o.write_all_at(buf, offset),
+            Out::Stream { sink, name, pos } => {
+                if offset != *pos {
+                    return Err(Error::unsupported(
+                        name,
+                        Format::Vmdk,
+                        format!("a write at offset {offset:#x} of a stream at {pos:#x}"),
+                    ));
+                }
+                sink.write_all(buf)
+                    .map_err(|e| Error::io("write", &**name, e))?;
+                *pos += buf.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Flushes a stream, or renames the file into place.
+    fn commit(self) -> Result<()> {
+        match self {
+            Out::File(o) => o.commit(),
+            Out::Stream { mut sink, name, .. } => {
+                sink.flush().map_err(|e| Error::io("flush", &name, e))
+            }
+        }
+    }
 }
 
 /// Cuts ascending data extents into whole grains, skipping grains of zeros, and hashes what it
@@ -197,7 +300,7 @@ impl Grains {
 /// What both writers share.
 #[derive(Debug)]
 struct Common {
-    out: OutputFile,
+    out: Out,
     capacity: u64,
     order: ExtentOrder,
     grains: Grains,
@@ -210,9 +313,31 @@ struct Common {
     name: String,
     /// Completed grains not yet written.
     done: Vec<(u64, Bytes)>,
+    /// The content ID when it cannot be a hash of the grains (a stream writes the descriptor
+    /// first).
+    fixed_cid: Option<u32>,
 }
 
 impl Common {
+    fn new(out: Out, size: u64, adapter: &str, name: String) -> Self {
+        let capacity = size.div_ceil(SECTOR);
+        let grains = capacity.div_ceil(GRAIN_SECTORS);
+        let gt_count = grains.div_ceil(GTES);
+        Common {
+            out,
+            capacity,
+            order: ExtentOrder::new(size),
+            grains: Grains::new(capacity * SECTOR),
+            gts: (0..gt_count).map(|_| None).collect(),
+            gt_count,
+            data_bytes: 0,
+            adapter: adapter.to_string(),
+            name,
+            done: Vec::new(),
+            fixed_cid: None,
+        }
+    }
+
     fn accept(&mut self, e: Extent) -> Result<()> {
         self.order.accept(&e)?;
         if let Extent::Data { offset, bytes } = e {
@@ -255,7 +380,7 @@ impl Common {
     /// The embedded descriptor padded to its reserved sectors.
     fn descriptor(&self, create_type: &str) -> Result<Vec<u8>> {
         let text = render(&DescriptorSpec {
-            cid: self.grains.cid(),
+            cid: self.fixed_cid.unwrap_or_else(|| self.grains.cid()),
             parent_cid: u32::MAX,
             create_type,
             extents: vec![format!("RW {} SPARSE \"{}\"", self.capacity, self.name)],
@@ -360,7 +485,7 @@ impl SparseWriter {
 
     /// Writes one copy of the grain directory at sector `at` and the grain tables after it
     /// (only those with grains: the others stay holes that read as zeros).
-    fn write_tables(&self, at: u64) -> Result<()> {
+    fn write_tables(&mut self, at: u64) -> Result<()> {
         let mut gd = Vec::with_capacity((self.gd_sectors * SECTOR) as usize);
         for i in 0..self.c.gt_count {
             let gt_sector = at + self.gd_sectors + i * GT_SECTORS;
@@ -397,7 +522,9 @@ impl DiskWriter for SparseWriter {
         self.write_tables(self.rgd_offset)?;
         self.write_tables(self.gd_offset)?;
         let file_size = self.next;
-        self.c.out.set_len(file_size)?;
+        if let Out::File(o) = &self.c.out {
+            o.set_len(file_size)?;
+        }
         self.c.summary(file_size)
     }
 }
@@ -423,13 +550,39 @@ struct Job {
 }
 
 impl StreamWriter {
-    fn new(c: Common) -> Self {
-        StreamWriter {
+    fn new(c: Common) -> Result<Self> {
+        let mut w = StreamWriter {
             c,
             // Grains start after the header and descriptor, on a grain boundary as VMware does.
             pos: GRAIN,
             job: None,
+        };
+        if matches!(w.c.out, Out::Stream { .. }) {
+            // A stream cannot come back to the start: the header goes first, with its grain
+            // directory "at the end" as always.
+            let head = w.head()?;
+            w.c.out.write_all_at(&head, 0)?;
         }
+        Ok(w)
+    }
+
+    /// The header (grain directory at the end) and descriptor, padded to one grain.
+    fn head(&self) -> Result<Vec<u8>> {
+        let mut h = self.header();
+        h.gd_offset = GD_AT_END;
+        let mut head = h.to_bytes().to_vec();
+        head.extend_from_slice(&self.c.descriptor(Subformat::StreamOptimized.name())?);
+        head.resize(GRAIN as usize, 0);
+        Ok(head)
+    }
+
+    fn header(&self) -> SparseHeader {
+        let mut h = self
+            .c
+            .header(3, FLAG_NL_DETECT | FLAG_COMPRESS | FLAG_MARKER);
+        h.grain_offset = GRAIN_SECTORS;
+        h.compress_algorithm = COMPRESSION_DEFLATE;
+        h
     }
 
     /// Starts compressing the gathered grains in the background, after writing the batch
@@ -526,23 +679,18 @@ impl DiskWriter for StreamWriter {
         tail.extend_from_slice(&Marker::sector(MARKER_GD, gd_sectors));
         let gd_offset = (self.pos + tail.len() as u64) / SECTOR;
         tail.extend_from_slice(&gd);
-        let mut h = self
-            .c
-            .header(3, FLAG_NL_DETECT | FLAG_COMPRESS | FLAG_MARKER);
-        h.grain_offset = GRAIN_SECTORS;
-        h.compress_algorithm = COMPRESSION_DEFLATE;
-        let mut footer = h.clone();
+        let mut footer = self.header();
         footer.gd_offset = gd_offset;
-        h.gd_offset = GD_AT_END;
         tail.extend_from_slice(&Marker::sector(MARKER_FOOTER, 1));
         tail.extend_from_slice(&footer.to_bytes());
         tail.extend_from_slice(&[0u8; SECTOR as usize]);
         self.c.out.write_all_at(&tail, self.pos)?;
         let file_size = self.pos + tail.len() as u64;
-        let mut head = h.to_bytes().to_vec();
-        head.extend_from_slice(&self.c.descriptor(Subformat::StreamOptimized.name())?);
-        head.resize(GRAIN as usize, 0);
-        self.c.out.write_all_at(&head, 0)?;
+        if let Out::File(_) = self.c.out {
+            // The content ID is known now: the header goes in last.
+            let head = self.head()?;
+            self.c.out.write_all_at(&head, 0)?;
+        }
         self.c.summary(file_size)
     }
 }

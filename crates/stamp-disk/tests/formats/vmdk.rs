@@ -742,3 +742,76 @@ mod props {
         }
     }
 }
+
+/// A sink that can only append (no Seek), recording the size of every write.
+struct AppendOnly {
+    file: std::fs::File,
+    writes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl std::io::Write for AppendOnly {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writes.lock().unwrap().push(buf.len());
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[test]
+fn stream_optimized_written_to_a_plain_sink_checks_and_compares_clean() {
+    let d = tmp();
+    let raw = d.path().join("src.raw");
+    random_sparse_raw(&raw, 40 << 20, 30, 7);
+    let out = d.path().join("sink.vmdk");
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = AppendOnly {
+        file: std::fs::File::create(&out).unwrap(),
+        writes: writes.clone(),
+    };
+    let r = stamp_disk::open(&raw, None).unwrap();
+    let w = stamp_disk::vmdk::create_stream(
+        Box::new(sink),
+        "disk.vmdk",
+        r.virtual_size(),
+        &stamp_disk::CreateOptions::default(),
+    )
+    .unwrap();
+    let summary = stamp_disk::convert::convert(r.as_ref(), vec![w], &stamp_disk::NoProgress)
+        .unwrap()
+        .remove(0);
+    let len = std::fs::metadata(&out).unwrap().len();
+    assert_eq!(summary.file_size, len);
+    assert_eq!(summary.path, Path::new("disk.vmdk"));
+    assert_eq!(writes.lock().unwrap().iter().sum::<usize>() as u64, len);
+    assert_qemu_check_clean(&out);
+    assert_qemu_identical(&raw, &out);
+    let i = stamp_disk::info(&out, None).unwrap();
+    assert_eq!(i.subformat.as_deref(), Some("streamOptimized"));
+
+    // The same bytes as the file writer's output but for the content ID in the descriptor.
+    let file_out = d.path().join("disk.vmdk");
+    stamp_convert(
+        &raw,
+        &file_out,
+        Format::Vmdk,
+        "subformat=streamOptimized",
+        false,
+    );
+    let (a, b) = (
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&file_out).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let differing: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    assert!(
+        differing.iter().all(|&i| (512..1024).contains(&i)),
+        "{differing:?}"
+    );
+
+    // Other subformats cannot be streamed.
+    let o = stamp_disk::CreateOptions::parse("subformat=monolithicSparse").unwrap();
+    let sink = Box::new(std::io::sink());
+    assert!(stamp_disk::vmdk::create_stream(sink, "x.vmdk", 1 << 20, &o).is_err());
+}
