@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use crate::config::AwsConfig;
 use crate::ebs::{UploadOptions, UploadReport};
 use crate::ec2::{
-    self, BlockDeviceMapping, CopyImageRequest, CreateVolumePermission,
+    self, BlockDeviceMapping, CopyImageRequest, CreateTagsRequest, CreateVolumePermission,
     CreateVolumePermissionModifications, DeleteSnapshotRequest, DeleteTagsRequest,
-    DeregisterImageRequest, DescribeImagesRequest, EbsBlockDevice, Filter, Image, LaunchPermission,
-    LaunchPermissionModifications, ModifyImageAttributeRequest, ModifySnapshotAttributeRequest,
-    RegisterImageRequest, Tag, TagSpecification,
+    DeregisterImageRequest, DescribeImagesRequest, DescribeSnapshotsRequest, EbsBlockDevice,
+    Filter, Image, LaunchPermission, LaunchPermissionModifications, ModifyImageAttributeRequest,
+    ModifySnapshotAttributeRequest, RegisterImageRequest, Tag, TagSpecification,
 };
 use crate::http::Client;
+use crate::import::ViaS3Report;
 use crate::{Error, Result};
 
 /// The tag that marks what an unfinished publish created.
@@ -89,6 +90,26 @@ pub struct PublishOptions {
     pub run_id: String,
 }
 
+/// How the root snapshot was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upload {
+    /// EBS direct APIs (tagged at StartSnapshot).
+    Ebs(UploadReport),
+    /// S3 and ImportSnapshot (the snapshot is tagged and measured by [`publish`], since
+    /// ImportSnapshot tags only its task).
+    ViaS3(ViaS3Report),
+}
+
+impl Upload {
+    /// The snapshot made.
+    pub fn snapshot_id(&self) -> &str {
+        match self {
+            Upload::Ebs(r) => &r.snapshot_id,
+            Upload::ViaS3(r) => &r.snapshot_id,
+        }
+    }
+}
+
 /// An AMI in another region made by `--copy-to`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RegionCopy {
@@ -111,9 +132,12 @@ pub struct Published {
     pub snapshot_id: Option<String>,
     /// True if an existing AMI of that name was returned and nothing was uploaded.
     pub reused: bool,
-    /// The upload, unless reused.
+    /// The EBS direct upload, if that made the snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload: Option<UploadReport>,
+    /// The S3 upload and import, if that made the snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via_s3: Option<ViaS3Report>,
     /// Copies in other regions.
     pub copies: Vec<RegionCopy>,
 }
@@ -124,7 +148,7 @@ pub enum Event<'a> {
     /// An AMI of the name exists and is returned (`reuse`).
     Reused(&'a str),
     /// The snapshot is complete.
-    Uploaded(&'a UploadReport),
+    Uploaded(&'a Upload),
     /// The AMI is registered (and available).
     Registered(&'a str),
     /// Launch permissions were granted.
@@ -337,6 +361,26 @@ fn sleep_unless_cancelled(d: Duration, cancel: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// The volume size of `snapshot_id` in GiB (DescribeSnapshots).
+pub fn snapshot_gib(client: &Client, snapshot_id: &str) -> Result<u64> {
+    let req = DescribeSnapshotsRequest {
+        snapshot_ids: vec![snapshot_id.into()],
+        ..Default::default()
+    };
+    ec2::call(client, &req)?
+        .snapshots
+        .into_iter()
+        .find(|s| s.snapshot_id.as_deref() == Some(snapshot_id))
+        .and_then(|s| s.volume_size)
+        .filter(|&g| g > 0)
+        .map(|g| g as u64)
+        .ok_or_else(|| Error::Malformed {
+            service: "ec2",
+            action: "DescribeSnapshots".into(),
+            detail: format!("no volume size for {snapshot_id}"),
+        })
+}
+
 /// Grants launch permission on `image_id` and create-volume permission on its snapshots.
 pub fn share(client: &Client, image_id: &str, snapshots: &[String], s: &Sharing) -> Result<()> {
     if s.is_empty() {
@@ -460,7 +504,7 @@ impl Created<'_> {
 pub fn publish(
     config: &AwsConfig,
     opts: &PublishOptions,
-    upload: &dyn Fn(&Client, &UploadOptions) -> Result<UploadReport>,
+    upload: &dyn Fn(&Client, &UploadOptions) -> Result<Upload>,
     events: &dyn Fn(Event),
     cancel: &AtomicBool,
 ) -> Result<Published> {
@@ -484,6 +528,7 @@ pub fn publish(
             image_id: id,
             reused: true,
             upload: None,
+            via_s3: None,
             copies: Vec::new(),
         });
     }
@@ -505,7 +550,7 @@ pub fn publish(
     events(Event::Uploaded(&report));
     let mut created = Created {
         home: &home,
-        snapshot: Some(report.snapshot_id.clone()),
+        snapshot: Some(report.snapshot_id().to_string()),
         image: None,
         copies: Vec::new(),
     };
@@ -534,7 +579,7 @@ pub fn publish(
 fn finish(
     config: &AwsConfig,
     opts: &PublishOptions,
-    report: &UploadReport,
+    report: &Upload,
     incomplete: &[(String, String)],
     created: &mut Created,
     events: &dyn Fn(Event),
@@ -550,7 +595,22 @@ fn finish(
         }
     };
     check()?;
-    let req = spec.register_request(&report.snapshot_id, report.volume_size_gib, incomplete);
+    let snapshot_id = report.snapshot_id().to_string();
+    let gib = match report {
+        Upload::Ebs(r) => r.volume_size_gib,
+        Upload::ViaS3(_) => {
+            ec2::call(
+                home,
+                &CreateTagsRequest {
+                    resources: vec![snapshot_id.clone()],
+                    tags: to_tags(incomplete),
+                    dry_run: None,
+                },
+            )?;
+            snapshot_gib(home, &snapshot_id)?
+        }
+    };
+    let req = spec.register_request(&snapshot_id, gib, incomplete);
     let image_id = ec2::call(home, &req)?
         .image_id
         .ok_or_else(|| Error::Malformed {
@@ -565,7 +625,7 @@ fn finish(
     share(
         home,
         &image_id,
-        std::slice::from_ref(&report.snapshot_id),
+        std::slice::from_ref(&snapshot_id),
         &opts.sharing,
     )?;
     if !opts.sharing.is_empty() {
@@ -623,7 +683,7 @@ fn finish(
             },
         )
     };
-    untag(home, vec![image_id.clone(), report.snapshot_id.clone()])?;
+    untag(home, vec![image_id.clone(), snapshot_id.clone()])?;
     for (client, id, snaps) in &created.copies {
         let mut ids = vec![id.clone()];
         ids.extend(snaps.iter().cloned());
@@ -633,9 +693,16 @@ fn finish(
         name: spec.name.clone(),
         region: config.region.clone(),
         image_id,
-        snapshot_id: Some(report.snapshot_id.clone()),
+        snapshot_id: Some(snapshot_id),
         reused: false,
-        upload: Some(report.clone()),
+        upload: match report {
+            Upload::Ebs(r) => Some(r.clone()),
+            Upload::ViaS3(_) => None,
+        },
+        via_s3: match report {
+            Upload::ViaS3(r) => Some(r.clone()),
+            Upload::Ebs(_) => None,
+        },
         copies,
     })
 }

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use stamp_aws::ami::{self, Event, ImageSpec, PublishOptions, Sharing};
+use stamp_aws::ami::{self, Event, ImageSpec, PublishOptions, Sharing, Upload};
 use stamp_aws::ebs::{self, Transfer};
+use stamp_aws::import::{self, ImportFormat, ViaS3Options, ViaS3Progress};
 use stamp_disk::DiskReader;
 use stamp_oci::ImageKind;
 use stamp_oci::disk::artifact;
@@ -179,13 +180,47 @@ pub fn run(a: &PushArgs, remote: &str, cancel: &CancelFlag) -> Result<u8> {
         }
     };
     let reader = &*disk.reader;
-    let upload = |client: &stamp_aws::http::Client, o: &ebs::UploadOptions| {
-        if m.via.is_some() {
-            return Err(stamp_aws::Error::Config(
-                "--via s3:// is not available yet".into(),
-            ));
+    let progress_s3 = |p: &ViaS3Progress| {
+        if let Some(b) = &bar {
+            match p {
+                ViaS3Progress::Upload(u) => {
+                    b.set_position(u.bytes_uploaded);
+                    b.set_message(format!(
+                        "to S3, {} of {} read",
+                        human_size(u.source_read),
+                        human_size(u.source_total)
+                    ));
+                }
+                ViaS3Progress::Import(t) => b.set_message(format!(
+                    "importing {}: {} {}% {}",
+                    t.task_id,
+                    t.status,
+                    t.progress.as_deref().unwrap_or("0"),
+                    t.message.as_deref().unwrap_or("")
+                )),
+            }
         }
-        ebs::upload(client, reader, o, &progress, cancel)
+    };
+    let upload = |client: &stamp_aws::http::Client, o: &ebs::UploadOptions| match &m.via {
+        None => ebs::upload(client, reader, o, &progress, cancel).map(Upload::Ebs),
+        Some(url) => {
+            let via = ViaS3Options {
+                description: o.description.clone(),
+                tags: o.tags.clone(),
+                run_id: Some(opts.run_id.clone()),
+                ..Default::default()
+            };
+            import::push_via_s3(
+                client,
+                reader,
+                url,
+                ImportFormat::Vmdk,
+                &via,
+                &progress_s3,
+                cancel,
+            )
+            .map(Upload::ViaS3)
+        }
     };
     let events = |e: Event| {
         if let Some(b) = &bar {
@@ -193,13 +228,26 @@ pub fn run(a: &PushArgs, remote: &str, cancel: &CancelFlag) -> Result<u8> {
         }
         match e {
             Event::Reused(id) => eprintln!("An AMI named {} exists: {id}", opts.image.name),
-            Event::Uploaded(r) => eprintln!(
+            Event::Uploaded(Upload::Ebs(r)) => eprintln!(
                 "Uploaded {}: {} in {} blocks; {} zero blocks not sent",
                 r.snapshot_id,
                 human_size(r.bytes_sent),
                 r.blocks_sent,
                 r.blocks_skipped
             ),
+            Event::Uploaded(Upload::ViaS3(r)) => {
+                eprintln!(
+                    "Imported {} with task {} from s3://{}/{} ({})",
+                    r.snapshot_id,
+                    r.task_id,
+                    r.bucket,
+                    r.object_key,
+                    human_size(r.bytes_uploaded)
+                );
+                if let Some(w) = &r.cleanup_warning {
+                    eprintln!("warning: {w}");
+                }
+            }
             Event::Registered(id) => eprintln!("Registered {id}"),
             Event::Shared(id) => eprintln!("Shared {id}"),
             Event::Copying(region, id) => eprintln!("Copying to {region}: {id}"),
