@@ -15,7 +15,7 @@ use crate::aws_support;
 use crate::common::{Run, s, temp_leftovers, tmp};
 
 /// Whether moto_server is installed (the tests are skipped without it).
-fn have_moto() -> bool {
+pub(crate) fn have_moto() -> bool {
     if Command::new("moto_server").arg("--help").output().is_err() {
         eprintln!("skipped: moto_server is not installed (scripts/install-test-deps.sh)");
         return false;
@@ -25,7 +25,7 @@ fn have_moto() -> bool {
 
 /// Runs a boto3 snippet in `region` with `ec2` and `ebs` bound to clients of the moto server;
 /// returns its stdout.
-fn boto3_in(url: &str, region: &str, code: &str) -> String {
+pub(crate) fn boto3_in(url: &str, region: &str, code: &str) -> String {
     let script = format!(
         "import boto3, botocore\n\
          kw = dict(endpoint_url='{url}', region_name='{region}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
@@ -46,7 +46,7 @@ fn boto3_in(url: &str, region: &str, code: &str) -> String {
 
 /// [`boto3_in`] us-east-1 (moto's RegisterImage keeps only the name and makes its own
 /// snapshot, so the tests read the AMI back for it).
-fn boto3(url: &str, code: &str) -> String {
+pub(crate) fn boto3(url: &str, code: &str) -> String {
     boto3_in(url, "us-east-1", code)
 }
 

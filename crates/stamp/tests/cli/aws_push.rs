@@ -6,16 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::aws::{boto3, boto3_in, have_moto};
 use crate::aws_support::{self, Fault, Proxy};
 use crate::common::{Run, stamp};
-
-fn have_moto() -> bool {
-    if Command::new("moto_server").arg("--help").output().is_err() {
-        eprintln!("skipped: moto_server is not installed (scripts/install-test-deps.sh)");
-        return false;
-    }
-    true
-}
 
 /// `stamp ARGS` with dummy keys in the environment and no profile files.
 fn stamp_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -41,26 +34,15 @@ fn stamp_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     c
 }
 
-fn run(mut c: Command) -> Run {
-    c.output().unwrap().into()
+/// `stamp ARGS --endpoint-url PROXY` as [`stamp_env`] runs it.
+fn at(proxy: &Proxy, home: &Path, args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--endpoint-url", &proxy.url]);
+    run(stamp_env(home, &all, &[]))
 }
 
-/// Runs a boto3 snippet with `ec2` and `ebs` clients of `url`; returns its stdout.
-fn boto3(url: &str, code: &str) -> String {
-    let script = format!(
-        "import boto3, botocore\nkw = dict(endpoint_url='{url}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nec2 = boto3.client('ec2', **kw)\nebs = boto3.client('ebs', **kw)\n{code}"
-    );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+fn run(mut c: Command) -> Run {
+    c.output().unwrap().into()
 }
 
 /// Whether moto still has `snapshot` (DescribeSnapshots), as boto3 sees it.
@@ -149,14 +131,13 @@ fn push_uploads_only_data_blocks_registers_as_asked_and_reads_back_equal() {
     let proxy = Proxy::start(Vec::new());
     let name = format!("stamp-push-{}", std::process::id());
     let target = format!("aws://us-east-1/{name}");
-    let r = run(stamp_env(
+    let r = at(
+        &proxy,
         tmp.path(),
         &[
             "push",
             qcow.to_str().unwrap(),
             &target,
-            "--endpoint-url",
-            &proxy.url,
             "--arch",
             "arm64",
             "--boot-mode",
@@ -170,8 +151,7 @@ fn push_uploads_only_data_blocks_registers_as_asked_and_reads_back_equal() {
             "team=infra",
             "--json",
         ],
-        &[],
-    ));
+    );
     let v = json(&r);
     let snap = v["snapshot_id"].as_str().unwrap().to_string();
     let ami = v["image_id"].as_str().unwrap().to_string();
@@ -233,18 +213,7 @@ fn push_uploads_only_data_blocks_registers_as_asked_and_reads_back_equal() {
     assert!(!tags.contains("stamp:incomplete"), "{tags}");
 
     // 1. The catalog lists it; the snapshot reads back equal to the disk.
-    let r = run(stamp_env(
-        tmp.path(),
-        &[
-            "images",
-            "--remote",
-            "aws",
-            "--json",
-            "--endpoint-url",
-            &proxy.url,
-        ],
-        &[],
-    ));
+    let r = at(&proxy, tmp.path(), &["images", "--remote", "aws", "--json"]);
     let listing = json(&r);
     assert!(
         listing["images"]
@@ -261,17 +230,11 @@ fn push_uploads_only_data_blocks_registers_as_asked_and_reads_back_equal() {
 
     // The same name again fails before uploading anything, unless --reuse.
     let before = proxy.requests().len();
-    let r = run(stamp_env(
+    let r = at(
+        &proxy,
         tmp.path(),
-        &[
-            "push",
-            raw.to_str().unwrap(),
-            &target,
-            "--endpoint-url",
-            &proxy.url,
-        ],
-        &[],
-    ));
+        &["push", raw.to_str().unwrap(), &target],
+    );
     assert_eq!(r.code, 1);
     assert!(
         r.stderr.contains("already exists") && r.stderr.contains("--reuse"),
@@ -284,34 +247,21 @@ fn push_uploads_only_data_blocks_registers_as_asked_and_reads_back_equal() {
             .any(|l| l.contains("/snapshots")),
         "nothing is uploaded for a name that exists"
     );
-    let r = run(stamp_env(
+    let r = at(
+        &proxy,
         tmp.path(),
-        &[
-            "push",
-            raw.to_str().unwrap(),
-            &target,
-            "--endpoint-url",
-            &proxy.url,
-            "--reuse",
-            "--json",
-        ],
-        &[],
-    ));
+        &["push", raw.to_str().unwrap(), &target, "--reuse", "--json"],
+    );
     let v = json(&r);
     assert_eq!(v["image_id"], ami.as_str());
     assert_eq!(v["reused"], true);
 
     // 6. stamp rmi removes the AMI.
-    let r = run(stamp_env(
+    let r = at(
+        &proxy,
         tmp.path(),
-        &[
-            "rmi",
-            &format!("aws://us-east-1/{ami}"),
-            "--endpoint-url",
-            &proxy.url,
-        ],
-        &[],
-    ));
+        &["rmi", &format!("aws://us-east-1/{ami}")],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let left = boto3(
         &proxy.url,
@@ -334,22 +284,20 @@ fn push_shares_and_copies_to_other_regions() {
     std::fs::write(&disk, &d).unwrap();
     let proxy = Proxy::start(Vec::new());
     let name = format!("stamp-copy-{}", std::process::id());
-    let r = run(stamp_env(
+    let r = at(
+        &proxy,
         tmp.path(),
         &[
             "push",
             disk.to_str().unwrap(),
             &format!("aws://{name}"),
-            "--endpoint-url",
-            &proxy.url,
             "--grant",
             "123456789012",
             "--copy-to",
             "eu-west-1",
             "--json",
         ],
-        &[],
-    ));
+    );
     let v = json(&r);
     let ami = v["image_id"].as_str().unwrap();
     let copy = &v["copies"][0];
@@ -382,12 +330,10 @@ fn push_shares_and_copies_to_other_regions() {
     );
     assert!(copies[0].form.contains(&format!("SourceImageId={ami}")));
     assert!(copies[0].form.contains("SourceRegion=us-east-1"));
-    let there = boto3(
+    let there = boto3_in(
         &proxy.url,
-        &format!(
-            "e = boto3.client('ec2', **dict(kw, region_name='eu-west-1'))\n\
-             print(e.describe_images(ImageIds=['{copy_id}'])['Images'][0]['Name'])"
-        ),
+        "eu-west-1",
+        &format!("print(ec2.describe_images(ImageIds=['{copy_id}'])['Images'][0]['Name'])"),
     );
     assert_eq!(there, name);
 }
@@ -493,11 +439,11 @@ fn interrupted_or_failed_push_deletes_its_snapshot() {
     child.kill().unwrap();
     child.wait().unwrap();
     let snap = first_put_snapshot(&proxy).unwrap();
-    let tags = boto3(
+    let tags = boto3_in(
         &proxy.url,
+        "ap-northeast-1",
         &format!(
-            "e = boto3.client('ec2', **dict(kw, region_name='ap-northeast-1'))\n\
-             s = e.describe_snapshots(SnapshotIds=['{snap}'])['Snapshots'][0]\n\
+            "s = ec2.describe_snapshots(SnapshotIds=['{snap}'])['Snapshots'][0]\n\
              print(sorted(t['Key'] + '=' + t['Value'] for t in s.get('Tags', [])))"
         ),
     );
@@ -505,24 +451,18 @@ fn interrupted_or_failed_push_deletes_its_snapshot() {
         tags.contains("stamp:incomplete=true") && tags.contains("stamp:run="),
         "{tags}"
     );
-    let r = run(stamp_env(
+    let r = at(
+        &proxy,
         tmp.path(),
-        &[
-            "rmi",
-            "--incomplete",
-            "aws://ap-northeast-1",
-            "--endpoint-url",
-            &proxy.url,
-        ],
-        &[],
-    ));
+        &["rmi", "--incomplete", "aws://ap-northeast-1"],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains(&snap), "{}", r.stdout);
-    let gone = boto3(
+    let gone = boto3_in(
         &proxy.url,
+        "ap-northeast-1",
         &format!(
-            "e = boto3.client('ec2', **dict(kw, region_name='ap-northeast-1'))\n\
-             try:\n    e.describe_snapshots(SnapshotIds=['{snap}'])\n    print('left')\n\
+            "try:\n    ec2.describe_snapshots(SnapshotIds=['{snap}'])\n    print('left')\n\
              except botocore.exceptions.ClientError as x:\n    print(x.response['Error']['Code'])"
         ),
     );
@@ -537,17 +477,7 @@ fn interrupted_or_failed_push_deletes_its_snapshot() {
         body: "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>injected by the test</Message></Error></Errors><RequestID>x</RequestID></Response>".into(),
     }]);
     let name = format!("stamp-regfail-{}", std::process::id());
-    let r = run(stamp_env(
-        tmp.path(),
-        &[
-            "push",
-            d,
-            &format!("aws://{name}"),
-            "--endpoint-url",
-            &proxy.url,
-        ],
-        &[],
-    ));
+    let r = at(&proxy, tmp.path(), &["push", d, &format!("aws://{name}")]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(proxy.unused_faults(), 0);
     let snap = first_put_snapshot(&proxy).unwrap();
