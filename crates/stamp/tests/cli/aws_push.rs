@@ -227,6 +227,21 @@ fn push_uploads_only_data_blocks_registers_as_asked_and_reads_back_equal() {
     download_with_boto3(&proxy.url, &snap, &back, 8 << 20);
     let r = stamp(&["compare", raw.to_str().unwrap(), back.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // And through `stamp pull` into another format.
+    let pulled = tmp.path().join("pulled.vhdx");
+    let r = at(
+        &proxy,
+        tmp.path(),
+        &[
+            "pull",
+            &format!("aws://us-east-1/{snap}"),
+            "-o",
+            pulled.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = stamp(&["compare", raw.to_str().unwrap(), pulled.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 
     // The same name again fails before uploading anything, unless --reuse.
     let before = proxy.requests().len();
