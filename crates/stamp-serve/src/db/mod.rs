@@ -1,0 +1,145 @@
+//! The task store: tasks, snapshots and images, on SQLite (the default: one process, a file)
+//! or PostgreSQL (several `stamp serve` processes share it: claims with `FOR UPDATE SKIP
+//! LOCKED`, leases renewed by heartbeats, taken over when they lapse).
+//!
+//! Every method is blocking; the HTTP layer calls them from a blocking thread. Tenants are
+//! enforced here: a tenant never sees, changes or cancels another's records.
+
+use std::time::Duration;
+
+use crate::Result;
+use crate::task::{ImageRecord, Millis, NewTask, SnapshotRecord, Task, TaskKind, TaskState};
+
+/// Which tasks a listing returns (all of the tenant's of these kinds when empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<TaskKind>,
+    /// Only these ids (empty: all).
+    pub ids: Vec<String>,
+    /// At most this many (the API's MaxResults); `None`: all.
+    pub max_results: Option<usize>,
+    /// Continue after the page that returned this token.
+    pub next_token: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The records, oldest first.
+    pub items: Vec<T>,
+    /// Set when more follow.
+    pub next_token: Option<String>,
+}
+
+/// What a worker reports while it runs a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskUpdate {
+    /// A new status message (`converting`, `validating`, ...).
+    pub status_message: Option<String>,
+    /// A new percentage.
+    pub progress: Option<u8>,
+    /// A new byte count.
+    pub bytes_converted: Option<u64>,
+    /// A new checkpoint.
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    /// `Completed` or `Cancelled` (failed tasks are cancelled with a reason).
+    pub state: TaskState,
+    /// The final status message (`completed`, or why it failed).
+    pub status_message: String,
+    /// What it produced.
+    pub result: Option<serde_json::Value>,
+}
+
+/// Where tasks, snapshots and images live.
+pub trait TaskStore: Send + Sync {
+    /// Creates a task (state active, status `pending`). If the tenant already has a task with
+    /// the same client token, returns that one instead.
+    fn create_task(&self, t: &NewTask, now: Millis) -> Result<Task>;
+
+    /// The tenant's task `id`.
+    fn task(&self, tenant: &str, id: &str) -> Result<Option<Task>>;
+
+    /// The tenant's tasks matching `q`, oldest first.
+    fn tasks(&self, tenant: &str, q: &TaskQuery) -> Result<Page<Task>>;
+
+    /// Asks to cancel the tenant's task: an active one becomes cancelling (a worker stops it,
+    /// or the next claim finishes it as cancelled). Returns the task as it is now, or `None`
+    /// if the tenant has no such task. A final task is returned unchanged.
+    fn cancel(&self, tenant: &str, id: &str, reason: &str, now: Millis) -> Result<Option<Task>>;
+
+    /// Claims the oldest task that is active or cancelling and not leased (or whose lease
+    /// lapsed), for `owner` until `now + lease`; counts the attempt. Only tasks whose
+    /// `scratch_bytes` estimate fits in `scratch_free` are taken. Several processes may call
+    /// this at once: each task goes to exactly one.
+    fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        scratch_free: u64,
+        now: Millis,
+    ) -> Result<Option<Task>>;
+
+    /// Renews `owner`'s lease on `id` and applies `update`. Returns the task, or `None` if the
+    /// lease was lost (another process took the task over: stop working on it).
+    fn heartbeat(
+        &self,
+        owner: &str,
+        id: &str,
+        lease: Duration,
+        update: &TaskUpdate,
+        now: Millis,
+    ) -> Result<Option<Task>>;
+
+    /// Ends `owner`'s task; false if the lease was lost (nothing changed).
+    fn finish(&self, owner: &str, id: &str, end: &TaskEnd, now: Millis) -> Result<bool>;
+
+    /// Sets the scratch estimate of a task (from the size of its source, once known).
+    fn set_scratch(&self, id: &str, bytes: u64) -> Result<()>;
+
+    /// Deletes tasks that ended before `before`; returns how many.
+    fn purge(&self, before: Millis) -> Result<u64>;
+
+    /// Count of tasks by kind and state (for /metrics).
+    fn counts(&self) -> Result<Vec<(TaskKind, TaskState, u64)>>;
+
+    /// Stores a snapshot an import made.
+    fn put_snapshot(&self, s: &SnapshotRecord) -> Result<()>;
+
+    /// The tenant's snapshot `id`.
+    fn snapshot(&self, tenant: &str, id: &str) -> Result<Option<SnapshotRecord>>;
+
+    /// Stores (or replaces) an image.
+    fn put_image(&self, i: &ImageRecord) -> Result<()>;
+
+    /// The tenant's image `id`.
+    fn image(&self, tenant: &str, id: &str) -> Result<Option<ImageRecord>>;
+
+    /// The tenant's images (`ids` empty: all), oldest first, paged like [`TaskStore::tasks`].
+    fn images(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        max_results: Option<usize>,
+        next_token: Option<&str>,
+    ) -> Result<Page<ImageRecord>>;
+
+    /// Removes the tenant's image; false if there was none.
+    fn delete_image(&self, tenant: &str, id: &str) -> Result<bool>;
+
+    /// Adds (or replaces) tags on the tenant's task, image or snapshot `id`; false if none.
+    fn set_tags(&self, tenant: &str, id: &str, tags: &[(String, String)]) -> Result<bool>;
+
+    /// Removes tags (`value` `None`: whatever the value) from the tenant's resource `id`.
+    fn delete_tags(
+        &self,
+        tenant: &str,
+        id: &str,
+        tags: &[(String, Option<String>)],
+    ) -> Result<bool>;
+}
