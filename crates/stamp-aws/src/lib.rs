@@ -13,5 +13,6 @@ mod error;
 pub mod http;
 pub mod import;
 pub mod s3;
+pub mod sigv4;
 
 pub use error::{Error, Result};
