@@ -9,6 +9,7 @@
 //! - [`worker`]: what a claimed task does: fetch, detect, validate, convert, store; export.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod db;
 mod error;
 pub mod objects;
