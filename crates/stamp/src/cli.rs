@@ -57,6 +57,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Build a bootable disk (every format at once) from a container image or a Dockerfile.
     Build(BuildArgs),
+    /// List, show and cancel VM import/export tasks of `stamp serve` (or AWS).
+    Tasks(TasksArgs),
 }
 
 impl Command {
@@ -630,4 +632,40 @@ pub struct BuildArgs {
     /// oci-archive:FILE, docker-archive:FILE, rootfs:FILE.tar[.gz|.zst|.xz], dir:PATH.
     #[arg(required_unless_present = "dockerfile", conflicts_with = "dockerfile")]
     pub source: Option<String>,
+}
+
+/// `stamp tasks`.
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(subcommand)]
+    pub command: TasksCommand,
+}
+
+/// What `stamp tasks` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum TasksCommand {
+    /// Every import and export task: id, kind, status, progress, message.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One task, whole (as the Describe call answers).
+    Show {
+        /// The task id (import-ami-…, import-snap-…, import-vol-…, import-i-…, export-ami-…, export-i-…).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// The task id.
+        id: String,
+        /// Why (kept as the task's status message).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
 }

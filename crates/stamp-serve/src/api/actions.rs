@@ -124,7 +124,11 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
             )?;
             xml(
                 &DescribeImportSnapshotTasksResult {
-                    import_snapshot_tasks: page.items.iter().map(views::import_snapshot_task).collect(),
+                    import_snapshot_tasks: page
+                        .items
+                        .iter()
+                        .map(views::import_snapshot_task)
+                        .collect(),
                     next_token: page.next_token,
                 },
                 id,
@@ -160,7 +164,9 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
                 tenant,
                 &task_id,
                 &[TaskKind::ImportImage, TaskKind::ImportSnapshot],
-                r.cancel_reason.as_deref().unwrap_or("cancelled by the user"),
+                r.cancel_reason
+                    .as_deref()
+                    .unwrap_or("cancelled by the user"),
                 "InvalidConversionTaskId.Malformed",
             )?;
             xml(
@@ -204,9 +210,15 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
                 return Err(Failure::missing("DiskImage"));
             }
             for d in &r.disk_images {
-                let image = d.image.as_ref().ok_or_else(|| Failure::missing("DiskImage.Image"))?;
+                let image = d
+                    .image
+                    .as_ref()
+                    .ok_or_else(|| Failure::missing("DiskImage.Image"))?;
                 check_format(Some(&image.format), IMPORT_FORMATS)?;
-                check_url(&image.import_manifest_url, "DiskImage.Image.ImportManifestUrl")?;
+                check_url(
+                    &image.import_manifest_url,
+                    "DiskImage.Image.ImportManifestUrl",
+                )?;
             }
             let t = create(
                 svc,
@@ -257,7 +269,9 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
                 tenant,
                 &r.conversion_task_id,
                 &[TaskKind::ImportVolume, TaskKind::ImportInstance],
-                r.reason_message.as_deref().unwrap_or("cancelled by the user"),
+                r.reason_message
+                    .as_deref()
+                    .unwrap_or("cancelled by the user"),
                 "InvalidConversionTaskId",
             )?;
             xml(&CancelConversionTaskResult::default(), id)
@@ -443,7 +457,12 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
                     return Err(not_found(res));
                 }
             }
-            xml(&CreateTagsResult { return_: Some(true) }, id)
+            xml(
+                &CreateTagsResult {
+                    return_: Some(true),
+                },
+                id,
+            )
         }
         Request::DeleteTags(r) => {
             dry_run(r.dry_run)?;
@@ -457,7 +476,12 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
                     return Err(not_found(res));
                 }
             }
-            xml(&DeleteTagsResult { return_: Some(true) }, id)
+            xml(
+                &DeleteTagsResult {
+                    return_: Some(true),
+                },
+                id,
+            )
         }
         other => Err(Failure::client(
             "InvalidAction",
@@ -580,7 +604,10 @@ fn create(
 ) -> Result<Task, Failure> {
     let mut tags = Vec::new();
     for s in specs {
-        if s.resource_type.as_deref().is_some_and(|r| r != resource_type) {
+        if s.resource_type
+            .as_deref()
+            .is_some_and(|r| r != resource_type)
+        {
             return Err(Failure::invalid(format!(
                 "TagSpecification.ResourceType must be {resource_type}"
             )));
@@ -688,7 +715,9 @@ fn list(
             next_token,
         },
     )?;
-    if let Some(missing) = ids.iter().find(|id| !page.items.iter().any(|t| &t.id == *id))
+    if let Some(missing) = ids
+        .iter()
+        .find(|id| !page.items.iter().any(|t| &t.id == *id))
         && max_results.is_none()
     {
         return Err(Failure::client(

@@ -48,9 +48,7 @@ impl Keys {
                 )));
             };
             if keys.len() >= MAX_KEYS {
-                return Err(Error::Config(format!(
-                    "{name}: more than {MAX_KEYS} keys"
-                )));
+                return Err(Error::Config(format!("{name}: more than {MAX_KEYS} keys")));
             }
             let key = Key {
                 secret: secret.to_string(),

@@ -88,10 +88,7 @@ impl Failure {
         tracing::error!("internal error: {e}");
         Failure {
             status: 500,
-            error: ApiError::new(
-                "InternalError",
-                "An internal error has occurred; try again",
-            ),
+            error: ApiError::new("InternalError", "An internal error has occurred; try again"),
         }
     }
 }

@@ -10,12 +10,13 @@
 
 use serde_json::Value;
 use stamp_aws::ec2::{
-    self, BlockDeviceMapping, ConversionTask, CreateInstanceExportTaskRequest, DiskImageDescription,
-    DiskImageVolumeDescription, EbsBlockDevice, Ec2Request, ExportImageRequest, ExportImageTask,
-    ExportTask, ExportTaskS3Location, ExportToS3Task, Image, ImportImageRequest, ImportImageTask,
-    ImportInstanceRequest, ImportInstanceTaskDetails, ImportInstanceVolumeDetailItem,
-    ImportSnapshotRequest, ImportSnapshotTask, ImportVolumeRequest, ImportVolumeTaskDetails,
-    InstanceExportDetails, SnapshotDetail, SnapshotTaskDetail, Tag, UserBucketDetails,
+    self, BlockDeviceMapping, ConversionTask, CreateInstanceExportTaskRequest,
+    DiskImageDescription, DiskImageVolumeDescription, EbsBlockDevice, Ec2Request,
+    ExportImageRequest, ExportImageTask, ExportTask, ExportTaskS3Location, ExportToS3Task, Image,
+    ImportImageRequest, ImportImageTask, ImportInstanceRequest, ImportInstanceTaskDetails,
+    ImportInstanceVolumeDetailItem, ImportSnapshotRequest, ImportSnapshotTask, ImportVolumeRequest,
+    ImportVolumeTaskDetails, InstanceExportDetails, SnapshotDetail, SnapshotTaskDetail, Tag,
+    UserBucketDetails,
 };
 
 use crate::task::{ImageRecord, Millis, Task, TaskState};
@@ -118,7 +119,10 @@ pub fn import_image_task(t: &Task) -> ImportImageTask {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let made = produced.and_then(|p| p.get(i)).cloned().unwrap_or(Value::Null);
+            let made = produced
+                .and_then(|p| p.get(i))
+                .cloned()
+                .unwrap_or(Value::Null);
             SnapshotDetail {
                 description: d.description.clone(),
                 device_name: text(&made, "device_name").or(d.device_name.clone()),
@@ -126,7 +130,14 @@ pub fn import_image_task(t: &Task) -> ImportImageTask {
                 format: text(&made, "format").or(d.format.clone().map(|f| f.to_ascii_uppercase())),
                 progress: None,
                 snapshot_id: text(&made, "snapshot_id"),
-                status: Some(if made.is_null() { "active" } else { "completed" }.into()),
+                status: Some(
+                    if made.is_null() {
+                        "active"
+                    } else {
+                        "completed"
+                    }
+                    .into(),
+                ),
                 status_message: None,
                 url: d.url.clone(),
                 user_bucket: d.user_bucket.clone().map(|b| UserBucketDetails {
@@ -210,10 +221,7 @@ pub fn conversion_task(t: &Task) -> ConversionTask {
                     let image = d.image.clone().unwrap_or_default();
                     ImportInstanceVolumeDetailItem {
                         bytes_converted: Some(
-                            volumes
-                                .get(i)
-                                .and_then(|v| num(v, "bytes"))
-                                .unwrap_or(0),
+                            volumes.get(i).and_then(|v| num(v, "bytes")).unwrap_or(0),
                         ),
                         description: d.description.clone(),
                         image: Some(DiskImageDescription {

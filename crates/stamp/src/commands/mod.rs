@@ -16,6 +16,7 @@ mod names;
 mod pull;
 mod push;
 mod registry;
+mod tasks;
 
 use anyhow::{Context, Result};
 use stamp_disk::Format;
@@ -43,6 +44,7 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Fsck(a) => gc::run_fsck(a),
         Command::Import(a) => archive::run_import(a),
         Command::Export(a) => archive::run_export(a),
+        Command::Tasks(a) => tasks::run(a),
         Command::Build(a) => build::run(a, cancel),
     }
 }
