@@ -60,6 +60,8 @@ pub struct Log {
     pub polls: usize,
     /// Whether CancelImportTask came.
     pub cancelled: bool,
+    /// Errors to answer instead of forwarding or faking: (action, code, message), each once.
+    pub faults: Vec<(String, String, String)>,
 }
 
 /// The fake, listening on loopback until the test process ends.
@@ -116,6 +118,15 @@ impl FakeEc2 {
             .collect()
     }
 
+    /// Answers the next request of `action` with a 400 error of `code` and `message`.
+    pub fn fail_once(&self, action: &str, code: &str, message: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .faults
+            .push((action.into(), code.into(), message.into()));
+    }
+
     /// The snapshot the completed import made, if any.
     pub fn snapshot(&self) -> Option<String> {
         self.log.lock().unwrap().snapshot.clone()
@@ -164,11 +175,19 @@ fn handle(
                 .map(str::to_string)
         })
         .flatten();
+    let mut fault = None;
     if let Some(action) = &action {
         let mut l = log.lock().unwrap();
         l.actions.push(action.clone());
         l.forms
             .push((action.clone(), String::from_utf8_lossy(&body).into_owned()));
+        if let Some(i) = l.faults.iter().position(|f| &f.0 == action) {
+            fault = Some(l.faults.remove(i));
+        }
+    }
+    if let Some((_, code, message)) = fault {
+        let (status, xml) = error(400, &code, &message);
+        return respond(&mut conn, status, &xml);
     }
     let faked = matches!(
         action.as_deref(),
@@ -271,6 +290,10 @@ fn handle(
         }
         other => error(400, "InvalidAction", other.action()),
     };
+    respond(&mut conn, status, &xml)
+}
+
+fn respond(conn: &mut TcpStream, status: u16, xml: &str) -> std::io::Result<()> {
     let resp = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
         xml.len()

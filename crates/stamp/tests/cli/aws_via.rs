@@ -362,3 +362,49 @@ fn sigint_during_the_import_cancels_the_task_and_removes_the_object() {
     );
     assert_eq!(contents(), (0, 0));
 }
+
+#[test]
+fn a_failed_registration_after_the_import_deletes_the_imported_snapshot() {
+    if !have_moto() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, qcow) = pattern_qcow2(tmp.path());
+    let contents = bucket("stamp-cli-via-regfail");
+    let fake = FakeEc2::start(Ending::Completed, tmp.path());
+    fake.fail_once(
+        "RegisterImage",
+        "InvalidParameterValue",
+        "injected by the test",
+    );
+    let r: Run = stamp_env(
+        tmp.path(),
+        &[
+            "push",
+            qcow.to_str().unwrap(),
+            "aws://stamp-via-regfail",
+            "--endpoint-url",
+            &fake.url,
+            "--via",
+            "s3://stamp-cli-via-regfail/p/",
+        ],
+    )
+    .output()
+    .unwrap()
+    .into();
+    assert_eq!(r.code, 1, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let snap = fake.snapshot().unwrap();
+    assert!(r.stderr.contains("injected by the test"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("deleted snapshot {snap}")),
+        "{}",
+        r.stderr
+    );
+    assert!(fake.log.lock().unwrap().faults.is_empty());
+    let gone = boto3(&format!(
+        "try:\n    ec2.describe_snapshots(SnapshotIds=['{snap}'])\n    print('left')\n\
+         except botocore.exceptions.ClientError as x:\n    print(x.response['Error']['Code'])"
+    ));
+    assert_eq!(gone, "InvalidSnapshot.NotFound");
+    assert_eq!(contents(), (0, 0));
+}
