@@ -1,229 +1,25 @@
 //! ImportSnapshot and the whole `--via s3://` path. moto has no VM Import/Export, so a small
-//! fake EC2 in this file answers ImportSnapshot, DescribeImportSnapshotTasks and
-//! CancelImportTask as a scenario says, and forwards everything else (S3) to moto. (`stamp
-//! serve` will implement ImportSnapshot for real; these tests move to it then.)
+//! fake EC2 (support/fake_ec2.rs) answers ImportSnapshot, DescribeImportSnapshotTasks and
+//! CancelImportTask as a scenario says, making a real snapshot in moto from the object, and
+//! forwards everything else to moto. (`stamp serve` will implement ImportSnapshot for real;
+//! these tests move to it then.)
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use stamp_aws::Error;
-use stamp_aws::ec2::{
-    self, CancelImportTaskResult, DescribeImportSnapshotTasksResult, ErrorResponse,
-    ImportSnapshotResult, ImportSnapshotTask, Request, SnapshotTaskDetail,
-};
-use stamp_aws::http::Client;
 use stamp_aws::import::{
     self, ImportFormat, ImportSpec, ImportStatus, ViaS3Options, ViaS3Progress,
 };
 use stamp_aws::s3::{self, MultipartOptions};
-
-const TASK: &str = "import-snap-0123456789abcdef0";
-const SNAP: &str = "snap-0fedcba9876543210";
-
-/// How the fake's task ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// active twice, then completed.
-    Completed,
-    /// active, then deleted with a failure message.
-    Deleted,
-    /// active until cancelled.
-    Never,
-}
-
-#[derive(Default)]
-struct Log {
-    /// Actions received, in order.
-    actions: Vec<String>,
-    /// The ImportSnapshot request.
-    import: Option<ec2::ImportSnapshotRequest>,
-    /// The object as it was when ImportSnapshot came.
-    object: Option<PathBuf>,
-    polls: usize,
-    cancelled: bool,
-}
-
-struct FakeEc2 {
-    url: String,
-    log: Arc<Mutex<Log>>,
-}
-
-impl FakeEc2 {
-    fn start(ending: Ending, dir: &Path) -> FakeEc2 {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let log = Arc::new(Mutex::new(Log::default()));
-        let l = log.clone();
-        let object = dir.join("imported.object");
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let (l, object) = (l.clone(), object.clone());
-                std::thread::spawn(move || handle(conn, ending, &l, &object));
-            }
-        });
-        FakeEc2 { url, log }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(&support::config().with_endpoint(&self.url))
-    }
-
-    fn actions(&self) -> Vec<String> {
-        self.log.lock().unwrap().actions.clone()
-    }
-}
-
-fn handle(mut conn: TcpStream, ending: Ending, log: &Mutex<Log>, object: &Path) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut head = String::new();
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-            if k.eq_ignore_ascii_case("connection") {
-                continue;
-            }
-        }
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).unwrap();
-    let is_ec2 = head.starts_with("POST / ") && body.starts_with(b"Action=");
-    if !is_ec2 {
-        // S3: to moto.
-        let mut up = TcpStream::connect(support::moto().url.trim_start_matches("http://")).unwrap();
-        up.write_all(head.as_bytes()).unwrap();
-        up.write_all(b"Connection: close\r\n\r\n").unwrap();
-        up.write_all(&body).unwrap();
-        let mut resp = Vec::new();
-        up.read_to_end(&mut resp).unwrap();
-        conn.write_all(&resp).unwrap();
-        return;
-    }
-    let params = ec2::form_decode(std::str::from_utf8(&body).unwrap()).unwrap();
-    let req = Request::decode(&params).unwrap();
-    log.lock().unwrap().actions.push(req.action().to_string());
-    let (status, xml) = match req {
-        Request::ImportSnapshot(r) => {
-            // Keep a copy of the object as the importer would read it.
-            let ub = r
-                .disk_container
-                .as_ref()
-                .and_then(|d| d.user_bucket.clone())
-                .unwrap();
-            let (bucket, key) = (ub.s3_bucket.unwrap(), ub.s3_key.unwrap());
-            let moto = support::client();
-            let size = s3::head_object(&moto, &bucket, &key).unwrap().size;
-            let mut f = std::fs::File::create(object).unwrap();
-            let mut off = 0;
-            while off < size {
-                let chunk = s3::get_object_range(&moto, &bucket, &key, off, 8 << 20).unwrap();
-                f.write_all(&chunk).unwrap();
-                off += chunk.len() as u64;
-            }
-            let mut l = log.lock().unwrap();
-            l.import = Some(r);
-            l.object = Some(object.to_path_buf());
-            (
-                200,
-                ec2::write_response(
-                    &ImportSnapshotResult {
-                        import_task_id: Some(TASK.into()),
-                        snapshot_task_detail: Some(detail("active", Some("pending"), None)),
-                        ..Default::default()
-                    },
-                    "req-1",
-                ),
-            )
-        }
-        Request::DescribeImportSnapshotTasks(r) => {
-            assert_eq!(r.import_task_ids, vec![TASK.to_string()]);
-            let mut l = log.lock().unwrap();
-            l.polls += 1;
-            let d = match (ending, l.polls, l.cancelled) {
-                (_, _, true) => detail("deleting", Some("canceled"), None),
-                (Ending::Completed, n, _) if n >= 3 => detail("completed", None, Some(SNAP)),
-                (Ending::Deleted, n, _) if n >= 2 => detail(
-                    "deleted",
-                    Some("ClientError: Disk validation failed [Unsupported VMDK File Format]"),
-                    None,
-                ),
-                _ => detail("active", Some("converting"), None),
-            };
-            (
-                200,
-                ec2::write_response(
-                    &DescribeImportSnapshotTasksResult {
-                        import_snapshot_tasks: vec![ImportSnapshotTask {
-                            import_task_id: Some(TASK.into()),
-                            snapshot_task_detail: Some(d),
-                            ..Default::default()
-                        }],
-                        next_token: None,
-                    },
-                    "req-2",
-                ),
-            )
-        }
-        Request::CancelImportTask(r) => {
-            assert_eq!(r.import_task_id.as_deref(), Some(TASK));
-            log.lock().unwrap().cancelled = true;
-            (
-                200,
-                ec2::write_response(
-                    &CancelImportTaskResult {
-                        import_task_id: Some(TASK.into()),
-                        previous_state: Some("active".into()),
-                        state: Some("deleting".into()),
-                    },
-                    "req-3",
-                ),
-            )
-        }
-        other => (
-            400,
-            ErrorResponse {
-                errors: vec![ec2::ApiError::new("InvalidAction", other.action())],
-                request_id: "req-x".into(),
-            }
-            .to_xml(),
-        ),
-    };
-    let resp = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
-        xml.len()
-    );
-    conn.write_all(resp.as_bytes()).unwrap();
-}
-
-fn detail(status: &str, message: Option<&str>, snap: Option<&str>) -> SnapshotTaskDetail {
-    SnapshotTaskDetail {
-        status: Some(status.into()),
-        status_message: message.map(Into::into),
-        progress: (status == "active").then(|| "42".into()),
-        snapshot_id: snap.map(Into::into),
-        format: Some("VMDK".into()),
-        ..Default::default()
-    }
-}
+use support::fake_ec2::{Ending, FakeEc2, TASK};
 
 fn boto(code: &str) -> String {
     let script = format!(
@@ -278,6 +74,34 @@ fn make_disk(path: &Path) {
     }
 }
 
+/// Checks that moto's `snapshot` holds `disk`'s bytes: every block it lists equals the disk
+/// there, and every data block of the disk is listed.
+fn assert_snapshot_holds(snapshot: &str, disk: &Path) {
+    let moto = support::client();
+    let list = stamp_aws::ebs::list_snapshot_blocks(&moto, snapshot).unwrap();
+    let want = std::fs::read(disk).unwrap();
+    let bs = list.block_size as usize;
+    let mut listed = Vec::new();
+    for b in &list.blocks {
+        let got = stamp_aws::ebs::get_snapshot_block(&moto, snapshot, b, list.block_size).unwrap();
+        let off = b.index as usize * bs;
+        let end = want.len().min(off + bs);
+        assert!(off < want.len(), "block {} is past the disk", b.index);
+        assert!(
+            got[..end - off] == want[off..end],
+            "block {} differs",
+            b.index
+        );
+        listed.push(b.index as usize);
+    }
+    for (i, c) in want.chunks(bs).enumerate() {
+        assert!(
+            listed.contains(&i) || c.iter().all(|&x| x == 0),
+            "data block {i} is missing"
+        );
+    }
+}
+
 fn qemu_img(args: &[&str]) -> (bool, String) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
     (
@@ -311,7 +135,7 @@ fn push_via_s3_uploads_a_vmdk_imports_it_and_deletes_the_object() {
     let disk = dir.path().join("disk.raw");
     make_disk(&disk);
     let contents = bucket("stamp-via-ok");
-    let fake = FakeEc2::start(Ending::Completed, dir.path());
+    let fake = FakeEc2::start(Ending::CompletedEmpty, dir.path());
     let reader = stamp_disk::open(&disk, None).unwrap();
     let seen = Mutex::new(Vec::new());
     let report = import::push_via_s3(
@@ -325,7 +149,8 @@ fn push_via_s3_uploads_a_vmdk_imports_it_and_deletes_the_object() {
     )
     .unwrap();
     assert_eq!(report.task_id, TASK);
-    assert_eq!(report.snapshot_id, SNAP);
+    // The fake made the snapshot it names from the object.
+    assert_eq!(Some(report.snapshot_id.clone()), fake.snapshot());
     assert_eq!(report.object_key, "images/stamp-run1.vmdk");
     assert_eq!(report.cleanup_warning, None);
     // Deleted afterwards; no upload left.
@@ -416,7 +241,7 @@ fn push_via_s3_raw_uploads_the_whole_disk() {
     ]);
     assert!(ok, "{text}");
     let contents = bucket("stamp-via-raw");
-    let fake = FakeEc2::start(Ending::Completed, dir.path());
+    let fake = FakeEc2::start(Ending::CompletedEmpty, dir.path());
     let reader = stamp_disk::open(&qcow2, None).unwrap();
     let report = import::push_via_s3(
         &fake.client(),
@@ -579,10 +404,12 @@ fn import_snapshot_alone_polls_until_completed_and_cancels_on_interrupt() {
         &cancel,
     )
     .unwrap();
-    assert_eq!(
-        (done.task_id.as_str(), done.snapshot_id.as_str()),
-        (TASK, SNAP)
-    );
+    assert_eq!(done.task_id, TASK);
+    assert_eq!(Some(done.snapshot_id.clone()), fake.snapshot());
+    // The fake imported the object for real: the snapshot holds it.
+    let disk = dir.path().join("d.raw");
+    std::fs::write(&disk, [1u8; 4096]).unwrap();
+    assert_snapshot_holds(&done.snapshot_id, &disk);
     let st = statuses.lock().unwrap();
     assert_eq!(st[0].progress.as_deref(), Some("42"));
     assert_eq!(st[0].message.as_deref(), Some("converting"));

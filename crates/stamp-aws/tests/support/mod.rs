@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use stamp_aws::config::{AwsConfig, ConfigOptions};
 
+pub mod fake_ec2;
+
 /// The region the tests use.
 pub const REGION: &str = "us-east-1";
 

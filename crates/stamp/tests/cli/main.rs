@@ -11,6 +11,7 @@ mod support;
 
 mod aws;
 mod aws_push;
+mod aws_via;
 mod build;
 mod compare;
 mod convert;
