@@ -23,13 +23,13 @@ pub(crate) fn have_moto() -> bool {
     true
 }
 
-/// Runs a boto3 snippet in `region` with `ec2` and `ebs` bound to clients of the moto server;
+/// Runs a boto3 snippet in `region` with `ec2`, `ebs` and `s3` bound to clients of the moto server;
 /// returns its stdout.
 pub(crate) fn boto3_in(url: &str, region: &str, code: &str) -> String {
     let script = format!(
         "import boto3, botocore\n\
          kw = dict(endpoint_url='{url}', region_name='{region}', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
-         ec2 = boto3.client('ec2', **kw)\nebs = boto3.client('ebs', **kw)\n{code}"
+         ec2 = boto3.client('ec2', **kw)\nebs = boto3.client('ebs', **kw)\ns3 = boto3.client('s3', **kw)\n{code}"
     );
     let out = Command::new("python3")
         .arg("-c")

@@ -11,7 +11,7 @@ use crate::aws_support::{self, Fault, Proxy};
 use crate::common::{Run, stamp};
 
 /// `stamp ARGS` with dummy keys in the environment and no profile files.
-fn stamp_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn stamp_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
     c.args(args)
         .env("HOME", home)
@@ -58,7 +58,7 @@ fn snapshot_exists(url: &str, snapshot: &str) -> bool {
 
 /// Writes `snapshot` (every block boto3's ListSnapshotBlocks names, fetched with
 /// GetSnapshotBlock) into a raw file of `size` bytes.
-fn download_with_boto3(url: &str, snapshot: &str, out: &Path, size: u64) {
+pub(crate) fn download_with_boto3(url: &str, snapshot: &str, out: &Path, size: u64) {
     boto3(
         url,
         &format!(
@@ -354,7 +354,7 @@ fn push_shares_and_copies_to_other_regions() {
 }
 
 /// Waits until `cond` holds (or panics after a minute).
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
+pub(crate) fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -5,59 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
+use crate::aws::have_moto;
+use crate::aws_push::{download_with_boto3, stamp_env, wait_for};
 use crate::aws_support::{self, fake_ec2::Ending, fake_ec2::FakeEc2, fake_ec2::TASK};
 use crate::common::{Run, stamp};
-
-fn have_moto() -> bool {
-    if Command::new("moto_server").arg("--help").output().is_err() {
-        eprintln!("skipped: moto_server is not installed (scripts/install-test-deps.sh)");
-        return false;
-    }
-    true
-}
-
-/// `stamp ARGS` with dummy keys in the environment and no profile files.
-fn stamp_env(home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
-    c.args(args)
-        .env("HOME", home)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", aws_support::REGION);
-    for k in [
-        "AWS_PROFILE",
-        "AWS_DEFAULT_REGION",
-        "AWS_ENDPOINT_URL",
-        "AWS_SESSION_TOKEN",
-        "AWS_SHARED_CREDENTIALS_FILE",
-        "AWS_CONFIG_FILE",
-    ] {
-        c.env_remove(k);
-    }
-    c
-}
 
 /// Runs a boto3 snippet with `s3`, `ec2` and `ebs` clients of moto itself (not the fake);
 /// returns its stdout.
 fn boto3(code: &str) -> String {
-    let script = format!(
-        "import boto3, botocore\nkw = dict(endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\ns3 = boto3.client('s3', **kw)\nec2 = boto3.client('ec2', **kw)\nebs = boto3.client('ebs', **kw)\n{code}",
-        aws_support::moto().url,
-        aws_support::REGION
-    );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}\n{code}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::aws::boto3(&aws_support::moto().url, code)
 }
 
 /// Creates `bucket` in moto; returns a function giving the number of objects and of
@@ -106,34 +63,6 @@ fn pattern_qcow2(dir: &Path) -> (PathBuf, PathBuf) {
     (raw, qcow)
 }
 
-/// Writes `snapshot` (every block boto3's ListSnapshotBlocks names, fetched with
-/// GetSnapshotBlock) into a raw file of `size` bytes.
-fn download_with_boto3(snapshot: &str, out: &Path, size: u64) {
-    boto3(&format!(
-        "f = open('{out}', 'wb'); f.truncate({size})\n\
-         kw2 = dict(SnapshotId='{snapshot}')\n\
-         while True:\n\
-         \x20   r = ebs.list_snapshot_blocks(**kw2)\n\
-         \x20   for b in r['Blocks']:\n\
-         \x20       d = ebs.get_snapshot_block(SnapshotId='{snapshot}', BlockIndex=b['BlockIndex'], BlockToken=b['BlockToken'])['BlockData'].read()\n\
-         \x20       assert b['BlockIndex'] * r['BlockSize'] < {size}, b\n\
-         \x20       f.seek(b['BlockIndex'] * r['BlockSize']); f.write(d[:{size} - b['BlockIndex'] * r['BlockSize']])\n\
-         \x20   if not r.get('NextToken'): break\n\
-         \x20   kw2['NextToken'] = r['NextToken']\n\
-         f.close()",
-        out = out.display()
-    ));
-}
-
-/// Waits until `cond` holds (or panics after a minute).
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Position of `action` in `actions` (panics if absent).
 fn position(actions: &[String], action: &str) -> usize {
     actions
@@ -166,6 +95,7 @@ fn push_via_s3_imports_the_disk_registers_it_and_empties_the_bucket() {
             "team=infra",
             "--json",
         ],
+        &[],
     )
     .output()
     .unwrap()
@@ -204,7 +134,7 @@ fn push_via_s3_imports_the_disk_registers_it_and_empties_the_bucket() {
 
     // The snapshot, read back by boto3's EBS client, is the disk.
     let back = tmp.path().join("back.raw");
-    download_with_boto3(&snap, &back, 8 << 20);
+    download_with_boto3(&aws_support::moto().url, &snap, &back, 8 << 20);
     let r = stamp(&["compare", raw.to_str().unwrap(), back.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 
@@ -267,6 +197,7 @@ fn a_failed_import_is_an_error_with_aws_message_and_removes_the_object() {
             "--via",
             "s3://stamp-cli-via-deleted/p",
         ],
+        &[],
     )
     .output()
     .unwrap()
@@ -321,6 +252,7 @@ fn sigint_during_the_import_cancels_the_task_and_removes_the_object() {
             "--via",
             "s3://stamp-cli-via-sigint",
         ],
+        &[],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -388,6 +320,7 @@ fn a_failed_registration_after_the_import_deletes_the_imported_snapshot() {
             "--via",
             "s3://stamp-cli-via-regfail/p/",
         ],
+        &[],
     )
     .output()
     .unwrap()
