@@ -201,7 +201,13 @@ fn disk_error(e: stamp_disk::Error, shown: &str, local: &Path) -> Error {
     match e {
         stamp_disk::Error::Interrupted => Error::Cancelled,
         e if e.is_bad_input() || matches!(e, stamp_disk::Error::OutOfBounds { .. }) => {
-            let text = e.to_string().replace(&local.display().to_string(), shown);
+            let mut text = e.to_string().replace(&local.display().to_string(), shown);
+            // Files next to it (extents, parents) are named as objects next to the source.
+            if let (Some(dir), Some((shown_dir, _))) = (local.parent(), shown.rsplit_once('/'))
+                && !dir.as_os_str().is_empty()
+            {
+                text = text.replace(&dir.display().to_string(), shown_dir);
+            }
             Error::Invalid(format!("ClientError: Disk validation failed [{text}]"))
         }
         e => Error::Disk(e),
@@ -295,7 +301,8 @@ fn fetch_source(env: &Env<'_>, src: &DiskSource) -> Result<(PathBuf, Option<Fetc
 /// to the download, it gives everything back and starts over with the whole need.
 fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Source> {
     let shown = disk.source.describe();
-    let mut need = source_scratch(env, &disk.source)?;
+    let src_need = source_scratch(env, &disk.source)?;
+    let mut need = src_need;
     for _attempt in 0..3 {
         if need > 0 && env.scratch.try_reserve(need)?.is_none() {
             env.status("pending", 0);
@@ -334,8 +341,10 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
             0
         };
         let fetched_bytes = fetched.as_ref().map(|f| f.scratch_bytes()).unwrap_or(0);
-        let total = fetched_bytes.max(need) + out;
-        if out == 0 || reservation.try_grow(total - reservation.bytes()) {
+        let total = fetched_bytes.max(src_need) + out;
+        if reservation.bytes() >= total
+            || reservation.try_grow(total - reservation.bytes())
+        {
             return Ok(Source {
                 reader,
                 format,
