@@ -28,7 +28,10 @@ use stamp_serve::worker::{
     export, import_image, import_snapshot, import_volume,
 };
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/disk-images");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/disk-images"
+);
 const MIB: u64 = 1 << 20;
 
 fn fixtures() -> PathBuf {
@@ -224,8 +227,15 @@ fn boto(code: &str) -> String {
         support::moto().url,
         support::REGION
     );
-    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "boto3: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -248,7 +258,11 @@ fn fixture(rel: &str, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     if let Some(base) = name.strip_suffix(".gz") {
         let dst = dir.join(base);
-        sh(&format!("gzip -dc '{}' > '{}'", src.display(), dst.display()));
+        sh(&format!(
+            "gzip -dc '{}' > '{}'",
+            src.display(),
+            dst.display()
+        ));
         dst
     } else {
         let dst = dir.join(name);
@@ -399,7 +413,13 @@ fn malformed_disks_fail_with_a_reason_and_leave_nothing() {
             import_snapshot(
                 env,
                 &task("import-snap-0000000000000000b"),
-                &disk(DiskSource::Object { bucket: "user".into(), key }, None),
+                &disk(
+                    DiskSource::Object {
+                        bucket: "user".into(),
+                        key,
+                    },
+                    None,
+                ),
                 None,
             )
         });
@@ -430,18 +450,45 @@ fn malformed_disks_fail_with_a_reason_and_leave_nothing() {
 #[test]
 fn a_format_that_does_not_match_the_content_is_a_client_error() {
     let rig = Rig::local(64 * MIB);
-    let local = fixture("vhd/qemu-dynamic-ext2.vhd.gz", &rig.root.join("objects/user"));
+    let local = fixture(
+        "vhd/qemu-dynamic-ext2.vhd.gz",
+        &rig.root.join("objects/user"),
+    );
     let source = rig.put("user", "ext2.vhd", &local);
     let err = rig
-        .run(|env| import_snapshot(env, &task("import-snap-1"), &disk(source.clone(), Some("VMDK")), None))
+        .run(|env| {
+            import_snapshot(
+                env,
+                &task("import-snap-1"),
+                &disk(source.clone(), Some("VMDK")),
+                None,
+            )
+        })
         .unwrap_err();
     let m = err.to_string();
-    assert!(m.starts_with("ClientError:") && m.contains("VMDK") && m.contains("VHD"), "{m}");
-    assert!(rig.leftovers().iter().all(|p| !p.starts_with(rig.root.join("store"))));
+    assert!(
+        m.starts_with("ClientError:") && m.contains("VMDK") && m.contains("VHD"),
+        "{m}"
+    );
+    assert!(
+        rig.leftovers()
+            .iter()
+            .all(|p| !p.starts_with(rig.root.join("store")))
+    );
     // The right format (any case) is accepted.
-    rig.run(|env| import_snapshot(env, &task("import-snap-2"), &disk(source.clone(), Some("vhd")), None))
-        .unwrap();
-    let missing = DiskSource::Object { bucket: "user".into(), key: "nope.vmdk".into() };
+    rig.run(|env| {
+        import_snapshot(
+            env,
+            &task("import-snap-2"),
+            &disk(source.clone(), Some("vhd")),
+            None,
+        )
+    })
+    .unwrap();
+    let missing = DiskSource::Object {
+        bucket: "user".into(),
+        key: "nope.vmdk".into(),
+    };
     let err = rig
         .run(|env| import_snapshot(env, &task("import-snap-3"), &disk(missing, None), None))
         .unwrap_err();
@@ -450,7 +497,11 @@ fn a_format_that_does_not_match_the_content_is_a_client_error() {
 
 /// A 16 MiB GPT disk: an ESP (FAT, with `\EFI\BOOT\BOOTX64.EFI` if `loader`) and an ext4 root.
 fn gpt_disk(dir: &Path, loader: bool) -> PathBuf {
-    let p = dir.join(if loader { "gpt-esp.raw" } else { "gpt-noboot.raw" });
+    let p = dir.join(if loader {
+        "gpt-esp.raw"
+    } else {
+        "gpt-noboot.raw"
+    });
     let esp = dir.join("esp.img");
     let _ = std::fs::remove_file(&esp);
     let copy = if loader {
@@ -491,7 +542,14 @@ fn mbr_disk(dir: &Path) -> PathBuf {
 
 fn import_image_of(rig: &Rig, path: &Path, key: &str) -> stamp_serve::Result<Outcome> {
     let source = rig.put("user", key, path);
-    rig.run(|env| import_image(env, &task("import-ami-00000000000000001"), &[disk(source, None)], None))
+    rig.run(|env| {
+        import_image(
+            env,
+            &task("import-ami-00000000000000001"),
+            &[disk(source, None)],
+            None,
+        )
+    })
 }
 
 #[test]
@@ -516,7 +574,11 @@ fn import_image_validates_partitions_filesystems_and_bootloaders() {
     assert_eq!(v.bootloader.as_deref(), Some("\\EFI\\BOOT\\BOOTX64.EFI"));
     assert_eq!(v.architecture.as_deref(), Some("x86_64"));
     assert_eq!(v.platform.as_deref(), Some("Linux"));
-    let fs: Vec<_> = v.partitions.iter().map(|p| (p.kind.as_str(), p.filesystem.as_deref())).collect();
+    let fs: Vec<_> = v
+        .partitions
+        .iter()
+        .map(|p| (p.kind.as_str(), p.filesystem.as_deref()))
+        .collect();
     assert_eq!(fs, [("esp", Some("fat")), ("linux", Some("ext4"))]);
     assert_eq!(out.result["validation"]["boot_mode"], "uefi");
     let (stored, _f) = rig.stored(&out.snapshots[0]);
@@ -525,7 +587,10 @@ fn import_image_validates_partitions_filesystems_and_bootloaders() {
 
     // BIOS: MBR with boot code.
     let mbr = mbr_disk(&dir);
-    let v = import_image_of(&rig, &mbr, "bios.raw").unwrap().validation.unwrap();
+    let v = import_image_of(&rig, &mbr, "bios.raw")
+        .unwrap()
+        .validation
+        .unwrap();
     assert_eq!(v.partition_table.as_deref(), Some("mbr"));
     assert_eq!(v.boot_mode.as_deref(), Some("legacy-bios"));
     assert_eq!(v.bootloader.as_deref(), Some("mbr boot code"));
@@ -546,7 +611,10 @@ fn import_image_validates_partitions_filesystems_and_bootloaders() {
         Err(Error::Invalid(m)) => assert!(m.starts_with(UNSUPPORTED_BOOTLOADER), "{m}"),
         other => panic!("no bootloader: {other:?}"),
     }
-    assert!(files(&rig.root.join("store")).is_empty(), "refused imports leave no snapshot");
+    assert!(
+        files(&rig.root.join("store")).is_empty(),
+        "refused imports leave no snapshot"
+    );
     // ImportSnapshot takes any readable disk.
     let source = rig.put("user", "blank2.raw", &blank);
     rig.run(|env| import_snapshot(env, &task("import-snap-4"), &disk(source, None), None))
@@ -559,7 +627,10 @@ fn exports_pass_qemu_img_check_and_equal_the_snapshot() {
     let dir = rig.root.join("made");
     std::fs::create_dir_all(&dir).unwrap();
     let raw = gpt_disk(&dir, true);
-    let snap = import_image_of(&rig, &raw, "gpt.raw").unwrap().snapshots.remove(0);
+    let snap = import_image_of(&rig, &raw, "gpt.raw")
+        .unwrap()
+        .snapshots
+        .remove(0);
     for (i, (fmt, qemu_fmt)) in [
         (ExportFormat::Vmdk, Some("vmdk")),
         (ExportFormat::Vhd, Some("vpc")),
@@ -576,7 +647,9 @@ fn exports_pass_qemu_img_check_and_equal_the_snapshot() {
             prefix: "out/".into(),
             format: fmt,
         };
-        let out = rig.run(|env| export(env, &task(&id), &snap, &target)).unwrap();
+        let out = rig
+            .run(|env| export(env, &task(&id), &snap, &target))
+            .unwrap();
         let key = format!("out/{id}.{}", fmt.extension());
         assert_eq!(out.result["s3_key"], key);
         let file = rig.root.join("objects/exports").join(&key);
@@ -602,13 +675,22 @@ fn s3_objects_and_storage_round_trip_and_export() {
     let local = fixture("vmdk/vmware-ws-streamOptimized.vmdk", &rig.root.join("in"));
     let source = rig.put("src-roundtrip", "in/disk.vmdk", &local);
     let out = rig
-        .run(|env| import_snapshot(env, &task("import-snap-5"), &disk(source, Some("VMDK")), None))
+        .run(|env| {
+            import_snapshot(
+                env,
+                &task("import-snap-5"),
+                &disk(source, Some("VMDK")),
+                None,
+            )
+        })
         .unwrap();
     let snap = &out.snapshots[0];
-    assert_eq!(
-        rig.storage.store.head("store-roundtrip", &snap.object_key).unwrap().is_some(),
-        true
-    );
+    let stored_size = rig
+        .storage
+        .store
+        .head("store-roundtrip", &snap.object_key)
+        .unwrap();
+    assert!(stored_size.is_some_and(|n| n > 0));
     let (stored, _f) = rig.stored(snap);
     qemu_same(&local, &stored);
     let target = ExportTarget {
@@ -616,10 +698,17 @@ fn s3_objects_and_storage_round_trip_and_export() {
         prefix: "exports/".into(),
         format: ExportFormat::Vmdk,
     };
-    rig.run(|env| export(env, &task("export-ami-1"), snap, &target)).unwrap();
+    rig.run(|env| export(env, &task("export-ami-1"), snap, &target))
+        .unwrap();
     let back = rig
         .objects
-        .fetch("src-roundtrip", "exports/export-ami-1.vmdk", &rig.root, u64::MAX, &AtomicBool::new(false))
+        .fetch(
+            "src-roundtrip",
+            "exports/export-ami-1.vmdk",
+            &rig.root,
+            u64::MAX,
+            &AtomicBool::new(false),
+        )
         .unwrap();
     qemu_check("vmdk", back.path());
     qemu_same(&local, back.path());
@@ -653,8 +742,12 @@ fn the_scratch_quota_is_never_exceeded_and_a_task_too_large_fails_at_once() {
     let max_used = Arc::new(AtomicU64::new(0));
     let max_disk = Arc::new(AtomicU64::new(0));
     let sampler = {
-        let (rig, done, max_used, max_disk) =
-            (rig.clone(), done.clone(), max_used.clone(), max_disk.clone());
+        let (rig, done, max_used, max_disk) = (
+            rig.clone(),
+            done.clone(),
+            max_used.clone(),
+            max_disk.clone(),
+        );
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
                 max_used.fetch_max(rig.scratch.in_use(), Ordering::Relaxed);
@@ -682,7 +775,10 @@ fn the_scratch_quota_is_never_exceeded_and_a_task_too_large_fails_at_once() {
     let on_disk = max_disk.load(Ordering::Relaxed);
     assert!(used > 16 * MIB, "the imports used scratch ({used})");
     assert!(used <= quota, "reserved {used} > quota {quota}");
-    assert!(on_disk <= quota, "scratch files took {on_disk} > quota {quota}");
+    assert!(
+        on_disk <= quota,
+        "scratch files took {on_disk} > quota {quota}"
+    );
     assert_eq!(rig.scratch.in_use(), 0);
     for (o, src) in outs.iter().zip([&a, &b]) {
         let (stored, _f) = rig.stored(&o.snapshots[0]);
@@ -707,7 +803,8 @@ fn cancelling_mid_conversion_leaves_no_object_and_no_scratch_file() {
     let a = random_disk(&rig.root.join("in"), "a.raw");
     let src = rig.put("user", "a.raw", &a);
     rig.cancel_after = Some(2);
-    let r = rig.run(|env| import_snapshot(env, &task("import-snap-d"), &disk(src.clone(), None), None));
+    let r =
+        rig.run(|env| import_snapshot(env, &task("import-snap-d"), &disk(src.clone(), None), None));
     assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
     assert!(rig.leftovers().is_empty(), "{:?}", rig.leftovers());
 
@@ -734,7 +831,9 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
         disk(rig.put("user", "data.raw", &data), None),
     ];
     let mut rig = rig;
-    let first = rig.run(|env| import_image(env, &task("import-ami-2"), &disks, None)).unwrap();
+    let first = rig
+        .run(|env| import_image(env, &task("import-ami-2"), &disks, None))
+        .unwrap();
     let checkpoints: Vec<_> = rig
         .updates
         .lock()
@@ -748,7 +847,10 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
         .find(|c| c["done"].as_array().is_some_and(|d| d.len() == 1) && c["current"].is_null())
         .unwrap()
         .clone();
-    assert_eq!(after_first["done"][0][1]["id"], first.snapshots[0].id.as_str());
+    assert_eq!(
+        after_first["done"][0][1]["id"],
+        first.snapshots[0].id.as_str()
+    );
     // Remove disk 1's snapshot as if the process died while converting it; resume.
     let key1 = &first.snapshots[1].object_key;
     rig.storage.store.delete("stamp", key1).unwrap();
@@ -756,7 +858,10 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
     let again = rig
         .run(|env| import_image(env, &task("import-ami-2"), &disks, Some(&after_first)))
         .unwrap();
-    assert_eq!(again.snapshots[0], first.snapshots[0], "disk 0 was not converted again");
+    assert_eq!(
+        again.snapshots[0], first.snapshots[0],
+        "disk 0 was not converted again"
+    );
     assert_ne!(again.snapshots[1].id, first.snapshots[1].id);
     let converting = rig.statuses().iter().filter(|s| *s == "converting").count();
     assert_eq!(converting, 1, "only disk 1 converted: {:?}", rig.statuses());
@@ -779,7 +884,11 @@ impl Drop for Http {
 }
 
 fn http_server(dir: &Path) -> Http {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
         .arg(dir)
@@ -810,7 +919,11 @@ fn url_sources_and_import_manifests_are_fetched_into_scratch() {
     let cuts = [0usize, 5 << 20, 11 << 20, bytes.len()];
     let mut parts = String::new();
     for i in 0..3 {
-        std::fs::write(www.join(format!("vol.raw.part{i}")), &bytes[cuts[i]..cuts[i + 1]]).unwrap();
+        std::fs::write(
+            www.join(format!("vol.raw.part{i}")),
+            &bytes[cuts[i]..cuts[i + 1]],
+        )
+        .unwrap();
         parts.push_str(&format!(
             "<part index=\"{i}\"><byte-range start=\"{}\" end=\"{}\"/><key>vol.raw.part{i}</key>\
              <get-url>URL/vol.raw.part{i}?X-Amz-Signature=abc&amp;x=1</get-url></part>",
@@ -836,7 +949,12 @@ fn url_sources_and_import_manifests_are_fetched_into_scratch() {
 
     let out = rig
         .run(|env| {
-            import_volume(env, &task("import-vol-1"), &format!("{}/vol.manifest.xml", http.url), None)
+            import_volume(
+                env,
+                &task("import-vol-1"),
+                &format!("{}/vol.manifest.xml", http.url),
+                None,
+            )
         })
         .unwrap();
     let (stored, _f) = rig.stored(&out.snapshots[0]);
@@ -848,7 +966,12 @@ fn url_sources_and_import_manifests_are_fetched_into_scratch() {
     std::fs::write(www.join("vol.raw.part1"), b"short").unwrap();
     let err = rig
         .run(|env| {
-            import_volume(env, &task("import-vol-2"), &format!("{}/vol.manifest.xml", http.url), None)
+            import_volume(
+                env,
+                &task("import-vol-2"),
+                &format!("{}/vol.manifest.xml", http.url),
+                None,
+            )
         })
         .unwrap_err();
     assert!(err.to_string().contains("part 1"), "{err}");

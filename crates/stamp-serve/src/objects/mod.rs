@@ -288,8 +288,16 @@ impl ObjectStore for LocalDir {
         let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
         let (mut tmp, mut out) = TempFile::new(&dir, "put")?;
         let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let n = copy_bounded(&mut src, &mut out, &tmp.path, u64::MAX, cancel, &path.display().to_string())?;
-        out.sync_all().map_err(|e| Error::io("sync", &tmp.path, e))?;
+        let n = copy_bounded(
+            &mut src,
+            &mut out,
+            &tmp.path,
+            u64::MAX,
+            cancel,
+            &path.display().to_string(),
+        )?;
+        out.sync_all()
+            .map_err(|e| Error::io("sync", &tmp.path, e))?;
         check_cancel(cancel)?;
         std::fs::rename(&tmp.path, &dst).map_err(|e| Error::io("rename into", &dst, e))?;
         tmp.keep = true;
@@ -400,8 +408,9 @@ impl ObjectStore for S3Store {
             size_hint: Some(size),
             ..Default::default()
         };
-        let mut w = s3::MultipartWriter::create(&self.client, bucket, key, &opts, &progress, cancel)
-            .map_err(|e| cancelled_or(e))?;
+        let mut w =
+            s3::MultipartWriter::create(&self.client, bucket, key, &opts, &progress, cancel)
+                .map_err(cancelled_or)?;
         let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -446,7 +455,13 @@ pub(crate) fn download_into(
     limit: u64,
     cancel: &AtomicBool,
 ) -> Result<u64> {
-    let shown: String = url.split('?').next().unwrap_or("").chars().take(300).collect();
+    let shown: String = url
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect();
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err(Error::Object {
@@ -493,7 +508,16 @@ mod tests {
 
     #[test]
     fn keys_that_escape_the_directory_are_refused() {
-        for k in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a\\b", "a\0"] {
+        for k in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a\\b",
+            "a\0",
+        ] {
             assert!(check_key(k).is_err(), "{k:?}");
         }
         assert!(check_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
@@ -510,7 +534,9 @@ mod tests {
         assert_eq!(store.head("bucket", "a/b").unwrap(), None);
         assert_eq!(store.put_file("bucket", "a/b", &src, &cancel).unwrap(), 5);
         assert_eq!(store.head("bucket", "a/b").unwrap(), Some(5));
-        let f = store.fetch("bucket", "a/b", d.path(), 100, &cancel).unwrap();
+        let f = store
+            .fetch("bucket", "a/b", d.path(), 100, &cancel)
+            .unwrap();
         assert_eq!(std::fs::read(f.path()).unwrap(), b"hello");
         assert_eq!(f.scratch_bytes(), 0);
         assert!(store.fetch("bucket", "a/b", d.path(), 4, &cancel).is_err());

@@ -83,6 +83,15 @@ fn num(s: Option<&str>, what: &str) -> Result<u64> {
         .ok_or_else(|| bad(format!("{what} is missing or not a number")))
 }
 
+/// A part as read: index, byte-range start and end, key, get-url.
+type RawPart = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+);
+
 /// Parses a manifest and checks that its parts cover the disk exactly, in order.
 pub fn parse(xml: &[u8]) -> Result<Manifest> {
     let mut r = quick_xml::Reader::from_reader(xml);
@@ -90,7 +99,7 @@ pub fn parse(xml: &[u8]) -> Result<Manifest> {
     let mut buf = Vec::new();
     let (mut format, mut size, mut volume_size) = (None, None, None);
     let mut parts = Vec::new();
-    let mut cur: Option<(Option<String>, Option<String>, Option<String>, String, String)> = None;
+    let mut cur: Option<RawPart> = None;
     loop {
         let ev = r
             .read_event_into(&mut buf)

@@ -216,9 +216,8 @@ fn disk_error(e: stamp_disk::Error, shown: &str, local: &Path) -> Error {
 
 /// Scratch bytes a qcow2 of `reader` may take: its data plus tables.
 fn qcow2_estimate(reader: &dyn DiskReader) -> stamp_disk::Result<u64> {
-    let data: u64 = stamp_disk::convert::ranges_len(&stamp_disk::convert::merge_ranges(
-        reader.allocation()?,
-    ));
+    let data: u64 =
+        stamp_disk::convert::ranges_len(&stamp_disk::convert::merge_ranges(reader.allocation()?));
     let tables = reader.virtual_size() / (64 << 10) * 16 + (4 << 20);
     Ok(data.min(reader.virtual_size()) + tables)
 }
@@ -342,9 +341,7 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
         };
         let fetched_bytes = fetched.as_ref().map(|f| f.scratch_bytes()).unwrap_or(0);
         let total = fetched_bytes.max(src_need) + out;
-        if reservation.bytes() >= total
-            || reservation.try_grow(total - reservation.bytes())
-        {
+        if reservation.bytes() >= total || reservation.try_grow(total - reservation.bytes()) {
             return Ok(Source {
                 reader,
                 format,
@@ -356,7 +353,6 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
         drop(reader);
         drop(fetched);
         drop(reservation);
-        env.scratch.try_reserve(total)?.map(drop); // TooLarge at once if it never fits
         need = total;
     }
     Err(Error::Invalid(format!(
@@ -581,11 +577,12 @@ fn import_disks_inner(
             &src_path,
         )?;
         if i == 0 {
-            let v = validate::validate(src.reader.as_ref(), src.format.name())
-                .map_err(|e| match e {
+            let v = validate::validate(src.reader.as_ref(), src.format.name()).map_err(
+                |e| match e {
                     Error::Disk(d) => disk_error(d, &shown, &src_path),
                     e => e,
-                })?;
+                },
+            )?;
             cp.validation = Some(v);
         }
         bytes += rec.size;
@@ -837,7 +834,11 @@ pub fn export(
             location: format!("{}/{}", st.bucket, snapshot.object_key),
             detail: format!("the stored disk of {} is missing", snapshot.id),
         })?;
-    let src_need = if st.store.local_path(&st.bucket, &snapshot.object_key)?.is_some() {
+    let src_need = if st
+        .store
+        .local_path(&st.bucket, &snapshot.object_key)?
+        .is_some()
+    {
         0
     } else {
         stored
@@ -852,7 +853,9 @@ pub fn export(
     if src_need + out_need > 0 {
         env.status("pending", 0);
     }
-    let _reservation = env.scratch.reserve(src_need + out_need, &|| env.cancelled())?;
+    let _reservation = env
+        .scratch
+        .reserve(src_need + out_need, &|| env.cancelled())?;
     env.status("converting", 5);
     let fetched = st.store.fetch(
         &st.bucket,
@@ -872,7 +875,8 @@ pub fn export(
                 e => Error::Disk(e),
             },
         )?;
-        s.pop().ok_or_else(|| Error::Invalid("the writer reported nothing".into()))
+        s.pop()
+            .ok_or_else(|| Error::Invalid("the writer reported nothing".into()))
     };
     let size = match target_local {
         Some(dst) => {
@@ -893,7 +897,8 @@ pub fn export(
             let _cleanup = RemoveOnDrop(tmp.clone());
             write(&tmp)?;
             env.status("uploading", 92);
-            env.objects.put_file(&target.bucket, &key, &tmp, env.cancel)?
+            env.objects
+                .put_file(&target.bucket, &key, &tmp, env.cancel)?
         }
     };
     (env.progress)(&TaskUpdate {

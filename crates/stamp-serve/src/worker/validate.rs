@@ -66,11 +66,10 @@ pub struct Validation {
 impl Validation {
     /// Whether the disk can boot: `Ok`, or [`Error::Invalid`] with AWS's message.
     pub fn require_bootable(&self) -> Result<()> {
-        let fs = self.partitions.iter().any(|p| {
-            p.filesystem
-                .as_deref()
-                .is_some_and(|f| f != "swap")
-        });
+        let fs = self
+            .partitions
+            .iter()
+            .any(|p| p.filesystem.as_deref().is_some_and(|f| f != "swap"));
         if self.partition_table.is_none() || self.partitions.is_empty() || !fs {
             return Err(Error::Invalid(NO_VALID_PARTITIONS.into()));
         }
@@ -263,7 +262,9 @@ fn mbr_partitions(disk: &dyn DiskReader, mbr: &[u8]) -> Result<Vec<PartitionInfo
 
 /// The filesystem at the start of a partition, by its magic numbers.
 fn filesystem(disk: &dyn DiskReader, start: u64, size: u64) -> Result<Option<String>> {
-    let len = size.min(0x10100).min(disk.virtual_size().saturating_sub(start));
+    let len = size
+        .min(0x10100)
+        .min(disk.virtual_size().saturating_sub(start));
     let Some(b) = read(disk, start, len)? else {
         return Ok(None);
     };
@@ -344,8 +345,7 @@ pub fn validate(disk: &dyn DiskReader, format: &str) -> Result<Validation> {
     }
     if !v.partitions.is_empty() {
         v.platform = Some(
-            if v
-                .partitions
+            if v.partitions
                 .iter()
                 .any(|p| p.filesystem.as_deref() == Some("ntfs"))
             {
