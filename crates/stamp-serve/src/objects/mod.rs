@@ -93,6 +93,11 @@ impl Fetched {
         self.size
     }
 
+    /// Whether it is a download (removed on drop) rather than the object in place.
+    pub fn is_download(&self) -> bool {
+        self.temporary
+    }
+
     /// Bytes of scratch space it takes (0 for an object read in place).
     pub fn scratch_bytes(&self) -> u64 {
         if self.temporary { self.size } else { 0 }

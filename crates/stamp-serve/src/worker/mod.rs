@@ -10,6 +10,7 @@
 //! nothing they wrote is left behind (except snapshots already recorded in a checkpoint).
 
 pub mod manifest;
+pub mod references;
 pub mod scratch;
 pub mod validate;
 
@@ -242,7 +243,10 @@ fn source_scratch(env: &Env<'_>, src: &DiskSource) -> Result<u64> {
                 .head(bucket, key)?
                 .ok_or_else(|| missing_object(bucket, key))
         }
-        DiskSource::Url(u) => Ok(url_size(u).unwrap_or(env.limits.max_source)),
+        // Without a Content-Length, the whole quota (or the source limit) is held for it.
+        DiskSource::Url(u) => {
+            Ok(url_size(u).unwrap_or_else(|| env.limits.max_source.min(env.scratch.quota())))
+        }
     }
 }
 
@@ -272,24 +276,21 @@ fn url_size(url: &str) -> Option<u64> {
         .ok()
 }
 
-fn fetch_source(env: &Env<'_>, src: &DiskSource) -> Result<(PathBuf, Option<Fetched>)> {
+/// Fetches `src`; a download of more than `limit` bytes (what was reserved) is refused.
+fn fetch_source(env: &Env<'_>, src: &DiskSource, limit: u64) -> Result<(PathBuf, Option<Fetched>)> {
     Ok(match src {
         DiskSource::File(p) => (p.clone(), None),
         DiskSource::Object { bucket, key } => {
             if env.objects.head(bucket, key)?.is_none() {
                 return Err(missing_object(bucket, key));
             }
-            let f = env.objects.fetch(
-                bucket,
-                key,
-                env.scratch_dir,
-                env.limits.max_source,
-                env.cancel,
-            )?;
+            let f = env
+                .objects
+                .fetch(bucket, key, env.scratch_dir, limit, env.cancel)?;
             (f.path().to_path_buf(), Some(f))
         }
         DiskSource::Url(u) => {
-            let f = fetch_url(u, env.scratch_dir, env.limits.max_source, env.cancel)?;
+            let f = fetch_url(u, env.scratch_dir, limit, env.cancel)?;
             (f.path().to_path_buf(), Some(f))
         }
     })
@@ -307,7 +308,13 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
             env.status("pending", 0);
         }
         let mut reservation = env.scratch.reserve(need, &|| env.cancelled())?;
-        let (path, fetched) = fetch_source(env, &disk.source)?;
+        // In-place sources reserve nothing; downloads get what was reserved for them.
+        let limit = if src_need == 0 {
+            env.limits.max_source
+        } else {
+            src_need.min(env.limits.max_source)
+        };
+        let (path, fetched) = fetch_source(env, &disk.source, limit)?;
         env.check_cancel()?;
         let format = stamp_disk::detect_path(&path).map_err(|e| disk_error(e, &shown, &path))?;
         if let Some(asked) = &disk.format {
@@ -320,6 +327,8 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
                 )));
             }
         }
+        let local = fetched.as_ref().is_none_or(|f| !f.is_download());
+        references::check(&path, format, local, &shown)?;
         if format == Format::Gce {
             return Err(Error::Invalid(format!(
                 "ClientError: Unsupported format: {shown} is a GCE image"
