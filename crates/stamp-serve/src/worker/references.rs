@@ -66,19 +66,17 @@ pub fn check(path: &Path, format: Format, in_place: bool, shown: &str) -> Result
                 )));
             }
         }
-        Format::Vhd => {
-            if file.len() >= 512 {
-                let f = read(&file, file.len() - 512, 512)?;
-                let footer = if f.starts_with(b"conectix") {
-                    f
-                } else {
-                    read(&file, 0, 512)?
-                };
-                if footer.starts_with(b"conectix") && be_u32(&footer, 60) == 4 {
-                    return Err(refuse(format!(
-                        "{shown} is a differencing VHD; import the merged disk"
-                    )));
-                }
+        Format::Vhd if file.len() >= 512 => {
+            let f = read(&file, file.len() - 512, 512)?;
+            let footer = if f.starts_with(b"conectix") {
+                f
+            } else {
+                read(&file, 0, 512)?
+            };
+            if footer.starts_with(b"conectix") && be_u32(&footer, 60) == 4 {
+                return Err(refuse(format!(
+                    "{shown} is a differencing VHD; import the merged disk"
+                )));
             }
         }
         Format::Vmdk => {
