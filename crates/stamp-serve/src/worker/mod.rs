@@ -114,6 +114,14 @@ impl Env<'_> {
         });
     }
 
+    /// The task waits for scratch space.
+    fn waiting(&self) {
+        (self.progress)(&TaskUpdate {
+            status_message: Some("pending".into()),
+            ..Default::default()
+        });
+    }
+
     fn checkpoint(&self, c: Value) {
         (self.progress)(&TaskUpdate {
             checkpoint: Some(c),
@@ -148,6 +156,41 @@ pub enum DiskSource {
 }
 
 impl DiskSource {
+    /// The source a request names: `UserBucket {S3Bucket, S3Key}`, or `Url` (`s3://BUCKET/KEY`,
+    /// `http://` or `https://`). Exactly one of them must be given.
+    pub fn from_request(
+        url: Option<&str>,
+        bucket: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<DiskSource> {
+        let bad = |m: &str| Error::Invalid(format!("InvalidParameterValue: {m}"));
+        match (url, bucket, key) {
+            (None, Some(b), Some(k)) => {
+                crate::objects::check_bucket(b)?;
+                crate::objects::check_key(k)?;
+                Ok(DiskSource::Object {
+                    bucket: b.to_string(),
+                    key: k.to_string(),
+                })
+            }
+            (Some(u), None, None) => {
+                let lower = u.to_ascii_lowercase();
+                if lower.starts_with("s3://") {
+                    let (b, k) = u[5..].split_once('/').ok_or_else(|| {
+                        bad(&format!("the URL {u} names no key (s3://BUCKET/KEY)"))
+                    })?;
+                    DiskSource::from_request(None, Some(b), Some(k))
+                } else if lower.starts_with("https://") || lower.starts_with("http://") {
+                    Ok(DiskSource::Url(u.to_string()))
+                } else {
+                    Err(bad(&format!("the URL {u} is neither s3:// nor http(s)://")))
+                }
+            }
+            (Some(_), _, _) => Err(bad("give either Url or UserBucket, not both")),
+            _ => Err(bad("a disk needs Url or UserBucket (S3Bucket and S3Key)")),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             DiskSource::Object { bucket, key } => format!("s3://{bucket}/{key}"),
@@ -305,7 +348,7 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
     let mut need = src_need;
     for _attempt in 0..3 {
         if need > 0 && env.scratch.try_reserve(need)?.is_none() {
-            env.status("pending", 0);
+            env.waiting();
         }
         let mut reservation = env.scratch.reserve(need, &|| env.cancelled())?;
         // In-place sources reserve nothing; downloads get what was reserved for them.
@@ -719,7 +762,6 @@ pub fn import_volume(
     {
         return import_disks(env, task, &[placeholder_disk()], checkpoint, false);
     }
-    env.status("pending", 0);
     let m = manifest::fetch(manifest_url, env.cancel)?;
     if m.size > env.limits.max_source {
         return Err(Error::Invalid(format!(
@@ -859,8 +901,8 @@ pub fn export(
     } else {
         stored + snapshot.size / (64 << 10) * 16 + (8 << 20)
     };
-    if src_need + out_need > 0 {
-        env.status("pending", 0);
+    if src_need + out_need > 0 && env.scratch.try_reserve(src_need + out_need)?.is_none() {
+        env.waiting();
     }
     let _reservation = env
         .scratch
@@ -927,4 +969,148 @@ pub fn export(
         snapshots: Vec::new(),
         validation: None,
     })
+}
+
+/// Removes the snapshots an import's checkpoint records (finished disks and the one in
+/// progress): for a task cancelled by its tenant or failed for good. Not for a task whose
+/// lease was merely lost: another process may be resuming it. Returns how many were removed.
+pub fn discard(storage: &Storage, checkpoint: Option<&Value>) -> Result<usize> {
+    let cp = ImportCheckpoint::from_json(checkpoint);
+    let mut keys: Vec<String> = cp.done.iter().map(|(_, s)| s.object_key.clone()).collect();
+    if let Some((_, id)) = &cp.current {
+        keys.push(storage.snapshot_key(id));
+    }
+    for k in &keys {
+        storage.store.delete(&storage.bucket, k)?;
+    }
+    Ok(keys.len())
+}
+
+/// Empties the scratch directory (at process start: what a killed process left there).
+/// Returns the bytes freed. The directory must be this process's own.
+pub fn clean_scratch(dir: &Path) -> Result<u64> {
+    let mut freed = 0;
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("read directory", dir, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| Error::io("read directory", dir, e))?;
+        let p = e.path();
+        let meta = std::fs::symlink_metadata(&p).map_err(|e| Error::io("stat", &p, e))?;
+        if meta.is_dir() {
+            freed += clean_scratch(&p)?;
+            std::fs::remove_dir(&p).map_err(|e| Error::io("remove", &p, e))?;
+        } else {
+            freed += meta.len();
+            std::fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        }
+    }
+    Ok(freed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_sources_are_buckets_or_urls() {
+        assert_eq!(
+            DiskSource::from_request(Some("s3://my-bucket/a/b.vmdk"), None, None).unwrap(),
+            DiskSource::Object {
+                bucket: "my-bucket".into(),
+                key: "a/b.vmdk".into()
+            }
+        );
+        assert_eq!(
+            DiskSource::from_request(None, Some("my-bucket"), Some("k")).unwrap(),
+            DiskSource::Object {
+                bucket: "my-bucket".into(),
+                key: "k".into()
+            }
+        );
+        assert!(matches!(
+            DiskSource::from_request(Some("https://h/x"), None, None).unwrap(),
+            DiskSource::Url(_)
+        ));
+        for (u, b, k) in [
+            (Some("ftp://h/x"), None, None),
+            (Some("s3://bucket"), None, None),
+            (Some("https://h/x"), Some("b"), Some("k")),
+            (None, Some("my-bucket"), Some("../x")),
+            (None, Some("my-bucket"), None),
+            (None, None, None),
+        ] {
+            assert!(
+                DiskSource::from_request(u, b, k).is_err(),
+                "{u:?} {b:?} {k:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn formats_parse_in_any_case() {
+        assert_eq!(parse_format("VmDk").unwrap(), Format::Vmdk);
+        assert_eq!(parse_format("RAW").unwrap(), Format::Raw);
+        assert!(parse_format("iso").is_err());
+        assert_eq!(ExportFormat::parse("vhd").unwrap().extension(), "vhd");
+        assert!(ExportFormat::parse("vhdx").is_err());
+    }
+
+    #[test]
+    fn discard_removes_what_a_checkpoint_records_and_clean_scratch_empties() {
+        let d = tempfile::tempdir().unwrap();
+        let store = crate::objects::LocalDir::new(d.path()).unwrap();
+        let storage = Storage {
+            store: Arc::new(store),
+            bucket: "stamp".into(),
+            prefix: String::new(),
+        };
+        let f = d.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let no = AtomicBool::new(false);
+        for id in ["snap-a", "snap-b"] {
+            storage
+                .store
+                .put_file("stamp", &storage.snapshot_key(id), &f, &no)
+                .unwrap();
+        }
+        let rec = SnapshotRecord {
+            id: "snap-a".into(),
+            tenant: "t".into(),
+            object_key: storage.snapshot_key("snap-a"),
+            format: "qcow2".into(),
+            size: 1,
+            description: None,
+            task_id: "import-ami-1".into(),
+            created_at: 0,
+        };
+        let cp = ImportCheckpoint {
+            done: vec![(0, rec)],
+            current: Some((1, "snap-b".into())),
+            validation: None,
+        };
+        assert_eq!(discard(&storage, Some(&cp.to_json())).unwrap(), 2);
+        assert_eq!(
+            storage
+                .store
+                .head("stamp", &storage.snapshot_key("snap-a"))
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            storage
+                .store
+                .head("stamp", &storage.snapshot_key("snap-b"))
+                .unwrap(),
+            None
+        );
+        let scratch = d.path().join("scratch");
+        std::fs::create_dir_all(scratch.join("sub")).unwrap();
+        std::fs::write(scratch.join("sub/x"), b"12345").unwrap();
+        std::fs::write(scratch.join("y"), b"1").unwrap();
+        assert_eq!(clean_scratch(&scratch).unwrap(), 6);
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    }
 }

@@ -530,3 +530,111 @@ mod fat {
             .map(|e| e.0))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn disk(bytes: &[u8]) -> (tempfile::TempDir, Box<dyn DiskReader>) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("d.raw");
+        std::fs::write(&p, bytes).unwrap();
+        let r = stamp_disk::open(&p, Some(stamp_disk::Format::Raw)).unwrap();
+        (d, r)
+    }
+
+    fn mbr_entry(b: &mut [u8], at: usize, t: u8, start: u32, len: u32) {
+        b[at + 4] = t;
+        b[at + 8..at + 12].copy_from_slice(&start.to_le_bytes());
+        b[at + 12..at + 16].copy_from_slice(&len.to_le_bytes());
+    }
+
+    #[test]
+    fn logical_partitions_are_followed_and_loops_end() {
+        let mut b = vec![0u8; 4 << 20];
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        // An extended partition at sector 2048; one logical partition inside, whose EBR's
+        // next link points back at itself.
+        mbr_entry(&mut b, 446, 0x05, 2048, 6000);
+        let ebr = 2048 * 512;
+        b[ebr + 510] = 0x55;
+        b[ebr + 511] = 0xAA;
+        mbr_entry(&mut b, ebr + 446, 0x83, 63, 1000);
+        mbr_entry(&mut b, ebr + 462, 0x05, 0, 100);
+        // ext4 magic in the logical partition.
+        let fs = ebr + 63 * 512;
+        b[fs + 0x438] = 0x53;
+        b[fs + 0x439] = 0xEF;
+        let (_d, r) = disk(&b);
+        let v = validate(r.as_ref(), "raw").unwrap();
+        assert_eq!(v.partition_table.as_deref(), Some("mbr"));
+        let got: Vec<_> = v
+            .partitions
+            .iter()
+            .map(|p| (p.number, p.kind.as_str(), p.filesystem.as_deref()))
+            .collect();
+        assert_eq!(got, [(1, "extended", None), (5, "linux", Some("ext4"))]);
+        assert!(v.bootloader.is_none());
+        assert!(
+            matches!(v.require_bootable(), Err(Error::Invalid(m)) if m.starts_with(UNSUPPORTED_BOOTLOADER))
+        );
+    }
+
+    #[test]
+    fn partitions_past_the_end_of_the_disk_are_ignored() {
+        let mut b = vec![0u8; 1 << 20];
+        b[510] = 0x55;
+        b[511] = 0xAA;
+        b[0] = 0xEB;
+        mbr_entry(&mut b, 446, 0x83, 2048, u32::MAX);
+        let (_d, r) = disk(&b);
+        let v = validate(r.as_ref(), "raw").unwrap();
+        assert!(v.partitions.is_empty());
+        assert!(matches!(v.require_bootable(), Err(Error::Invalid(m)) if m == NO_VALID_PARTITIONS));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_tables_never_panic(
+            seed in proptest::collection::vec(any::<u8>(), 1024),
+            gpt in any::<bool>(),
+            esp_at in 0u32..120,
+        ) {
+            let mut b = vec![0u8; 64 << 10];
+            b[..1024].copy_from_slice(&seed);
+            b[510] = 0x55;
+            b[511] = 0xAA;
+            if gpt {
+                b[446 + 4] = 0xEE;
+                b[512..520].copy_from_slice(b"EFI PART");
+                // Entries at LBA 2, 128 bytes each; an ESP whose start is random.
+                b[512 + 72..512 + 80].copy_from_slice(&2u64.to_le_bytes());
+                b[512 + 80..512 + 84].copy_from_slice(&4u32.to_le_bytes());
+                b[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+                let e = 1024;
+                b[e..e + 16].copy_from_slice(&[
+                    0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9,
+                    0x3E, 0xC9, 0x3B,
+                ]);
+                b[e + 32..e + 40].copy_from_slice(&u64::from(esp_at).to_le_bytes());
+                b[e + 40..e + 48].copy_from_slice(&127u64.to_le_bytes());
+                let _ = &seed;
+                // Make it look like FAT with random BPB fields from the seed.
+                let s = esp_at as usize * 512;
+                if s >= 2048 && s + 512 <= b.len() {
+                    b[s..s + 512].copy_from_slice(&seed[512..]);
+                    b[s + 11..s + 13].copy_from_slice(&512u16.to_le_bytes());
+                    b[s + 13] = 1 << (seed[0] % 8);
+                    b[s + 54..s + 57].copy_from_slice(b"FAT");
+                    b[s + 510] = 0x55;
+                    b[s + 511] = 0xAA;
+                }
+            }
+            let (_d, r) = disk(&b);
+            let _ = validate(r.as_ref(), "raw").unwrap();
+        }
+    }
+}
