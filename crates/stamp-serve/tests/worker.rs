@@ -382,6 +382,15 @@ fn real_world_disks_import_to_qcow2_equal_to_their_source() {
         assert!(pct.windows(2).all(|w| w[0] <= w[1]), "{rel}: {pct:?}");
         assert_eq!(pct.last(), Some(&100));
         assert_eq!(out.result["bytes_converted"], snap.size);
+        let want = match rel.split('/').next().unwrap() {
+            "ovf" => "VMDK".to_string(),
+            other => other.to_ascii_uppercase(),
+        };
+        let detail = &out.result["snapshots"][0];
+        assert_eq!(detail["format"], want.as_str(), "{rel}");
+        assert_eq!(detail["device_name"], "/dev/sda1");
+        assert_eq!(detail["s3_bucket"], "user");
+        assert!(detail["disk_image_size"].as_u64().unwrap() > 0);
         assert!(
             files(&rig.scratch_dir).is_empty(),
             "{rel}: scratch left behind"
@@ -868,6 +877,10 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
     let (stored, _f) = rig.stored(&again.snapshots[1]);
     qemu_same(&data, &stored);
     assert_eq!(again.validation.unwrap().boot_mode.as_deref(), Some("uefi"));
+    // The skipped disk's details come from the checkpoint.
+    assert_eq!(again.result["snapshots"][0], first.result["snapshots"][0]);
+    assert_eq!(again.result["snapshots"][1]["device_name"], "/dev/sdb");
+    assert_eq!(again.result["snapshots"][1]["format"], "RAW");
 }
 
 /// python's http.server serving `dir` on loopback; killed on drop.

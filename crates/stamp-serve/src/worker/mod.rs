@@ -535,6 +535,9 @@ pub struct ImportCheckpoint {
     /// The root disk's validation.
     #[serde(default)]
     pub validation: Option<Validation>,
+    /// The result's details of finished disks: (index, JSON).
+    #[serde(default)]
+    pub details: Vec<(usize, Value)>,
 }
 
 impl ImportCheckpoint {
@@ -599,7 +602,13 @@ fn import_disks_inner(
         let to = (5 + 80 * (i as u64 + 1) / n) as u8;
         if let Some((_, s)) = cp.done.iter().find(|(j, _)| *j == i) {
             bytes += s.size;
-            details.push(disk_detail(disk, s, None));
+            let d = cp
+                .details
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, d)| d.clone())
+                .unwrap_or_else(|| disk_detail(i, disk, s, None, None));
+            details.push(d);
             continue;
         }
         let id = match &cp.current {
@@ -638,7 +647,15 @@ fn import_disks_inner(
             cp.validation = Some(v);
         }
         bytes += rec.size;
-        details.push(disk_detail(disk, &rec, Some(src.format)));
+        let d = disk_detail(
+            i,
+            disk,
+            &rec,
+            Some(src.format),
+            Some(src.reader.info().actual_size),
+        );
+        details.push(d.clone());
+        cp.details.push((i, d));
         cp.done.push((i, rec));
         cp.current = None;
         env.checkpoint(cp.to_json());
@@ -701,7 +718,13 @@ fn validate_stored(env: &Env<'_>, s: &SnapshotRecord) -> Result<Validation> {
     validate::validate(reader.as_ref(), "qcow2")
 }
 
-fn disk_detail(disk: &DiskInput, s: &SnapshotRecord, format: Option<Format>) -> Value {
+fn disk_detail(
+    i: usize,
+    disk: &DiskInput,
+    s: &SnapshotRecord,
+    format: Option<Format>,
+    image_size: Option<u64>,
+) -> Value {
     let (bucket, key, url) = match &disk.source {
         DiskSource::Object { bucket, key } => (
             Some(bucket.clone()),
@@ -710,14 +733,23 @@ fn disk_detail(disk: &DiskInput, s: &SnapshotRecord, format: Option<Format>) -> 
         ),
         other => (None, None, other.describe()),
     };
+    // The root is /dev/sda1, the others /dev/sdb, /dev/sdc, ... as VM Import names them.
+    let device = if i == 0 {
+        "/dev/sda1".to_string()
+    } else {
+        format!("/dev/sd{}", (b'a' + (i % 26) as u8) as char)
+    };
     json!({
         "snapshot_id": s.id,
+        "device_name": device,
         "size": s.size,
+        "disk_image_size": image_size,
         "format": format.map(|f| f.name().to_ascii_uppercase()).or_else(|| disk.format.clone()),
         "url": url,
         "s3_bucket": bucket,
         "s3_key": key,
         "description": s.description,
+        "status": "completed",
     })
 }
 
@@ -1090,6 +1122,7 @@ mod tests {
             done: vec![(0, rec)],
             current: Some((1, "snap-b".into())),
             validation: None,
+            details: Vec::new(),
         };
         assert_eq!(discard(&storage, Some(&cp.to_json())).unwrap(), 2);
         assert_eq!(

@@ -621,7 +621,6 @@ mod tests {
                 ]);
                 b[e + 32..e + 40].copy_from_slice(&u64::from(esp_at).to_le_bytes());
                 b[e + 40..e + 48].copy_from_slice(&127u64.to_le_bytes());
-                let _ = &seed;
                 // Make it look like FAT with random BPB fields from the seed.
                 let s = esp_at as usize * 512;
                 if s >= 2048 && s + 512 <= b.len() {
