@@ -990,3 +990,58 @@ fn url_sources_and_import_manifests_are_fetched_into_scratch() {
     assert!(err.to_string().contains("part 1"), "{err}");
     assert!(files(&rig.scratch_dir).is_empty());
 }
+
+#[test]
+fn import_image_of_an_ova_makes_a_snapshot_of_each_of_its_disks() {
+    let rig = Rig::local(64 * MIB);
+    let dir = rig.root.join("made");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = gpt_disk(&dir, true);
+    let data = random_disk(&dir, "data.raw");
+    let disk_xml = |n: u32, size: u64| {
+        format!(
+            "<Disk ovf:capacity=\"{size}\" ovf:capacityAllocationUnits=\"byte\" ovf:diskId=\"vmdisk{n}\" \
+             ovf:fileRef=\"file{n}\" ovf:format=\"http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized\"/>"
+        )
+    };
+    let ovf = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Envelope xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\" \
+         xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/1\"><References>\
+         <File ovf:href=\"disk1.vmdk\" ovf:id=\"file1\"/><File ovf:href=\"disk2.vmdk\" ovf:id=\"file2\"/>\
+         </References><DiskSection><Info>Disks</Info>{}{}</DiskSection>\
+         <VirtualSystem ovf:id=\"vm\"><Info>A machine</Info></VirtualSystem></Envelope>\n",
+        disk_xml(1, 16 * MIB),
+        disk_xml(2, 16 * MIB)
+    );
+    std::fs::write(dir.join("vm.ovf"), ovf).unwrap();
+    sh(&format!(
+        "cd {d}
+         qemu-img convert -O vmdk -o subformat=streamOptimized gpt-esp.raw disk1.vmdk
+         qemu-img convert -O vmdk -o subformat=streamOptimized data.raw disk2.vmdk
+         tar --format=ustar -cf vm.ova vm.ovf disk1.vmdk disk2.vmdk",
+        d = dir.display()
+    ));
+    let source = rig.put("user", "vm.ova", &dir.join("vm.ova"));
+    let out = rig
+        .run(|env| {
+            import_image(
+                env,
+                &task("import-ami-3"),
+                &[disk(source.clone(), Some("OVA"))],
+                None,
+            )
+        })
+        .unwrap();
+    assert_eq!(out.snapshots.len(), 2);
+    for (snap, want) in out.snapshots.iter().zip([&root, &data]) {
+        let (stored, _f) = rig.stored(snap);
+        qemu_same(want, &stored);
+    }
+    assert_eq!(out.result["snapshots"][1]["device_name"], "/dev/sdb");
+    assert_eq!(out.validation.unwrap().boot_mode.as_deref(), Some("uefi"));
+    // ImportSnapshot of an OVA takes its first disk.
+    let out = rig
+        .run(|env| import_snapshot(env, &task("import-snap-9"), &disk(source, None), None))
+        .unwrap();
+    assert_eq!(out.snapshots.len(), 1);
+}

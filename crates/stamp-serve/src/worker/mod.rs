@@ -268,9 +268,14 @@ fn qcow2_estimate(reader: &dyn DiskReader) -> stamp_disk::Result<u64> {
 
 /// A fetched source, its reservation, the open disk and its detected format.
 struct Source {
-    reader: Box<dyn DiskReader>,
+    /// The disks to import: one, or each disk of an OVA when expanded.
+    disks: Vec<Arc<dyn DiskReader>>,
+    /// The source image's bytes on the host.
+    image_size: u64,
+    /// The source file (for messages).
+    path: PathBuf,
     format: Format,
-    reservation: Reservation,
+    _reservation: Reservation,
     _fetched: Option<Fetched>,
 }
 
@@ -342,7 +347,12 @@ fn fetch_source(env: &Env<'_>, src: &DiskSource, limit: u64) -> Result<(PathBuf,
 /// Fetches and opens a disk, holding scratch for the download and (`with_output`) for a qcow2
 /// of it. Never waits for more scratch while holding some: when the output does not fit next
 /// to the download, it gives everything back and starts over with the whole need.
-fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Source> {
+fn open_source(
+    env: &Env<'_>,
+    disk: &DiskInput,
+    with_output: bool,
+    expand_ova: bool,
+) -> Result<Source> {
     let shown = disk.source.describe();
     let src_need = source_scratch(env, &disk.source)?;
     let mut need = src_need;
@@ -386,23 +396,41 @@ fn open_source(env: &Env<'_>, disk: &DiskInput, with_output: bool) -> Result<Sou
                 env.limits.max_disk
             )));
         }
-        let out = if with_output {
-            qcow2_estimate(reader.as_ref()).map_err(|e| disk_error(e, &shown, &path))?
+        let image_size = reader.info().actual_size;
+        let disks: Vec<Arc<dyn DiskReader>> = if format == Format::Ova && expand_ova {
+            let file = stamp_disk::ImageFile::open(&path)?;
+            stamp_disk::ova::OvaReader::open(file, &stamp_disk::OpenOptions::default())
+                .map_err(|e| disk_error(e, &shown, &path))?
+                .disks()
         } else {
-            0
+            vec![Arc::from(reader)]
         };
+        if disks.len() > MAX_SUB_DISKS {
+            return Err(Error::Invalid(format!(
+                "ClientError: {shown} holds {} disks, more than {MAX_SUB_DISKS}",
+                disks.len()
+            )));
+        }
+        let mut out = 0u64;
+        if with_output {
+            for d in &disks {
+                out += qcow2_estimate(d.as_ref()).map_err(|e| disk_error(e, &shown, &path))?;
+            }
+        }
         let fetched_bytes = fetched.as_ref().map(|f| f.scratch_bytes()).unwrap_or(0);
         let total = fetched_bytes.max(src_need) + out;
         if reservation.bytes() >= total || reservation.try_grow(total - reservation.bytes()) {
             return Ok(Source {
-                reader,
+                disks,
+                image_size,
+                path,
                 format,
-                reservation,
+                _reservation: reservation,
                 _fetched: fetched,
             });
         }
         // Give everything back, then wait for the whole need at once.
-        drop(reader);
+        drop(disks);
         drop(fetched);
         drop(reservation);
         need = total;
@@ -538,9 +566,27 @@ pub struct ImportCheckpoint {
     /// The result's details of finished disks: (index, JSON).
     #[serde(default)]
     pub details: Vec<(usize, Value)>,
+    /// How many disks each request disk turned out to hold (an OVA may hold several).
+    #[serde(default)]
+    pub units: Vec<(usize, usize)>,
+}
+
+/// Most disks taken from one source (an OVA).
+const MAX_SUB_DISKS: usize = 1024;
+
+/// The checkpoint key of disk `j` of request disk `i`.
+fn unit_key(i: usize, j: usize) -> usize {
+    i * MAX_SUB_DISKS + j
 }
 
 impl ImportCheckpoint {
+    fn detail(&self, k: usize) -> Option<Value> {
+        self.details
+            .iter()
+            .find(|(x, _)| *x == k)
+            .map(|(_, d)| d.clone())
+    }
+
     fn from_json(v: Option<&Value>) -> ImportCheckpoint {
         v.and_then(|v| serde_json::from_value(v.clone()).ok())
             .unwrap_or_default()
@@ -561,8 +607,8 @@ fn import_disks(
 ) -> Result<Outcome> {
     let mut cp = ImportCheckpoint::from_json(checkpoint);
     // Snapshots recorded but no longer in the storage are made again.
-    cp.done.retain(|(i, s)| {
-        *i < disks.len()
+    cp.done.retain(|(k, s)| {
+        *k / MAX_SUB_DISKS < disks.len()
             && matches!(
                 env.storage.store.head(&env.storage.bucket, &s.object_key),
                 Ok(Some(_))
@@ -596,70 +642,94 @@ fn import_disks_inner(
     let n = disks.len() as u64;
     let mut bytes = 0u64;
     let mut details = Vec::new();
+    // A disk converted straight into a local storage directory needs no scratch for its qcow2.
+    let remote = env
+        .storage
+        .store
+        .local_path(&env.storage.bucket, &env.storage.snapshot_key("snap-probe"))?
+        .is_none();
     for (i, disk) in disks.iter().enumerate() {
         env.check_cancel()?;
         let from = (5 + 80 * i as u64 / n) as u8;
         let to = (5 + 80 * (i as u64 + 1) / n) as u8;
-        if let Some((_, s)) = cp.done.iter().find(|(j, _)| *j == i) {
-            bytes += s.size;
-            let d = cp
-                .details
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, d)| d.clone())
-                .unwrap_or_else(|| disk_detail(i, disk, s, None, None));
-            details.push(d);
+        let known = cp.units.iter().find(|(k, _)| *k == i).map(|u| u.1);
+        if let Some(count) = known
+            && (0..count).all(|j| cp.done.iter().any(|(k, _)| *k == unit_key(i, j)))
+        {
+            for j in 0..count {
+                let k = unit_key(i, j);
+                if let Some((_, s)) = cp.done.iter().find(|(x, _)| *x == k) {
+                    bytes += s.size;
+                    details.push(
+                        cp.detail(k)
+                            .unwrap_or_else(|| disk_detail(details.len(), disk, s, None, None)),
+                    );
+                }
+            }
             continue;
         }
-        let id = match &cp.current {
-            Some((j, id)) if *j == i => id.clone(),
-            _ => new_id("snap-"),
-        };
-        let remote = env
-            .storage
-            .store
-            .local_path(&env.storage.bucket, &env.storage.snapshot_key(&id))?
-            .is_none();
-        let src = open_source(env, disk, remote)?;
-        env.status("converting", from);
-        cp.current = Some((i, id.clone()));
-        env.checkpoint(cp.to_json());
-        let shown = disk.source.describe();
-        let tracker = Tracker::new(env, bytes, from, to);
-        let src_path = PathBuf::from(src.reader.info().filename);
-        let rec = store_snapshot(
-            env,
-            task,
-            &id,
-            src.reader.as_ref(),
-            disk.description.clone(),
-            &tracker,
-            &shown,
-            &src_path,
-        )?;
-        if i == 0 {
-            let v = validate::validate(src.reader.as_ref(), src.format.name()).map_err(
-                |e| match e {
-                    Error::Disk(d) => disk_error(d, &shown, &src_path),
-                    e => e,
-                },
-            )?;
-            cp.validation = Some(v);
+        let src = open_source(env, disk, remote, validate_root)?;
+        let count = src.disks.len();
+        if known.is_none() {
+            cp.units.push((i, count));
         }
-        bytes += rec.size;
-        let d = disk_detail(
-            i,
-            disk,
-            &rec,
-            Some(src.format),
-            Some(src.reader.info().actual_size),
-        );
-        details.push(d.clone());
-        cp.details.push((i, d));
-        cp.done.push((i, rec));
-        cp.current = None;
-        env.checkpoint(cp.to_json());
-        drop(src.reservation);
+        let shown = disk.source.describe();
+        for (j, reader) in src.disks.iter().enumerate() {
+            env.check_cancel()?;
+            let k = unit_key(i, j);
+            if let Some((_, s)) = cp.done.iter().find(|(x, _)| *x == k) {
+                bytes += s.size;
+                details.push(
+                    cp.detail(k)
+                        .unwrap_or_else(|| disk_detail(details.len(), disk, s, None, None)),
+                );
+                continue;
+            }
+            let id = match &cp.current {
+                Some((x, id)) if *x == k => id.clone(),
+                _ => new_id("snap-"),
+            };
+            let span = (to - from) as u64;
+            let sub_from = from + (span * j as u64 / count as u64) as u8;
+            let sub_to = from + (span * (j as u64 + 1) / count as u64) as u8;
+            env.status("converting", sub_from);
+            cp.current = Some((k, id.clone()));
+            env.checkpoint(cp.to_json());
+            let tracker = Tracker::new(env, bytes, sub_from, sub_to);
+            let rec = store_snapshot(
+                env,
+                task,
+                &id,
+                reader.as_ref(),
+                disk.description.clone(),
+                &tracker,
+                &shown,
+                &src.path,
+            )?;
+            if k == 0 {
+                let v = validate::validate(reader.as_ref(), src.format.name()).map_err(
+                    |e| match e {
+                        Error::Disk(d) => disk_error(d, &shown, &src.path),
+                        e => e,
+                    },
+                )?;
+                cp.validation = Some(v);
+            }
+            bytes += rec.size;
+            let d = disk_detail(
+                details.len(),
+                disk,
+                &rec,
+                Some(src.format),
+                Some(src.image_size),
+            );
+            details.push(d.clone());
+            cp.details.push((k, d));
+            cp.done.push((k, rec));
+            cp.current = None;
+            env.checkpoint(cp.to_json());
+        }
+        drop(src);
     }
     env.status("validating", 90);
     let validation = match &cp.validation {
@@ -1123,6 +1193,7 @@ mod tests {
             current: Some((1, "snap-b".into())),
             validation: None,
             details: Vec::new(),
+            units: Vec::new(),
         };
         assert_eq!(discard(&storage, Some(&cp.to_json())).unwrap(), 2);
         assert_eq!(
