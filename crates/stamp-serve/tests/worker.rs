@@ -975,6 +975,24 @@ fn url_sources_and_import_manifests_are_fetched_into_scratch() {
     assert_eq!(out.result["volume_size_gib"], 1);
     assert!(files(&rig.scratch_dir).is_empty());
 
+    // A manifest whose file-format is not what the parts hold.
+    let wrong = std::fs::read_to_string(www.join("vol.manifest.xml"))
+        .unwrap()
+        .replace("<file-format>RAW", "<file-format>VMDK");
+    std::fs::write(www.join("wrong.manifest.xml"), wrong).unwrap();
+    let err = rig
+        .run(|env| {
+            import_volume(
+                env,
+                &task("import-vol-3"),
+                &format!("{}/wrong.manifest.xml", http.url),
+                None,
+            )
+        })
+        .unwrap_err();
+    assert!(err.to_string().starts_with("ClientError:"), "{err}");
+    assert!(files(&rig.scratch_dir).is_empty());
+
     // A part shorter than its range fails the task.
     std::fs::write(www.join("vol.raw.part1"), b"short").unwrap();
     let err = rig

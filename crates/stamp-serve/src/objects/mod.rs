@@ -478,6 +478,7 @@ pub(crate) fn download_into(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .timeout_recv_response(Some(std::time::Duration::from_secs(120)))
         .build()
         .into();
     let mut resp = agent.get(url).call().map_err(|e| Error::Object {

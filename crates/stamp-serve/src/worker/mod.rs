@@ -153,6 +153,8 @@ pub enum DiskSource {
     Url(String),
     /// A local file (a disk in the stamp store).
     File(PathBuf),
+    /// The URL of an import manifest (ImportVolume): the disk is its parts joined.
+    Manifest(String),
 }
 
 impl DiskSource {
@@ -194,7 +196,9 @@ impl DiskSource {
     fn describe(&self) -> String {
         match self {
             DiskSource::Object { bucket, key } => format!("s3://{bucket}/{key}"),
-            DiskSource::Url(u) => u.split('?').next().unwrap_or("").to_string(),
+            DiskSource::Url(u) | DiskSource::Manifest(u) => {
+                u.split('?').next().unwrap_or("").to_string()
+            }
             DiskSource::File(p) => p.display().to_string(),
         }
     }
@@ -291,6 +295,16 @@ fn source_scratch(env: &Env<'_>, src: &DiskSource) -> Result<u64> {
                 .head(bucket, key)?
                 .ok_or_else(|| missing_object(bucket, key))
         }
+        DiskSource::Manifest(u) => {
+            let m = manifest::fetch(u, env.cancel)?;
+            if m.size > env.limits.max_source {
+                return Err(Error::Invalid(format!(
+                    "ClientError: the manifest's disk is {} bytes, more than the limit of {}",
+                    m.size, env.limits.max_source
+                )));
+            }
+            Ok(m.size)
+        }
         // Without a Content-Length, the whole quota (or the source limit) is held for it.
         DiskSource::Url(u) => {
             Ok(url_size(u).unwrap_or_else(|| env.limits.max_source.min(env.scratch.quota())))
@@ -339,6 +353,17 @@ fn fetch_source(env: &Env<'_>, src: &DiskSource, limit: u64) -> Result<(PathBuf,
         }
         DiskSource::Url(u) => {
             let f = fetch_url(u, env.scratch_dir, limit, env.cancel)?;
+            (f.path().to_path_buf(), Some(f))
+        }
+        DiskSource::Manifest(u) => {
+            let m = manifest::fetch(u, env.cancel)?;
+            if m.size > limit {
+                return Err(Error::Invalid(format!(
+                    "ClientError: the manifest's disk is {} bytes, more than the {limit} reserved for it (did the manifest change?)",
+                    m.size
+                )));
+            }
+            let f = manifest::download(&m, env.scratch_dir, env.cancel)?;
             (f.path().to_path_buf(), Some(f))
         }
     })
@@ -848,7 +873,7 @@ pub fn import_image(
 }
 
 /// ImportVolume: the disk an import manifest describes (its parts fetched and joined in the
-/// scratch directory) → a snapshot.
+/// scratch directory, its `file-format` checked against the content) → a snapshot.
 pub fn import_volume(
     env: &Env<'_>,
     task: &TaskRef<'_>,
@@ -856,46 +881,28 @@ pub fn import_volume(
     checkpoint: Option<&Value>,
 ) -> Result<Outcome> {
     let cp = ImportCheckpoint::from_json(checkpoint);
-    if let Some((_, s)) = cp.done.first()
-        && matches!(
-            env.storage.store.head(&env.storage.bucket, &s.object_key),
-            Ok(Some(_))
-        )
+    let source = DiskSource::Manifest(manifest_url.to_string());
+    // A finished volume is not fetched again (its manifest's URLs may have expired).
+    let (format, volume_size) = if cp.units.iter().any(|(i, n)| *i == 0 && *n == 1)
+        && cp.done.iter().any(|(k, _)| *k == 0)
     {
-        return import_disks(env, task, &[placeholder_disk()], checkpoint, false);
-    }
-    let m = manifest::fetch(manifest_url, env.cancel)?;
-    if m.size > env.limits.max_source {
-        return Err(Error::Invalid(format!(
-            "ClientError: the manifest's disk is {} bytes, more than the limit of {}",
-            m.size, env.limits.max_source
-        )));
-    }
-    let reservation = env.scratch.reserve(m.size, &|| env.cancelled())?;
-    let joined = manifest::download(&m, env.scratch_dir, env.cancel)?;
+        (None, None)
+    } else {
+        let m = manifest::fetch(manifest_url, env.cancel)?;
+        (Some(m.format), m.volume_size)
+    };
     let disk = DiskInput {
-        source: DiskSource::File(joined.path().to_path_buf()),
-        format: Some(m.format.clone()),
+        source,
+        format: format.clone(),
         description: None,
     };
-    let out = import_disks(env, task, &[disk], checkpoint, false);
-    drop(joined);
-    drop(reservation);
-    let mut out = out?;
+    let mut out = import_disks(env, task, &[disk], checkpoint, false)?;
     out.validation = None;
     if let Some(o) = out.result.as_object_mut() {
-        o.insert("volume_size_gib".into(), json!(m.volume_size));
-        o.insert("manifest_format".into(), json!(m.format));
+        o.insert("volume_size_gib".into(), json!(volume_size));
+        o.insert("manifest_format".into(), json!(format));
     }
     Ok(out)
-}
-
-fn placeholder_disk() -> DiskInput {
-    DiskInput {
-        source: DiskSource::File(PathBuf::new()),
-        format: None,
-        description: None,
-    }
 }
 
 /// An export's output format.
@@ -997,11 +1004,17 @@ pub fn export(
         stored
     };
     let target_local = env.objects.local_path(&target.bucket, &key)?;
-    // The output takes at most the stored data plus its format's overhead; a raw file is sparse.
+    // The output takes at most the stored data plus its format's overhead (a raw file is
+    // sparse); an OVA is staged as a VMDK and then archived, so twice that.
     let out_need = if target_local.is_some() {
         0
     } else {
-        stored + snapshot.size / (64 << 10) * 16 + (8 << 20)
+        let one = stored + snapshot.size / (64 << 10) * 16 + (8 << 20);
+        if target.format == ExportFormat::Ova {
+            one * 2
+        } else {
+            one
+        }
     };
     if src_need + out_need > 0 && env.scratch.try_reserve(src_need + out_need)?.is_none() {
         env.waiting();
