@@ -494,6 +494,16 @@ fn a_format_that_does_not_match_the_content_is_a_client_error() {
         )
     })
     .unwrap();
+    // The service's own snapshots cannot be named as a source.
+    let rig2 = Rig::s3("owns", 64 * MIB);
+    let own = DiskSource::Object {
+        bucket: "store-owns".into(),
+        key: "svc/snapshots/snap-1.qcow2".into(),
+    };
+    let err = rig2
+        .run(|env| import_snapshot(env, &task("import-snap-7"), &disk(own, None), None))
+        .unwrap_err();
+    assert!(err.to_string().contains("service's own storage"), "{err}");
     let missing = DiskSource::Object {
         bucket: "user".into(),
         key: "nope.vmdk".into(),

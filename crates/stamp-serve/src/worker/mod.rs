@@ -51,6 +51,39 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
+    /// Storage under a local objects directory `dir`: `dir/.stamp-serve/snapshots/…`. No
+    /// tenant can name it as a bucket (bucket names cannot start with a dot).
+    pub fn local(dir: &Path) -> Result<Storage> {
+        Ok(Storage {
+            store: Arc::new(crate::objects::LocalDir::new(&dir.join(".stamp-serve"))?),
+            bucket: "stamp-serve".into(),
+            prefix: String::new(),
+        })
+    }
+
+    /// Storage in S3 at `s3://BUCKET/PREFIX`, reached with `config`.
+    pub fn s3(url: &str, config: &stamp_aws::config::AwsConfig) -> Result<Storage> {
+        let (bucket, prefix) = stamp_aws::s3::parse_s3_url(url)?;
+        let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+            prefix
+        } else {
+            format!("{prefix}/")
+        };
+        Ok(Storage {
+            store: Arc::new(crate::objects::S3Store::new(config)),
+            bucket,
+            prefix,
+        })
+    }
+
+    /// Whether `bucket/key` of `objects` is the service's own (tenants may neither import
+    /// from nor export to it).
+    pub fn owns(&self, objects: &dyn ObjectStore, bucket: &str, key: &str) -> bool {
+        bucket == self.bucket
+            && key.starts_with(&self.prefix)
+            && objects.describe() == self.store.describe()
+    }
+
     /// The key of snapshot `id`.
     pub fn snapshot_key(&self, id: &str) -> String {
         format!("{}snapshots/{id}.qcow2", self.prefix)
@@ -285,6 +318,13 @@ struct Source {
 
 /// Scratch bytes a fetch of `src` takes (0 when read in place).
 fn source_scratch(env: &Env<'_>, src: &DiskSource) -> Result<u64> {
+    if let DiskSource::Object { bucket, key } = src
+        && env.storage.owns(env.objects, bucket, key)
+    {
+        return Err(Error::Invalid(format!(
+            "ClientError: s3://{bucket}/{key} is the service's own storage"
+        )));
+    }
     match src {
         DiskSource::File(_) => Ok(0),
         DiskSource::Object { bucket, key } => {
@@ -986,6 +1026,12 @@ pub fn export(
     let key = format!("{}{}.{}", target.prefix, task.id, target.format.extension());
     crate::objects::check_key(&key)?;
     crate::objects::check_bucket(&target.bucket)?;
+    if env.storage.owns(env.objects, &target.bucket, &key) {
+        return Err(Error::Invalid(format!(
+            "ClientError: s3://{}/{key} is the service's own storage",
+            target.bucket
+        )));
+    }
     let st = env.storage;
     let stored = st
         .store
@@ -1162,6 +1208,35 @@ mod tests {
                 "{u:?} {b:?} {k:?}"
             );
         }
+    }
+
+    #[test]
+    fn local_storage_is_out_of_the_tenants_reach() {
+        let d = tempfile::tempdir().unwrap();
+        let st = Storage::local(d.path()).unwrap();
+        let key = st.snapshot_key("snap-1");
+        assert_eq!(key, "snapshots/snap-1.qcow2");
+        let p = st.store.local_path(&st.bucket, &key).unwrap().unwrap();
+        assert!(p.starts_with(d.path().join(".stamp-serve")));
+        let objects = crate::objects::LocalDir::new(d.path()).unwrap();
+        assert!(
+            objects
+                .head(".stamp-serve", "stamp-serve/snapshots/snap-1.qcow2")
+                .is_err()
+        );
+        let cfg = stamp_aws::config::AwsConfig::new(
+            "us-east-1",
+            stamp_aws::config::Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+            },
+        );
+        let st = Storage::s3("s3://svc-bucket/pre", &cfg).unwrap();
+        assert_eq!(st.snapshot_key("snap-1"), "pre/snapshots/snap-1.qcow2");
+        assert!(st.owns(st.store.as_ref(), "svc-bucket", "pre/snapshots/x"));
+        assert!(!st.owns(st.store.as_ref(), "svc-bucket", "other/x"));
+        assert!(!st.owns(st.store.as_ref(), "user-bucket", "pre/x"));
     }
 
     #[test]
