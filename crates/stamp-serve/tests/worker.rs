@@ -19,7 +19,7 @@ use stamp_disk::NoProgress;
 use stamp_disk::compare::{Comparison, compare};
 use stamp_serve::Error;
 use stamp_serve::db::TaskUpdate;
-use stamp_serve::objects::{LocalDir, ObjectStore, S3Store};
+use stamp_serve::objects::{LocalDir, ObjectStore, S3Store, UrlPolicy};
 use stamp_serve::task::SnapshotRecord;
 use stamp_serve::worker::scratch::Scratch;
 use stamp_serve::worker::validate::{NO_VALID_PARTITIONS, UNSUPPORTED_BOOTLOADER};
@@ -65,6 +65,8 @@ struct Rig {
     cancel: AtomicBool,
     /// Set `cancel` once this many progress updates arrived.
     cancel_after: Option<usize>,
+    /// Which URLs the worker may fetch (loopback servers here).
+    urls: UrlPolicy,
 }
 
 impl Rig {
@@ -112,6 +114,7 @@ impl Rig {
             updates: Mutex::new(Vec::new()),
             cancel: AtomicBool::new(false),
             cancel_after: None,
+            urls: UrlPolicy::Any,
         }
     }
 
@@ -134,7 +137,10 @@ impl Rig {
             scratch_dir: &self.scratch_dir,
             progress: &progress,
             cancel: &self.cancel,
-            limits: Limits::default(),
+            limits: Limits {
+                urls: self.urls,
+                ..Limits::default()
+            },
         };
         f(&env)
     }
@@ -1017,6 +1023,26 @@ fn url_sources_and_import_manifests_are_fetched_into_scratch() {
         .unwrap_err();
     assert!(err.to_string().contains("part 1"), "{err}");
     assert!(files(&rig.scratch_dir).is_empty());
+
+    // By default a tenant cannot make the service fetch from loopback.
+    let mut rig = rig;
+    rig.urls = UrlPolicy::PublicOnly;
+    let url = DiskSource::Url(format!("{}/qemu-dynamic-ext2.vhd", http.url));
+    let err = rig
+        .run(|env| import_snapshot(env, &task("import-snap-g"), &disk(url, None), None))
+        .unwrap_err();
+    assert!(err.to_string().contains("not a public address"), "{err}");
+    let err = rig
+        .run(|env| {
+            import_volume(
+                env,
+                &task("import-vol-4"),
+                &format!("{}/vol.manifest.xml", http.url),
+                None,
+            )
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("not a public address"), "{err}");
 }
 
 #[test]

@@ -442,12 +442,119 @@ fn cancelled_or(e: stamp_aws::Error) -> Error {
     }
 }
 
+/// Which hosts URL sources may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UrlPolicy {
+    /// Only hosts with public addresses, and no redirects: a tenant cannot make the service
+    /// fetch from loopback, private, link-local (cloud metadata) or unique-local addresses.
+    #[default]
+    PublicOnly,
+    /// Any host, redirects followed (tests; private clouds whose disks are on internal hosts).
+    Any,
+}
+
+/// Whether `ip` is an address a tenant may make the service fetch from.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            !(v.is_loopback()
+                || v.is_private()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.is_multicast()
+                || v.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xC0) == 64)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v) => {
+            if let Some(v4) = v.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s0 = v.segments()[0];
+            !(v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || (s0 & 0xfe00) == 0xfc00
+                || (s0 & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// The host and port of an `http://` or `https://` URL.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let lower = url.to_ascii_lowercase();
+    let (rest, port) = if let Some(r) = lower.strip_prefix("https://") {
+        (r, 443)
+    } else {
+        (lower.strip_prefix("http://")?, 80)
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => port,
+        };
+        return Some((host.to_string(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((hostport.to_string(), port)),
+    }
+}
+
+/// Refuses a URL that is not `http(s)://`, or (with [`UrlPolicy::PublicOnly`]) whose host
+/// resolves to an address that is not public.
+pub fn check_url(url: &str, policy: UrlPolicy) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let shown: String = url
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect();
+    let bad = |detail: String| Error::Object {
+        location: shown.clone(),
+        detail,
+    };
+    let (host, port) =
+        host_port(url).ok_or_else(|| bad("not an http:// or https:// URL with a host".into()))?;
+    if host.is_empty() {
+        return Err(bad("no host".into()));
+    }
+    if policy == UrlPolicy::Any {
+        return Ok(());
+    }
+    let addrs: Vec<_> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| bad(format!("cannot resolve {host}: {e}")))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !is_public(a.ip())) {
+        return Err(bad(format!(
+            "{host} is not a public address; the service does not fetch from it"
+        )));
+    }
+    Ok(())
+}
+
 /// Downloads `url` (`http://` or `https://`) into a new file in `scratch`, refusing bodies over
-/// `limit` bytes; the file is removed when the result drops, or at once on failure or
-/// cancellation.
-pub fn fetch_url(url: &str, scratch: &Path, limit: u64, cancel: &AtomicBool) -> Result<Fetched> {
+/// `limit` bytes and hosts `policy` does not allow; the file is removed when the result drops,
+/// or at once on failure or cancellation.
+pub fn fetch_url(
+    url: &str,
+    scratch: &Path,
+    limit: u64,
+    policy: UrlPolicy,
+    cancel: &AtomicBool,
+) -> Result<Fetched> {
     let (mut tmp, mut out) = TempFile::new(scratch, "url")?;
-    let n = download_into(url, &mut out, &tmp.path, limit, cancel)?;
+    let n = download_into(url, &mut out, &tmp.path, limit, policy, cancel)?;
     tmp.keep = true;
     Ok(Fetched::download(tmp.path.clone(), n))
 }
@@ -458,6 +565,7 @@ pub(crate) fn download_into(
     out: &mut File,
     out_path: &Path,
     limit: u64,
+    policy: UrlPolicy,
     cancel: &AtomicBool,
 ) -> Result<u64> {
     let shown: String = url
@@ -467,15 +575,10 @@ pub(crate) fn download_into(
         .chars()
         .take(300)
         .collect();
-    let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err(Error::Object {
-            location: shown,
-            detail: "only http:// and https:// URLs can be fetched".into(),
-        });
-    }
+    check_url(url, policy)?;
     check_cancel(cancel)?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(if policy == UrlPolicy::Any { 10 } else { 0 })
         .http_status_as_error(false)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
         .timeout_recv_response(Some(std::time::Duration::from_secs(120)))
@@ -528,6 +631,33 @@ mod tests {
         }
         assert!(check_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
         assert!(check_key("disks/a.vmdk").is_ok());
+    }
+
+    #[test]
+    fn urls_to_private_addresses_are_refused_unless_allowed() {
+        for u in [
+            "http://127.0.0.1:8080/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "https://10.1.2.3/d.vmdk",
+            "http://[::1]:80/x",
+            "http://[fd00::1]/x",
+            "http://user@192.168.1.1/x",
+            "http://100.64.0.1/x",
+            "http://localhost/x",
+            "ftp://example.com/x",
+            "http:///x",
+        ] {
+            assert!(check_url(u, UrlPolicy::PublicOnly).is_err(), "{u}");
+        }
+        assert!(check_url("http://127.0.0.1:8080/x", UrlPolicy::Any).is_ok());
+        assert!(check_url("ftp://h/x", UrlPolicy::Any).is_err());
+        assert!(is_public("8.8.8.8".parse().unwrap()));
+        assert!(is_public("2001:4860::8888".parse().unwrap()));
+        assert!(!is_public("::ffff:127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            host_port("https://h.example:8443/a?b"),
+            Some(("h.example".into(), 8443))
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::sync::atomic::AtomicBool;
 
 use quick_xml::events::{BytesStart, Event};
 
-use crate::objects::{Fetched, download_into};
+use crate::objects::{Fetched, UrlPolicy, download_into};
 use crate::{Error, Result};
 
 /// Largest manifest accepted.
@@ -208,11 +208,11 @@ pub fn parse(xml: &[u8]) -> Result<Manifest> {
 }
 
 /// Downloads and parses the manifest at `url`.
-pub fn fetch(url: &str, cancel: &AtomicBool) -> Result<Manifest> {
+pub fn fetch(url: &str, policy: UrlPolicy, cancel: &AtomicBool) -> Result<Manifest> {
     let dir = std::env::temp_dir();
     let tmp = dir.join(format!(".manifest.{:016x}", rand::random::<u64>()));
     let mut f = File::create_new(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    let r = download_into(url, &mut f, &tmp, MAX_MANIFEST, cancel)
+    let r = download_into(url, &mut f, &tmp, MAX_MANIFEST, policy, cancel)
         .and_then(|_| std::fs::read(&tmp).map_err(|e| Error::io("read", &tmp, e)));
     let _ = std::fs::remove_file(&tmp);
     parse(&r?)
@@ -220,7 +220,12 @@ pub fn fetch(url: &str, cancel: &AtomicBool) -> Result<Manifest> {
 
 /// Fetches every part of `m` in order into one file in `scratch` (removed on drop, or at once
 /// on failure); each part must be exactly its byte range.
-pub fn download(m: &Manifest, scratch: &Path, cancel: &AtomicBool) -> Result<Fetched> {
+pub fn download(
+    m: &Manifest,
+    scratch: &Path,
+    policy: UrlPolicy,
+    cancel: &AtomicBool,
+) -> Result<Fetched> {
     std::fs::create_dir_all(scratch).map_err(|e| Error::io("create directory", scratch, e))?;
     let path = scratch.join(format!(".volume.{:016x}.part", rand::random::<u64>()));
     let mut f = File::create_new(&path).map_err(|e| Error::io("create", &path, e))?;
@@ -228,7 +233,7 @@ pub fn download(m: &Manifest, scratch: &Path, cancel: &AtomicBool) -> Result<Fet
     let out = Fetched::download(path.clone(), m.size);
     for p in &m.parts {
         let want = p.end - p.start + 1;
-        let got = download_into(&p.get_url, &mut f, &path, want, cancel)?;
+        let got = download_into(&p.get_url, &mut f, &path, want, policy, cancel)?;
         if got != want {
             return Err(bad(format!(
                 "part {} ({}) is {got} bytes; its byte range is {want}",

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use stamp_disk::{CreateOptions, DiskReader, Format};
 
 use crate::db::TaskUpdate;
-use crate::objects::{Fetched, ObjectStore, fetch_url};
+use crate::objects::{Fetched, ObjectStore, UrlPolicy, fetch_url};
 use crate::task::{SnapshotRecord, new_id, now_millis};
 use crate::{Error, Result};
 use scratch::{Reservation, Scratch};
@@ -97,6 +97,8 @@ pub struct Limits {
     pub max_source: u64,
     /// Largest virtual disk accepted, in bytes.
     pub max_disk: u64,
+    /// Which hosts URL sources and manifest parts may name.
+    pub urls: UrlPolicy,
 }
 
 impl Default for Limits {
@@ -104,6 +106,7 @@ impl Default for Limits {
         Limits {
             max_source: 1 << 40,
             max_disk: 16 << 40,
+            urls: UrlPolicy::PublicOnly,
         }
     }
 }
@@ -336,7 +339,7 @@ fn source_scratch(env: &Env<'_>, src: &DiskSource) -> Result<u64> {
                 .ok_or_else(|| missing_object(bucket, key))
         }
         DiskSource::Manifest(u) => {
-            let m = manifest::fetch(u, env.cancel)?;
+            let m = manifest::fetch(u, env.limits.urls, env.cancel)?;
             if m.size > env.limits.max_source {
                 return Err(Error::Invalid(format!(
                     "ClientError: the manifest's disk is {} bytes, more than the limit of {}",
@@ -346,9 +349,8 @@ fn source_scratch(env: &Env<'_>, src: &DiskSource) -> Result<u64> {
             Ok(m.size)
         }
         // Without a Content-Length, the whole quota (or the source limit) is held for it.
-        DiskSource::Url(u) => {
-            Ok(url_size(u).unwrap_or_else(|| env.limits.max_source.min(env.scratch.quota())))
-        }
+        DiskSource::Url(u) => Ok(url_size(u, env.limits.urls)?
+            .unwrap_or_else(|| env.limits.max_source.min(env.scratch.quota()))),
     }
 }
 
@@ -359,8 +361,14 @@ fn missing_object(bucket: &str, key: &str) -> Error {
 }
 
 /// The Content-Length a HEAD of `url` announces.
-fn url_size(url: &str) -> Option<u64> {
+fn url_size(url: &str, policy: UrlPolicy) -> Result<Option<u64>> {
+    crate::objects::check_url(url, policy)?;
+    Ok(head_length(url, policy))
+}
+
+fn head_length(url: &str, policy: UrlPolicy) -> Option<u64> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(if policy == UrlPolicy::Any { 10 } else { 0 })
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .build()
@@ -392,18 +400,18 @@ fn fetch_source(env: &Env<'_>, src: &DiskSource, limit: u64) -> Result<(PathBuf,
             (f.path().to_path_buf(), Some(f))
         }
         DiskSource::Url(u) => {
-            let f = fetch_url(u, env.scratch_dir, limit, env.cancel)?;
+            let f = fetch_url(u, env.scratch_dir, limit, env.limits.urls, env.cancel)?;
             (f.path().to_path_buf(), Some(f))
         }
         DiskSource::Manifest(u) => {
-            let m = manifest::fetch(u, env.cancel)?;
+            let m = manifest::fetch(u, env.limits.urls, env.cancel)?;
             if m.size > limit {
                 return Err(Error::Invalid(format!(
                     "ClientError: the manifest's disk is {} bytes, more than the {limit} reserved for it (did the manifest change?)",
                     m.size
                 )));
             }
-            let f = manifest::download(&m, env.scratch_dir, env.cancel)?;
+            let f = manifest::download(&m, env.scratch_dir, env.limits.urls, env.cancel)?;
             (f.path().to_path_buf(), Some(f))
         }
     })
@@ -928,7 +936,7 @@ pub fn import_volume(
     {
         (None, None)
     } else {
-        let m = manifest::fetch(manifest_url, env.cancel)?;
+        let m = manifest::fetch(manifest_url, env.limits.urls, env.cancel)?;
         (Some(m.format), m.volume_size)
     };
     let disk = DiskInput {
