@@ -876,9 +876,18 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
         after_first["done"][0][1]["id"],
         first.snapshots[0].id.as_str()
     );
-    // Remove disk 1's snapshot as if the process died while converting it; resume.
+    // Remove disk 1's snapshot as if the process died while converting it, leaving the
+    // writer's temporary file; resume.
     let key1 = &first.snapshots[1].object_key;
     rig.storage.store.delete("stamp", key1).unwrap();
+    let mut after_first = after_first;
+    let id1 = "snap-00000000000000abc";
+    // Disk 1 of the request is checkpoint unit 1024 (room for the disks of an OVA).
+    after_first["current"] = serde_json::json!([1024, id1]);
+    let stale = rig
+        .root
+        .join(format!("store/stamp/svc/snapshots/.{id1}.qcow2.XyZ123.tmp"));
+    std::fs::write(&stale, b"half a disk").unwrap();
     rig.cancel_after = None;
     let again = rig
         .run(|env| import_image(env, &task("import-ami-2"), &disks, Some(&after_first)))
@@ -887,7 +896,14 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
         again.snapshots[0], first.snapshots[0],
         "disk 0 was not converted again"
     );
-    assert_ne!(again.snapshots[1].id, first.snapshots[1].id);
+    assert_eq!(
+        again.snapshots[1].id, id1,
+        "the interrupted disk keeps its snapshot id"
+    );
+    assert!(
+        !stale.exists(),
+        "the killed writer's temporary file is gone"
+    );
     let converting = rig.statuses().iter().filter(|s| *s == "converting").count();
     assert_eq!(converting, 1, "only disk 1 converted: {:?}", rig.statuses());
     let (stored, _f) = rig.stored(&again.snapshots[1]);

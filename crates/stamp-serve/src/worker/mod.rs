@@ -586,7 +586,10 @@ fn store_snapshot(
         Ok(())
     };
     match env.storage.store.local_path(&env.storage.bucket, &key)? {
-        Some(dst) => convert(&dst)?,
+        Some(dst) => {
+            remove_stale_temporaries(&dst);
+            convert(&dst)?
+        }
         None => {
             let tmp = env
                 .scratch_dir
@@ -613,6 +616,24 @@ fn store_snapshot(
         task_id: task.id.to_string(),
         created_at: now_millis(),
     })
+}
+
+/// Removes what a killed writer of `dst` left beside it (`.NAME.*.tmp`), before the resumed
+/// task writes it again.
+fn remove_stale_temporaries(dst: &Path) {
+    let (Some(dir), Some(name)) = (dst.parent(), dst.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&prefix) && n.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
