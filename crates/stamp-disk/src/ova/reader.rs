@@ -144,6 +144,12 @@ pub fn open(file: ImageFile, opts: &OpenOptions) -> Result<Box<dyn DiskReader>> 
 }
 
 impl OvaReader {
+    /// Every disk of the package, in the order of its `DiskSection` (a disk without a file
+    /// reads as zeros of its capacity).
+    pub fn disks(&self) -> Vec<Arc<dyn DiskReader>> {
+        self.disks.iter().map(|d| d.reader.clone()).collect()
+    }
+
     /// Opens the OVA in `file`: fails if it is not a tar, has no descriptor, the descriptor is
     /// not valid XML, a file it references is missing, a manifest digest does not match, or a
     /// disk does not open with the reader of its format.
