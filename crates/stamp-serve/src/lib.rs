@@ -13,6 +13,7 @@ pub mod api;
 pub mod db;
 mod error;
 pub mod objects;
+pub mod pool;
 pub mod server;
 pub mod task;
 pub mod worker;

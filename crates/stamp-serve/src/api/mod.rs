@@ -14,6 +14,7 @@ use stamp_aws::ec2::{self, ApiError, ErrorResponse, Request};
 use stamp_aws::sigv4;
 
 pub use keys::{Key, Keys};
+pub use views::request_of;
 
 use crate::db::TaskStore;
 

@@ -22,7 +22,7 @@ use stamp_aws::ec2::{
 use crate::task::{ImageRecord, Millis, Task, TaskState};
 
 /// The stored request of `task` decoded as `R` (it was valid when the task was made).
-pub fn request<R: Ec2Request + Default>(task: &Task) -> R {
+pub fn request_of<R: Ec2Request + Default>(task: &Task) -> R {
     ec2::decode_request::<R>(&task.request).unwrap_or_default()
 }
 
@@ -83,7 +83,7 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 /// An ImportSnapshot task.
 pub fn import_snapshot_task(t: &Task) -> ImportSnapshotTask {
-    let req: ImportSnapshotRequest = request(t);
+    let req: ImportSnapshotRequest = request_of(t);
     let disk = req.disk_container.unwrap_or_default();
     let result = t.result.clone().unwrap_or(Value::Null);
     ImportSnapshotTask {
@@ -111,7 +111,7 @@ pub fn import_snapshot_task(t: &Task) -> ImportSnapshotTask {
 
 /// An ImportImage task.
 pub fn import_image_task(t: &Task) -> ImportImageTask {
-    let req: ImportImageRequest = request(t);
+    let req: ImportImageRequest = request_of(t);
     let result = t.result.clone().unwrap_or(Value::Null);
     let produced = result.get("snapshots").and_then(|s| s.as_array());
     let snapshot_details = req
@@ -190,7 +190,7 @@ pub fn conversion_task(t: &Task) -> ConversionTask {
         ..Default::default()
     };
     if t.kind == crate::task::TaskKind::ImportVolume {
-        let req: ImportVolumeRequest = request(t);
+        let req: ImportVolumeRequest = request_of(t);
         c.import_volume = Some(ImportVolumeTaskDetails {
             availability_zone: req.availability_zone,
             bytes_converted: Some(t.bytes_converted as i64),
@@ -208,7 +208,7 @@ pub fn conversion_task(t: &Task) -> ConversionTask {
             availability_zone_id: None,
         });
     } else {
-        let req: ImportInstanceRequest = request(t);
+        let req: ImportInstanceRequest = request_of(t);
         c.import_instance = Some(ImportInstanceTaskDetails {
             description: req.description,
             instance_id: text(&result, "instance_id"),
@@ -249,7 +249,7 @@ pub fn conversion_task(t: &Task) -> ConversionTask {
 
 /// An ExportImage task.
 pub fn export_image_task(t: &Task) -> ExportImageTask {
-    let req: ExportImageRequest = request(t);
+    let req: ExportImageRequest = request_of(t);
     ExportImageTask {
         description: t.description.clone(),
         export_image_task_id: Some(t.id.clone()),
@@ -267,7 +267,7 @@ pub fn export_image_task(t: &Task) -> ExportImageTask {
 
 /// A CreateInstanceExportTask task.
 pub fn export_task(t: &Task) -> ExportTask {
-    let req: CreateInstanceExportTaskRequest = request(t);
+    let req: CreateInstanceExportTaskRequest = request_of(t);
     let s3 = req.export_to_s3_task;
     ExportTask {
         description: t.description.clone(),
