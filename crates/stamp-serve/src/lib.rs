@@ -12,6 +12,7 @@
 pub mod api;
 pub mod db;
 mod error;
+pub mod node;
 pub mod objects;
 pub mod pool;
 pub mod server;

@@ -171,6 +171,10 @@ impl Pool {
                         .lock()
                         .map(|mut u| std::mem::take(&mut *u))
                         .unwrap_or_default();
+                    if self.stop.load(Ordering::SeqCst) {
+                        // The process is stopping: hand the task back (below).
+                        cancel.store(true, Ordering::SeqCst);
+                    }
                     match self.store.heartbeat(
                         &self.config.owner,
                         &task.id,
@@ -225,6 +229,18 @@ impl Pool {
         if lost.load(Ordering::SeqCst) {
             return;
         }
+        let asked_to_cancel = self
+            .store
+            .task(&task.tenant, &task.id)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.state == TaskState::Cancelling);
+        if matches!(outcome, Err(Error::Cancelled)) && !asked_to_cancel {
+            // Stopped by the process shutting down: release the lease so that a restarted
+            // (or another) process resumes the task from its checkpoint at once.
+            self.release(&task, "interrupted by a restart; resuming");
+            return;
+        }
         let end = match outcome {
             Ok((result, bytes)) => {
                 self.bytes_converted.fetch_add(bytes, Ordering::Relaxed);
@@ -246,16 +262,7 @@ impl Pool {
                 // Worth another try: let the lease lapse at once so that any worker resumes it
                 // from its checkpoint.
                 tracing::warn!("attempt {} failed, will retry: {e}", task.attempts);
-                let _ = self.store.heartbeat(
-                    &self.config.owner,
-                    &task.id,
-                    Duration::ZERO,
-                    &TaskUpdate {
-                        status_message: Some(format!("retrying after: {e}")),
-                        ..Default::default()
-                    },
-                    now_millis(),
-                );
+                self.release(&task, &format!("retrying after: {e}"));
                 return;
             }
             Err(e) => {
@@ -270,6 +277,23 @@ impl Pool {
             Ok(true) => tracing::info!(status = %end.status_message, "ended"),
             Ok(false) => tracing::warn!("lease lost before the end was recorded"),
             Err(e) => tracing::error!("cannot record the end: {e}"),
+        }
+    }
+
+    /// Gives the task back: its lease lapses now, so any worker claims it again.
+    fn release(&self, task: &Task, why: &str) {
+        let update = TaskUpdate {
+            status_message: Some(why.to_string()),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.heartbeat(
+            &self.config.owner,
+            &task.id,
+            Duration::ZERO,
+            &update,
+            now_millis(),
+        ) {
+            tracing::warn!("cannot release the task: {e}");
         }
     }
 
