@@ -1,6 +1,7 @@
 //! The task store's behaviour, one suite run against both backends: SQLite in a temporary
 //! file and PostgreSQL in a fresh database of a private cluster (support/pg.rs; skipped with a
 //! message when PostgreSQL is not installed).
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

@@ -30,7 +30,7 @@ pub const MAX_CONNECTIONS: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The advisory lock key that serialises schema migrations between processes ("stamp").
-const MIGRATION_LOCK: i64 = 0x7374_616d_70;
+const MIGRATION_LOCK: i64 = 0x0073_7461_6d70;
 
 /// The task store in a PostgreSQL database.
 pub struct PgStore {
