@@ -13,7 +13,8 @@
 //!
 //! Without PostgreSQL's server binaries (Debian's `postgresql` package; `$STAMP_PG_BINDIR`
 //! overrides where they are looked for), [`database`] prints why and returns `None`: the
-//! caller skips. With `STAMP_REQUIRE_POSTGRES=1` it panics instead.
+//! caller skips. With `STAMP_REQUIRE_POSTGRES=1` it panics instead, as it does when the
+//! binaries are there but the cluster cannot be made or started.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -27,13 +28,18 @@ struct Cluster {
     socket_dir: PathBuf,
 }
 
+/// The cluster, or why PostgreSQL is not installed.
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// The URL of a fresh, empty database (`postgresql://postgres@%2F…sock/stamp_t_PID_N`), or
 /// `None` (after printing why) when PostgreSQL is not installed.
 pub fn database() -> Option<String> {
-    let cluster = match CLUSTER.get_or_init(start) {
+    let cluster = match CLUSTER.get_or_init(|| {
+        // Not installed: skip. Installed but failing to start: a failure, not a skip.
+        let bin = bin_dir()?;
+        Ok(start(&bin).unwrap_or_else(|e| panic!("starting the test PostgreSQL cluster: {e}")))
+    }) {
         Ok(c) => c,
         Err(why) => {
             if std::env::var_os("STAMP_REQUIRE_POSTGRES").is_some_and(|v| v == "1") {
@@ -143,8 +149,7 @@ fn run(bin: &Path, args: &[&std::ffi::OsStr], run_as: Option<(u32, u32)>) -> Res
 
 /// Makes (once) and starts (if needed) the cluster, under a lock shared with other test
 /// processes, and drops the databases of test processes that are gone.
-fn start() -> Result<Cluster, String> {
-    let bin = bin_dir()?;
+fn start(bin: &Path) -> Result<Cluster, String> {
     let euid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())
         .map_err(|e| format!("/proc/self: {e}"))?;
