@@ -935,3 +935,24 @@ fn claim_child() {
         assert!(s.finish(&owner, &t.id, &completed(), T0 + 1_001).unwrap());
     }
 }
+
+/// The server ends the store's connections (as a restart does): the next call reconnects.
+#[test]
+fn pg_store_reconnects_after_its_connections_are_ended() {
+    let Some(db) = pg_db() else { return };
+    let s = db.store();
+    let t = s
+        .create_task(&new_task(TaskKind::ImportImage, "alice", None), T0)
+        .unwrap();
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    assert!(!ended.is_empty());
+    assert_eq!(s.task("alice", &t.id).unwrap().unwrap(), t);
+    assert!(s.claim("w", MINUTE, 0, T0).unwrap().is_some());
+}

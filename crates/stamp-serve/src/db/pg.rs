@@ -81,24 +81,42 @@ impl PgStore {
         self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` on a pooled connection; a failure becomes [`Error::Db`] naming `what`.
+    /// Runs `f` on a pooled connection; a failure becomes [`Error::Db`] naming `what`. When a
+    /// pooled connection turns out to be broken (the server restarted or ended it), it and the
+    /// idle ones are dropped and `f` runs once more on a new connection: the server rolled
+    /// back what the broken one had not committed.
     fn with<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut Client) -> std::result::Result<T, PgError>,
+        f: impl Fn(&mut Client) -> std::result::Result<T, PgError>,
     ) -> Result<T> {
-        let mut client = self.take().map_err(|e| self.err(what, e))?;
+        let (mut client, reused) = self.take().map_err(|e| self.err(what, e))?;
+        let r = f(&mut client);
+        // Not an error the server sent: the connection broke (or a row did not decode, which
+        // fails again the same way).
+        let broken = matches!(&r, Err(PgError::Pg(e)) if e.as_db_error().is_none());
+        if !(broken && reused) {
+            self.give_back(client);
+            return r.map_err(|e| self.err(what, e));
+        }
+        drop(client);
+        let stale = std::mem::take(&mut self.state().idle);
+        self.forget(stale.len() + 1);
+        drop(stale);
+        let (mut client, _) = self.take().map_err(|e| self.err(what, e))?;
         let r = f(&mut client);
         self.give_back(client);
         r.map_err(|e| self.err(what, e))
     }
 
-    fn take(&self) -> std::result::Result<Client, PgError> {
+    /// Takes an idle connection (`true`) or opens one (`false`), waiting while
+    /// [`MAX_CONNECTIONS`] are in use.
+    fn take(&self) -> std::result::Result<(Client, bool), PgError> {
         let mut st = self.state();
         loop {
             if let Some(c) = st.idle.pop() {
                 if !c.is_closed() {
-                    return Ok(c);
+                    return Ok((c, true));
                 }
                 st.open = st.open.saturating_sub(1);
                 continue;
@@ -106,24 +124,33 @@ impl PgStore {
             if st.open < MAX_CONNECTIONS {
                 st.open += 1;
                 drop(st);
-                return self.config.connect(NoTls).map_err(|e| {
-                    self.state().open -= 1;
-                    self.returned.notify_one();
-                    PgError::Pg(e)
-                });
+                return match self.config.connect(NoTls) {
+                    Ok(c) => Ok((c, false)),
+                    Err(e) => {
+                        self.forget(1);
+                        Err(PgError::Pg(e))
+                    }
+                };
             }
             st = self.returned.wait(st).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    fn give_back(&self, client: Client) {
+    /// Counts `n` connections as closed, making room for new ones.
+    fn forget(&self, n: usize) {
         let mut st = self.state();
-        if client.is_closed() {
-            st.open = st.open.saturating_sub(1);
-        } else {
-            st.idle.push(client);
-        }
+        st.open = st.open.saturating_sub(n);
         drop(st);
+        self.returned.notify_all();
+    }
+
+    fn give_back(&self, client: Client) {
+        if client.is_closed() {
+            drop(client);
+            self.forget(1);
+            return;
+        }
+        self.state().idle.push(client);
         self.returned.notify_one();
     }
 
