@@ -136,8 +136,11 @@ pub trait TaskStore: Send + Sync {
         now: Millis,
     ) -> Result<Option<Task>>;
 
-    /// Renews `owner`'s lease on `id` and applies `update`. Returns the task, or `None` if the
-    /// lease was lost (another process took the task over: stop working on it).
+    /// Renews `owner`'s lease on `id` and applies `update` (fields left `None` keep their
+    /// values). Returns the task (its state tells a worker whether it is being cancelled), or
+    /// `None` if the lease was lost: another process took the task over, or it ended. A lease
+    /// that lapsed but that no one took over yet is renewed. Owners must be unique per process
+    /// run (a restarted process takes a new one).
     fn heartbeat(
         &self,
         owner: &str,
@@ -147,13 +150,16 @@ pub trait TaskStore: Send + Sync {
         now: Millis,
     ) -> Result<Option<Task>>;
 
-    /// Ends `owner`'s task; false if the lease was lost (nothing changed).
+    /// Ends `owner`'s task (state, status message, result, `finished_at`; the lease is
+    /// released); false if the lease was lost (nothing changed). An `end.state` that is not
+    /// final is [`Error::Invalid`].
     fn finish(&self, owner: &str, id: &str, end: &TaskEnd, now: Millis) -> Result<bool>;
 
     /// Sets the scratch estimate of a task (from the size of its source, once known).
     fn set_scratch(&self, id: &str, bytes: u64) -> Result<()>;
 
-    /// Deletes tasks that ended before `before`; returns how many.
+    /// Deletes tasks that ended (`finished_at`) before `before`; returns how many. Their
+    /// snapshots and images stay.
     fn purge(&self, before: Millis) -> Result<u64>;
 
     /// Count of tasks by kind and state (for /metrics).

@@ -1,14 +1,17 @@
-//! The task store on SQLite: one file in WAL mode, one connection behind a mutex (reads are
-//! short; a `stamp serve` process is the only writer), claims and read-modify-writes in
-//! `BEGIN IMMEDIATE` transactions so that two processes on one file (a restart overlapping
-//! the old process) still give each task to one of them.
+//! The task store on SQLite: one file in WAL mode, one writing connection behind a mutex and
+//! a few read-only ones ([`READERS`]; WAL lets them read while the writer commits), claims
+//! and read-modify-writes in `BEGIN IMMEDIATE` transactions so that two processes on one file
+//! (a restart overlapping the old process) still give each task to one of them.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
+use rusqlite::{
+    Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params, params_from_iter,
+};
 
 use super::common::{
     self, IMAGE_COLUMNS, ImageRow, SNAPSHOT_COLUMNS, SnapshotRow, TAGGED_TABLES, TASK_COLUMNS,
@@ -22,9 +25,16 @@ use crate::{Error, Result};
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Read-only connections a file store keeps besides the writer: listings and lookups from
+/// the API's threads do not queue behind a commit's fsync.
+pub const READERS: usize = 4;
+
 /// The task store in an SQLite file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Read-only connections (none in memory: a private in-memory database has one).
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
     /// The file, for error messages.
     label: String,
 }
@@ -43,7 +53,18 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore> {
         let label = path.display().to_string();
         let conn = Connection::open(path).map_err(|e| err(&label, "open", e))?;
-        Self::init(conn, label)
+        let mut store = Self::init(conn, label)?;
+        for _ in 0..READERS {
+            let r = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(store.e("open a reader"))?;
+            r.busy_timeout(BUSY_TIMEOUT)
+                .map_err(store.e("reader busy_timeout"))?;
+            store.readers.push(Mutex::new(r));
+        }
+        Ok(store)
     }
 
     /// A private store in memory (gone when dropped): for tests and `sqlite::memory:`.
@@ -94,6 +115,8 @@ impl SqliteStore {
         tx.commit().map_err(e("migration: commit"))?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
             label,
         })
     }
@@ -102,6 +125,26 @@ impl SqliteStore {
         // A panic while holding the lock rolled its transaction back (Transaction's drop), so
         // the connection is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read-only connection: a free one if any, else the next in turn (the writer when
+    /// there are none).
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let n = self.readers.len();
+        if n == 0 {
+            return self.conn();
+        }
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed) % n;
+        for i in 0..n {
+            match self.readers[(start + i) % n].try_lock() {
+                Ok(g) => return g,
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        self.readers[start]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn e(&self, what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
@@ -249,7 +292,7 @@ impl TaskStore for SqliteStore {
 
     fn task(&self, tenant: &str, id: &str) -> Result<Option<Task>> {
         let row = self
-            .conn()
+            .reader()
             .query_row(
                 &format!("SELECT {TASK_COLUMNS} FROM tasks WHERE tenant = ?1 AND id = ?2"),
                 params![tenant, id],
@@ -272,7 +315,7 @@ impl TaskStore for SqliteStore {
         params.push(Value::Integer(
             i64::try_from(common::fetch_limit(q.max_results)).unwrap_or(i64::MAX),
         ));
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql).map_err(self.e("list tasks"))?;
         let rows = stmt
             .query_map(params_from_iter(params), task_row)
@@ -442,7 +485,7 @@ impl TaskStore for SqliteStore {
     }
 
     fn counts(&self) -> Result<Vec<(TaskKind, TaskState, u64)>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
                 "SELECT kind, state, COUNT(*) FROM tasks GROUP BY kind, state ORDER BY kind, state",
@@ -500,7 +543,7 @@ impl TaskStore for SqliteStore {
 
     fn snapshot(&self, tenant: &str, id: &str) -> Result<Option<SnapshotRecord>> {
         let row = self
-            .conn()
+            .reader()
             .query_row(
                 &format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE tenant = ?1 AND id = ?2"),
                 params![tenant, id],
@@ -555,7 +598,7 @@ impl TaskStore for SqliteStore {
 
     fn image(&self, tenant: &str, id: &str) -> Result<Option<ImageRecord>> {
         let row = self
-            .conn()
+            .reader()
             .query_row(
                 &format!("SELECT {IMAGE_COLUMNS} FROM images WHERE tenant = ?1 AND id = ?2"),
                 params![tenant, id],
@@ -582,7 +625,7 @@ impl TaskStore for SqliteStore {
         params.push(Value::Integer(
             i64::try_from(common::fetch_limit(max_results)).unwrap_or(i64::MAX),
         ));
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(&sql).map_err(self.e("list images"))?;
         let rows = stmt
             .query_map(params_from_iter(params), image_row)
@@ -625,7 +668,7 @@ impl TaskStore for SqliteStore {
     }
 
     fn tags(&self, tenant: &str, id: &str) -> Result<Option<Vec<(String, String)>>> {
-        let conn = self.conn();
+        let conn = self.reader();
         for table in TAGGED_TABLES {
             let stored: Option<String> = conn
                 .query_row(
