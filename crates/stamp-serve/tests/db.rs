@@ -89,6 +89,7 @@ both!(
     tags_are_set_replaced_removed_and_bounded,
     a_reopened_store_keeps_everything,
     a_newer_schema_is_refused,
+    stores_opened_at_once_create_the_schema_once,
 );
 
 fn new_task(id_kind: TaskKind, tenant: &str, token: Option<&str>) -> NewTask {
@@ -825,6 +826,21 @@ fn a_reopened_store_keeps_everything(db: &Db) {
         .id,
         t.id
     );
+}
+
+fn stores_opened_at_once_create_the_schema_once(db: &Db) {
+    // Several processes starting together on a fresh database: one migrates, the others wait
+    // and find the schema made.
+    let stores: Vec<Box<dyn TaskStore>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..6).map(|_| sc.spawn(|| db.store())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let t = stores[0]
+        .create_task(&new_task(TaskKind::ImportImage, "alice", None), T0)
+        .unwrap();
+    for s in &stores {
+        assert_eq!(s.task("alice", &t.id).unwrap().unwrap().id, t.id);
+    }
 }
 
 fn a_newer_schema_is_refused(db: &Db) {
