@@ -271,7 +271,8 @@ pub(crate) fn decode_token(token: &str) -> Result<Cursor> {
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let (at, id) = text.split_once(':').ok_or_else(bad)?;
     let created_at: Millis = at.parse().map_err(|_| bad())?;
-    if id.is_empty() || id.len() > MAX_TOKEN_ID_LEN {
+    // Only tokens we made: the same text encodes back to the same token.
+    if id.is_empty() || id.len() > MAX_TOKEN_ID_LEN || encode_token(created_at, id) != token {
         return Err(bad());
     }
     Ok(Cursor {
@@ -357,6 +358,22 @@ mod tests {
         );
         for bad in ["", "!!!", "bm9jb2xvbg", &"A".repeat(4000), "OnNvbWU"] {
             assert!(matches!(decode_token(bad), Err(Error::Invalid(_))), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_token_decodes_or_is_invalid(s in "\\PC{0,600}") {
+            match decode_token(&s) {
+                Ok(c) => proptest::prop_assert_eq!(encode_token(c.created_at, &c.id), s),
+                Err(e) => proptest::prop_assert!(matches!(e, Error::Invalid(_))),
+            }
+        }
+
+        #[test]
+        fn tokens_round_trip(at in proptest::num::i64::ANY, id in "[a-z0-9:-]{1,64}") {
+            let c = decode_token(&encode_token(at, &id)).unwrap();
+            proptest::prop_assert_eq!((c.created_at, c.id), (at, id));
         }
     }
 
