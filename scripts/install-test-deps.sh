@@ -53,4 +53,11 @@ if ! command -v moto_server >/dev/null; then
   fi
   python3 -m pip install -q --break-system-packages 'moto[server]' boto3 awscli
 fi
+# stamp-serve: PostgreSQL's server for the task store's tests, which start a private cluster
+# (tests/support/pg.rs) and skip with a message only when it could not be installed.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } ||
+    echo "warning: postgresql could not be installed; the PostgreSQL tests will skip" >&2
+fi
 command -v cargo >/dev/null || { echo "error: cargo is not installed (install Rust with rustup)" >&2; exit 1; }

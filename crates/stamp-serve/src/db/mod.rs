@@ -4,20 +4,71 @@
 //!
 //! Every method is blocking; the HTTP layer calls them from a blocking thread. Tenants are
 //! enforced here: a tenant never sees, changes or cancels another's records.
+//!
+//! [`open`] takes the `--db` value: `sqlite:PATH` ([`SqliteStore`]) or `postgres://…`
+//! ([`PgStore`]). Both keep the same schema ([`schema`]): a `schema_version` table and
+//! `tasks`, `snapshots`, `images`, with lists (a task's request, tags, an image's snapshot ids)
+//! and results/checkpoints as JSON text columns; tags live in a `tags` column of the resource
+//! they belong to (a JSON array of `[key, value]` pairs, in the order they were first set).
+//! Listings are ordered by `(created_at, id)`; their next tokens are that pair of the last
+//! record returned, base64url-encoded, so a page continues exactly where the previous ended
+//! even while tasks are added.
 
 use std::time::Duration;
 
-use crate::Result;
 use crate::task::{ImageRecord, Millis, NewTask, SnapshotRecord, Task, TaskKind, TaskState};
+use crate::{Error, Result};
+
+mod common;
+mod pg;
+pub mod schema;
+mod sqlite;
+
+pub use pg::PgStore;
+pub use sqlite::SqliteStore;
+
+/// The largest page a listing returns, whatever `max_results` asks (AWS's Describe calls
+/// return at most 1000 per page too); the rest follows with the next token.
+pub const MAX_PAGE: usize = 1000;
+
+/// The most ids a listing may filter on (keeps the statement's parameter count bounded).
+pub const MAX_IDS: usize = 1000;
+
+/// The most tags a resource may have: AWS's limit per resource.
+pub const MAX_TAGS: usize = 50;
+
+/// Opens the task store named by a `--db` value: `sqlite:PATH` (created if missing;
+/// `sqlite::memory:` for a private in-memory one) or `postgres://…`/`postgresql://…` (a
+/// libpq-style URL; a Unix socket directory as a percent-encoded host). The schema is created
+/// or migrated on open.
+pub fn open(url: &str) -> Result<Box<dyn TaskStore>> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path == ":memory:" {
+            return Ok(Box::new(SqliteStore::open_in_memory()?));
+        }
+        if path.is_empty() {
+            return Err(Error::Config(format!("--db {url}: no path after sqlite:")));
+        }
+        return Ok(Box::new(SqliteStore::open(std::path::Path::new(path))?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(PgStore::connect(url)?));
+    }
+    Err(Error::Config(format!(
+        "--db {url}: expected sqlite:PATH or postgres://…"
+    )))
+}
 
 /// Which tasks a listing returns (all of the tenant's of these kinds when empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskQuery {
     /// Only these kinds (empty: all).
     pub kinds: Vec<TaskKind>,
-    /// Only these ids (empty: all).
+    /// Only these ids (empty: all; at most [`MAX_IDS`]).
     pub ids: Vec<String>,
-    /// At most this many (the API's MaxResults); `None`: all.
+    /// At most this many (the API's MaxResults); `None`: all. A page never holds more than
+    /// [`MAX_PAGE`]: the rest follows with the next token.
     pub max_results: Option<usize>,
     /// Continue after the page that returned this token.
     pub next_token: Option<String>,
@@ -85,8 +136,11 @@ pub trait TaskStore: Send + Sync {
         now: Millis,
     ) -> Result<Option<Task>>;
 
-    /// Renews `owner`'s lease on `id` and applies `update`. Returns the task, or `None` if the
-    /// lease was lost (another process took the task over: stop working on it).
+    /// Renews `owner`'s lease on `id` and applies `update` (fields left `None` keep their
+    /// values). Returns the task (its state tells a worker whether it is being cancelled), or
+    /// `None` if the lease was lost: another process took the task over, or it ended. A lease
+    /// that lapsed but that no one took over yet is renewed. Owners must be unique per process
+    /// run (a restarted process takes a new one).
     fn heartbeat(
         &self,
         owner: &str,
@@ -96,13 +150,16 @@ pub trait TaskStore: Send + Sync {
         now: Millis,
     ) -> Result<Option<Task>>;
 
-    /// Ends `owner`'s task; false if the lease was lost (nothing changed).
+    /// Ends `owner`'s task (state, status message, result, `finished_at`; the lease is
+    /// released); false if the lease was lost (nothing changed). An `end.state` that is not
+    /// final is [`Error::Invalid`].
     fn finish(&self, owner: &str, id: &str, end: &TaskEnd, now: Millis) -> Result<bool>;
 
     /// Sets the scratch estimate of a task (from the size of its source, once known).
     fn set_scratch(&self, id: &str, bytes: u64) -> Result<()>;
 
-    /// Deletes tasks that ended before `before`; returns how many.
+    /// Deletes tasks that ended (`finished_at`) before `before`; returns how many. Their
+    /// snapshots and images stay.
     fn purge(&self, before: Millis) -> Result<u64>;
 
     /// Count of tasks by kind and state (for /metrics).
@@ -133,6 +190,7 @@ pub trait TaskStore: Send + Sync {
     fn delete_image(&self, tenant: &str, id: &str) -> Result<bool>;
 
     /// Adds (or replaces) tags on the tenant's task, image or snapshot `id`; false if none.
+    /// More than [`MAX_TAGS`] in all is [`Error::Invalid`] (nothing changes).
     fn set_tags(&self, tenant: &str, id: &str, tags: &[(String, String)]) -> Result<bool>;
 
     /// Removes tags (`value` `None`: whatever the value) from the tenant's resource `id`.
@@ -142,4 +200,7 @@ pub trait TaskStore: Send + Sync {
         id: &str,
         tags: &[(String, Option<String>)],
     ) -> Result<bool>;
+
+    /// The tags of the tenant's task, image or snapshot `id`; `None` if there is none.
+    fn tags(&self, tenant: &str, id: &str) -> Result<Option<Vec<(String, String)>>>;
 }
