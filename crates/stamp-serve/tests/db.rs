@@ -609,6 +609,18 @@ fn a_lapsed_lease_goes_to_another_owner(db: &Db) {
     );
     assert!(!s.finish("b", &t.id, &completed(), T0 + 18_002).unwrap());
     assert_eq!(s.claim("c", lease, u64::MAX, T0 + 1_000_000).unwrap(), None);
+
+    // A lease that lapsed but that no one took over is still its owner's to renew.
+    let t = s
+        .create_task(&new_task(TaskKind::ImportImage, "alice", None), T0)
+        .unwrap();
+    s.claim("a", lease, 0, T0).unwrap().unwrap();
+    let hb = s
+        .heartbeat("a", &t.id, lease, &TaskUpdate::default(), T0 + 60_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(hb.lease.unwrap().expires_at, T0 + 70_000);
+    assert_eq!(s.claim("b", lease, 0, T0 + 60_001).unwrap(), None);
 }
 
 fn claims_skip_tasks_that_do_not_fit_the_scratch_space(db: &Db) {

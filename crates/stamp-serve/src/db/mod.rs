@@ -41,6 +41,27 @@ pub const MAX_TAGS: usize = 50;
 /// `sqlite::memory:` for a private in-memory one) or `postgres://…`/`postgresql://…` (a
 /// libpq-style URL; a Unix socket directory as a percent-encoded host). The schema is created
 /// or migrated on open.
+///
+/// ```
+/// use stamp_serve::db::{self, TaskQuery};
+/// use stamp_serve::task::{NewTask, TaskKind};
+///
+/// let store = db::open("sqlite::memory:")?;
+/// let task = NewTask {
+///     id: TaskKind::ImportImage.new_id(),
+///     tenant: "alice".into(),
+///     kind: TaskKind::ImportImage,
+///     request: vec![("Action".into(), "ImportImage".into())],
+///     client_token: Some("token-1".into()),
+///     description: None,
+///     tags: vec![],
+/// };
+/// let created = store.create_task(&task, 1_000)?;
+/// // The same client token again: the same task.
+/// assert_eq!(store.create_task(&task, 2_000)?.id, created.id);
+/// assert_eq!(store.tasks("alice", &TaskQuery::default())?.items, vec![created]);
+/// # Ok::<(), stamp_serve::Error>(())
+/// ```
 pub fn open(url: &str) -> Result<Box<dyn TaskStore>> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
