@@ -29,7 +29,7 @@ pub enum Objects {
         /// `s3://BUCKET/PREFIX` for the service's own snapshots.
         url: String,
         /// How to reach the store.
-        config: AwsConfig,
+        config: Box<AwsConfig>,
     },
 }
 
@@ -95,7 +95,11 @@ fn owner() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// Runs the service until `stop` is set; `ready` is called with the bound address.
@@ -107,10 +111,7 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
             std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
             (Arc::new(LocalDir::new(dir)?), Storage::local(dir)?)
         }
-        Objects::S3 { url, config } => (
-            Arc::new(S3Store::new(config)),
-            Storage::s3(url, config)?,
-        ),
+        Objects::S3 { url, config } => (Arc::new(S3Store::new(config)), Storage::s3(url, config)?),
     };
     std::fs::create_dir_all(&cfg.scratch).map_err(|e| Error::io("create", &cfg.scratch, e))?;
     let left = crate::worker::clean_scratch(&cfg.scratch)?;

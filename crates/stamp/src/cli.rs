@@ -59,6 +59,8 @@ pub enum Command {
     Build(BuildArgs),
     /// List, show and cancel VM import/export tasks of `stamp serve` (or AWS).
     Tasks(TasksArgs),
+    /// Serve the EC2 VM Import/Export API (ImportImage, ImportSnapshot, ExportImage, ...).
+    Serve(ServeArgs),
 }
 
 impl Command {
@@ -668,4 +670,52 @@ pub enum TasksCommand {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+}
+
+/// `stamp serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the options below, by their long names (`scratch-quota = "8G"`); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// The task store: sqlite:PATH (default $XDG_STATE_HOME/stamp/serve.db) or postgres://…
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// Objects: a directory (UserBucket {B, K} is DIR/B/K; default $XDG_DATA_HOME/stamp/objects)
+    /// or s3://BUCKET/PREFIX (an S3-compatible store; --endpoint-url and the AWS_* variables
+    /// say how to reach it).
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub objects: Option<String>,
+    /// The access keys: one `ACCESS_KEY_ID SECRET TENANT` per line.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Concurrent conversions in this process.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Scratch directory (downloads, conversions on their way to S3).
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
+    /// Most scratch space the tasks of this process use at once (tasks wait for room).
+    #[arg(long, value_name = "SIZE")]
+    pub scratch_quota: Option<String>,
+    /// Seconds a claimed task stays with this process without a heartbeat.
+    #[arg(long, value_name = "SECS")]
+    pub lease: Option<u64>,
+    /// Days finished tasks are kept (AWS: 7).
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u64>,
+    /// Let URL sources and manifest parts name private or loopback addresses.
+    #[arg(long)]
+    pub allow_private_urls: bool,
+    /// TLS certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }

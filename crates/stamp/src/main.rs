@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod dirs;
 mod output;
 mod progress;
 

@@ -16,6 +16,7 @@ mod names;
 mod pull;
 mod push;
 mod registry;
+mod serve;
 mod tasks;
 
 use anyhow::{Context, Result};
@@ -45,6 +46,7 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Import(a) => archive::run_import(a),
         Command::Export(a) => archive::run_export(a),
         Command::Tasks(a) => tasks::run(a),
+        Command::Serve(a) => serve::run(a, cancel),
         Command::Build(a) => build::run(a, cancel),
     }
 }

@@ -125,19 +125,8 @@ fn endpoint_dir_name(url: &str) -> String {
 
 /// The cache file of `config`'s EC2 endpoint and region.
 fn cache_path(config: &AwsConfig) -> Result<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let base = match env("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
-        Some(p) => p,
-        None => env("HOME")
-            .map(|h| h.join(".cache"))
-            .ok_or_else(|| anyhow!("no cache directory: set XDG_CACHE_HOME or HOME"))?,
-    };
-    Ok(base
-        .join("stamp/aws")
+    Ok(crate::dirs::xdg("XDG_CACHE_HOME", ".cache")?
+        .join("aws")
         .join(endpoint_dir_name(&config.endpoint("ec2")))
         .join(format!("{}.json", config.region)))
 }

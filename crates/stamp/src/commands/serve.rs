@@ -1,0 +1,107 @@
+//! `stamp serve`: the EC2-compatible VM Import/Export service (crates/stamp-serve).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use stamp_serve::node::{NodeConfig, Objects, run as run_node};
+
+use super::aws::config as aws_config;
+use crate::cli::ServeArgs;
+use crate::dirs::xdg;
+use crate::progress::CancelFlag;
+
+/// The options a `--config` TOML file may set (the flags' long names).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<String>,
+    db: Option<String>,
+    objects: Option<String>,
+    credentials: Option<PathBuf>,
+    workers: Option<usize>,
+    scratch: Option<PathBuf>,
+    scratch_quota: Option<String>,
+    lease: Option<u64>,
+    retention_days: Option<u64>,
+    allow_private_urls: Option<bool>,
+    endpoint_url: Option<String>,
+}
+
+fn read_config(path: &PathBuf) -> Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid serve config", path.display()))
+}
+
+pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
+    let f = match &a.config {
+        Some(p) => read_config(p)?,
+        None => FileConfig::default(),
+    };
+    if a.tls_cert.is_some() {
+        bail!(
+            "TLS (--tls-cert/--tls-key) is not available yet; put stamp serve behind a TLS proxy for now"
+        );
+    }
+    if a.aws.endpoint_url.is_none() {
+        a.aws.endpoint_url = f.endpoint_url.clone();
+    }
+    let listen = a
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| "127.0.0.1:8773".into());
+    let listen = listen
+        .parse()
+        .with_context(|| format!("--listen {listen} is not ADDR:PORT"))?;
+    let db = match a.db.or(f.db) {
+        Some(d) => d,
+        None => {
+            let dir = xdg("XDG_STATE_HOME", ".local/state")?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            format!("sqlite:{}", dir.join("serve.db").display())
+        }
+    };
+    let objects = match a.objects.or(f.objects) {
+        Some(o) if o.starts_with("s3://") => Objects::S3 {
+            url: o,
+            config: Box::new(aws_config(&a.aws, None)?),
+        },
+        Some(o) => Objects::Dir(PathBuf::from(o)),
+        None => Objects::Dir(xdg("XDG_DATA_HOME", ".local/share")?.join("objects")),
+    };
+    let Some(credentials) = a.credentials.or(f.credentials) else {
+        bail!(
+            "give the access keys with --credentials FILE (one `ACCESS_KEY_ID SECRET TENANT` per line)"
+        );
+    };
+    let scratch = match a.scratch.or(f.scratch) {
+        Some(s) => s,
+        None => xdg("XDG_CACHE_HOME", ".cache")?.join("serve-scratch"),
+    };
+    let quota = a
+        .scratch_quota
+        .or(f.scratch_quota)
+        .unwrap_or_else(|| "20G".into());
+    let scratch_quota = stamp_disk::parse_size(&quota)
+        .map_err(|e| anyhow::anyhow!("--scratch-quota {quota}: {e}"))?;
+    let cfg = NodeConfig {
+        listen,
+        db,
+        objects,
+        credentials,
+        workers: a.workers.or(f.workers).unwrap_or(2).max(1),
+        scratch,
+        scratch_quota,
+        lease: Duration::from_secs(a.lease.or(f.lease).unwrap_or(30).max(1)),
+        retention: Duration::from_secs(a.retention_days.or(f.retention_days).unwrap_or(7) * 86_400),
+        allow_private_urls: a.allow_private_urls || f.allow_private_urls.unwrap_or(false),
+    };
+    run_node(&cfg, cancel.clone(), &|addr| {
+        // The first line on stdout is the address (a test or script can read the port).
+        println!("listening on http://{addr}");
+    })
+    .context("stamp serve stopped")?;
+    Ok(0)
+}
