@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub retention: Duration,
     /// Let URL sources name private addresses (tests, private clouds).
     pub allow_private_urls: bool,
+    /// TLS certificate chain and private key (PEM files); plain HTTP without.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Prometheus text for `/metrics`.
@@ -180,8 +182,10 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
         .map_err(|e| Error::Config(format!("cannot start the runtime: {e}")))?;
     tracing::info!(%addr, db = %cfg.db, workers = cfg.workers, "serving");
     ready(addr);
+    let tls = cfg.tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
     let served = rt.block_on(crate::server::serve(
         listener,
+        tls,
         service,
         metrics_text,
         async move {

@@ -88,20 +88,103 @@ pub fn router(service: Arc<Service>, metrics_text: Metrics) -> Router {
         })
 }
 
-/// Serves on `listener` until `shutdown` completes.
+/// Serves on `listener` (with TLS when `tls` names a certificate and key) until `shutdown`
+/// completes.
 pub async fn serve(
     listener: std::net::TcpListener,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
     service: Arc<Service>,
     metrics_text: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::Config(format!("cannot use the listening socket: {e}")))?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|e| Error::Config(format!("cannot use the listening socket: {e}")))?;
-    axum::serve(listener, router(service, metrics_text))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::Config(format!("the HTTP server failed: {e}")))
+    let bad = |e: std::io::Error| Error::Config(format!("cannot use the listening socket: {e}"));
+    listener.set_nonblocking(true).map_err(bad)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(bad)?;
+    let app = router(service, metrics_text);
+    let failed = |e: std::io::Error| Error::Config(format!("the HTTP server failed: {e}"));
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(failed),
+        Some((cert, key)) => axum::serve(TlsListener::new(listener, cert, key)?, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(failed),
+    }
+}
+
+/// A TLS listener for axum: TCP connections with a rustls handshake (bounded in time, so a
+/// client that never finishes it cannot hold the accept loop).
+pub struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// Longest wait for a client's TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl TlsListener {
+    /// A listener on `tcp` with the certificate chain and private key of the PEM files.
+    pub fn new(
+        tcp: tokio::net::TcpListener,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<TlsListener> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<std::result::Result<_, _>>())
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{}: not a PEM certificate chain: {e}",
+                    cert.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(Error::Config(format!("{}: no certificate", cert.display())));
+        }
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| Error::Config(format!("{}: not a PEM private key: {e}", key.display())))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS: {e}")))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| Error::Config(format!("TLS certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::info!(%addr, "TLS handshake failed: {e}"),
+                Err(_) => tracing::info!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }

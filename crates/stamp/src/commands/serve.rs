@@ -26,6 +26,8 @@ struct FileConfig {
     retention_days: Option<u64>,
     allow_private_urls: Option<bool>,
     endpoint_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn read_config(path: &PathBuf) -> Result<FileConfig> {
@@ -39,11 +41,6 @@ pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
         Some(p) => read_config(p)?,
         None => FileConfig::default(),
     };
-    if a.tls_cert.is_some() {
-        bail!(
-            "TLS (--tls-cert/--tls-key) is not available yet; put stamp serve behind a TLS proxy for now"
-        );
-    }
     if a.aws.endpoint_url.is_none() {
         a.aws.endpoint_url = f.endpoint_url.clone();
     }
@@ -97,10 +94,16 @@ pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
         lease: Duration::from_secs(a.lease.or(f.lease).unwrap_or(30).max(1)),
         retention: Duration::from_secs(a.retention_days.or(f.retention_days).unwrap_or(7) * 86_400),
         allow_private_urls: a.allow_private_urls || f.allow_private_urls.unwrap_or(false),
+        tls: match (a.tls_cert.or(f.tls_cert), a.tls_key.or(f.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("TLS needs both --tls-cert and --tls-key"),
+        },
     };
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     run_node(&cfg, cancel.clone(), &|addr| {
         // The first line on stdout is the address (a test or script can read the port).
-        println!("listening on http://{addr}");
+        println!("listening on {scheme}://{addr}");
     })
     .context("stamp serve stopped")?;
     Ok(0)
