@@ -1,0 +1,616 @@
+//! Acceptance tests of `stamp serve`, the EC2-compatible VM Import/Export service: the real
+//! binary on a free loopback port, driven by boto3 and the AWS CLI; its stored snapshots and
+//! exports checked by qemu-img and `stamp compare`; kill -9 mid-conversion on SQLite and
+//! PostgreSQL; two processes on one PostgreSQL database; the scratch quota.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{qemu_img, qemu_ok, s, stamp, tmp};
+use crate::pg_support;
+
+/// The access keys every test gives `--credentials`: two tenants.
+const CREDS: &str = "AKIDTENANTONE0000001 secret-one tenant-one\n\
+                     AKIDTENANTTWO0000002 secret-two tenant-two\n";
+
+/// Client helpers shared by every scenario (prepended to each python script). A scenario gets
+/// its arguments as JSON in `A` and prints its findings as JSON with `done(...)`.
+const PY: &str = r#"
+import boto3, botocore, json, os, subprocess, sys, time, urllib.request
+from botocore.config import Config
+A = json.loads(sys.argv[1])
+KEYS = {1: ("AKIDTENANTONE0000001", "secret-one"), 2: ("AKIDTENANTTWO0000002", "secret-two")}
+def client(ep, tenant=1, secret=None):
+    k, s = KEYS[tenant]
+    return boto3.client("ec2", endpoint_url=ep, region_name="us-east-1",
+        aws_access_key_id=k, aws_secret_access_key=secret or s,
+        config=Config(retries={"max_attempts": 1}))
+def code(f, *a, **kw):
+    try:
+        f(*a, **kw)
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    raise AssertionError("no error from %s %s" % (f, kw))
+def aws(ep, *args, tenant=1):
+    k, s = KEYS[tenant]
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=k, AWS_SECRET_ACCESS_KEY=s,
+               AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1")
+    for v in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        env.pop(v, None)
+    r = subprocess.run(["aws", "--endpoint-url", ep, "--output", "json", "ec2", *args],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, ("aws", args, r.stdout[-2000:], r.stderr[-2000:])
+    return json.loads(r.stdout) if r.stdout.strip() else {}
+def until(f, what):
+    # Polls f until it returns something; a generous bound so a broken service fails, not hangs.
+    end = time.time() + 240
+    while True:
+        v = f()
+        if v is not None:
+            return v
+        assert time.time() < end, "gave up waiting for " + what
+        time.sleep(0.1)
+def ended(v, key, words=("completed", "deleted", "cancelled")):
+    return v if v.get(key) in words else None
+def snap_task(c, t):
+    d = c.describe_import_snapshot_tasks(ImportTaskIds=[t])["ImportSnapshotTasks"][0]
+    return d
+def wait_snap(c, t):
+    return until(lambda: (lambda d: d if d["SnapshotTaskDetail"].get("Status") in ("completed", "deleted") else None)(snap_task(c, t)), t)
+def wait_image(c, t):
+    return until(lambda: ended(c.describe_import_image_tasks(ImportTaskIds=[t])["ImportImageTasks"][0], "Status"), t)
+def wait_conv(c, t):
+    return until(lambda: ended(c.describe_conversion_tasks(ConversionTaskIds=[t])["ConversionTasks"][0], "State"), t)
+def wait_export_image(c, t):
+    return until(lambda: ended(c.describe_export_image_tasks(ExportImageTaskIds=[t])["ExportImageTasks"][0], "Status"), t)
+def wait_export(c, t):
+    return until(lambda: ended(c.describe_export_tasks(ExportTaskIds=[t])["ExportTasks"][0], "State"), t)
+def src(bucket, key, fmt):
+    return {"Format": fmt, "UserBucket": {"S3Bucket": bucket, "S3Key": key}}
+def done(v):
+    print("RESULT " + json.dumps(v))
+"#;
+
+/// Runs a python scenario (after [`PY`]) with `args`; returns what it passed to `done`.
+fn py(script: &str, args: &Value) -> Value {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{PY}\n{script}"))
+        .arg(args.to_string())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python scenario failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT from the scenario: {stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
+/// One `stamp serve` process; killed (SIGKILL) and reaped on drop.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// kill -9, and wait for it to be gone.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`) to the process.
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// A service's directories: objects (buckets are subdirectories), scratch, the credentials.
+struct Rig {
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tmp();
+        for d in ["objects/src", "scratch", "www"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        std::fs::write(dir.path().join("creds"), CREDS).unwrap();
+        Rig { dir }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn objects(&self) -> PathBuf {
+        self.path("objects")
+    }
+    fn sqlite(&self) -> String {
+        format!("sqlite:{}", s(&self.path("serve.db")))
+    }
+    /// Starts `stamp serve` on a free port with `db`, the rig's objects and scratch, `extra`.
+    fn serve(&self, db: &str, extra: &[&str]) -> Serve {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("serve.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stamp"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                db,
+                "--objects",
+                s(&self.objects()),
+                "--credentials",
+                s(&self.path("creds")),
+                "--scratch",
+                s(&self.path("scratch")),
+                "--allow-private-urls",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start stamp serve");
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let n = reader.read_line(&mut line).unwrap_or(0);
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .map(str::to_string);
+        let Some(url) = url.filter(|_| n > 0) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "stamp serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
+            );
+        };
+        // Keep draining stdout so that the process never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+                sink.clear();
+            }
+        });
+        Serve { child, url }
+    }
+    /// Puts `file` into bucket `src` as `key`.
+    fn put(&self, key: &str, file: &Path) {
+        std::fs::copy(file, self.path("objects/src").join(key)).unwrap();
+    }
+    /// The stored snapshot files: `snap-….qcow2` anywhere under `objects/.stamp-serve`
+    /// (the store keeps them as `.stamp-serve/stamp-serve/snapshots/ID.qcow2`).
+    fn snapshots(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.objects().join(".stamp-serve")];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if name.starts_with("snap-") && name.ends_with(".qcow2") {
+                    found.push(p);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+    /// The stored file of snapshot `id`.
+    fn snapshot(&self, id: &str) -> PathBuf {
+        let name = format!("{id}.qcow2");
+        let all = self.snapshots();
+        let found: Vec<&PathBuf> = all
+            .iter()
+            .filter(|p| p.file_name().is_some_and(|n| *n == *name))
+            .collect();
+        assert_eq!(found.len(), 1, "snapshot {id}: {all:?}");
+        found[0].clone()
+    }
+}
+
+/// python's http.server on loopback serving `dir`; killed on drop.
+struct Http {
+    url: String,
+    child: Child,
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_server(dir: &Path) -> Http {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Http {
+        url: format!("http://127.0.0.1:{port}"),
+        child,
+    }
+}
+
+fn sh(script: &str) {
+    let st = Command::new("sh").args(["-ec", script]).status().unwrap();
+    assert!(st.success(), "{script}");
+}
+
+/// `stamp compare A B` says equal.
+fn same(a: &Path, b: &Path) {
+    let r = stamp(&["compare", s(a), s(b)]);
+    assert_eq!(
+        r.code,
+        0,
+        "stamp compare {} {}: {}{}",
+        a.display(),
+        b.display(),
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// A fixture from the shared real-world set, gunzipped into `dir`.
+fn shared_fixture(rel: &str, dir: &Path) -> PathBuf {
+    let src = Path::new("/work/shared/fixtures/disk-images").join(rel);
+    let src = if src.exists() {
+        src
+    } else {
+        crate::common::fixtures().join(rel)
+    };
+    let name = src.file_name().unwrap().to_str().unwrap();
+    if let Some(base) = name.strip_suffix(".gz") {
+        let out = dir.join(base);
+        sh(&format!("gunzip -c '{}' > '{}'", s(&src), s(&out)));
+        out
+    } else {
+        let out = dir.join(name);
+        std::fs::copy(&src, &out).unwrap();
+        out
+    }
+}
+
+/// A raw disk of `mib` MiB of random data.
+fn random_raw(path: &Path, mib: u64) {
+    sh(&format!("head -c {}M /dev/urandom > '{}'", mib, s(path)));
+}
+
+/// A UEFI-bootable disk made by `stamp mkdisk` (VMDK).
+fn boot_vmdk(dir: &Path) -> PathBuf {
+    let esp = dir.join("espdir");
+    let root = dir.join("rootdir");
+    std::fs::create_dir_all(esp.join("EFI/BOOT")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(esp.join("EFI/BOOT/BOOTX64.EFI"), vec![0x4d; 40_000]).unwrap();
+    std::fs::write(root.join("etc/hostname"), "served\n").unwrap();
+    let out = dir.join("boot.vmdk");
+    let r = stamp(&[
+        "mkdisk",
+        "-o",
+        s(&out),
+        "-O",
+        "vmdk",
+        "--part",
+        &format!("esp:64M:{}", s(&esp)),
+        "--part",
+        &format!("root:32M:{}", s(&root)),
+    ]);
+    assert_eq!(r.code, 0, "mkdisk: {}", r.stderr);
+    out
+}
+
+/// An import manifest for `raw` cut in `n` parts, served from `www` at `http`.
+fn manifest(raw: &Path, www: &Path, http: &str, name: &str, n: usize) -> String {
+    let bytes = std::fs::read(raw).unwrap();
+    let step = bytes.len().div_ceil(n);
+    let mut parts = String::new();
+    for i in 0..n {
+        let (a, b) = (i * step, ((i + 1) * step).min(bytes.len()));
+        std::fs::write(www.join(format!("{name}.part{i}")), &bytes[a..b]).unwrap();
+        parts.push_str(&format!(
+            "<part index=\"{i}\"><byte-range start=\"{a}\" end=\"{}\"/><key>{name}.part{i}</key>\
+             <get-url>{http}/{name}.part{i}</get-url></part>",
+            b - 1
+        ));
+    }
+    let xml = format!(
+        "<?xml version=\"1.0\"?><manifest><version>2010-11-15</version><file-format>RAW</file-format>\
+         <import><size>{}</size><volume-size>1</volume-size><parts count=\"{n}\">{parts}</parts></import></manifest>",
+        bytes.len()
+    );
+    std::fs::write(www.join(format!("{name}.manifest.xml")), xml).unwrap();
+    format!("{http}/{name}.manifest.xml")
+}
+
+/// The one file under `dir` (recursively) whose name contains `id`.
+fn output_of(dir: &Path, id: &str) -> PathBuf {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if e.file_name().to_string_lossy().contains(id) {
+                found.push(p);
+            }
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "outputs of {id} in {}: {found:?}",
+        dir.display()
+    );
+    found.remove(0)
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+const EVERY_ACTION: &str = r#"
+ep = A["ep"]; c = client(ep); out = {}
+# Imports: a VMware VMDK by boto3, a VHD by the CLI, a stamp-built UEFI disk by the CLI (ImportImage).
+t_vmdk = c.import_snapshot(Description="vmware", DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
+t_vhd = aws(ep, "import-snapshot", "--disk-container",
+            json.dumps(src("src", "ext2.vhd", "VHD")))["ImportTaskId"]
+t_img = aws(ep, "import-image", "--description", "boot",
+            "--disk-containers", json.dumps([src("src", "boot.vmdk", "VMDK")]))["ImportTaskId"]
+snaps = {}
+for name, t in (("vmdk", t_vmdk), ("vhd", t_vhd)):
+    d = wait_snap(c, t)
+    assert d["SnapshotTaskDetail"]["Status"] == "completed", d
+    snaps[name] = d["SnapshotTaskDetail"]["SnapshotId"]
+cli = aws(ep, "describe-import-snapshot-tasks", "--import-task-ids", t_vhd)["ImportSnapshotTasks"][0]
+assert cli["SnapshotTaskDetail"]["SnapshotId"] == snaps["vhd"], cli
+img = wait_image(c, t_img)
+assert img["Status"] == "completed", img
+ami = img["ImageId"]
+snaps["boot"] = img["SnapshotDetails"][0]["SnapshotId"]
+cli = aws(ep, "describe-import-image-tasks", "--import-task-ids", t_img)["ImportImageTasks"][0]
+assert cli["ImageId"] == ami, cli
+images = aws(ep, "describe-images", "--image-ids", ami)["Images"]
+assert len(images) == 1 and images[0]["ImageId"] == ami, images
+assert c.describe_images(Owners=["self"])["Images"][0]["ImageId"] == ami
+
+# ImportVolume (boto3) and ImportInstance (CLI) from an import manifest on loopback.
+v = c.import_volume(AvailabilityZone="us-east-1a", Volume={"Size": 1},
+                    Image={"Format": "RAW", "Bytes": A["vol_bytes"], "ImportManifestUrl": A["manifest"]})
+t_vol = v["ConversionTask"]["ConversionTaskId"]
+# (the AWS CLI no longer has import-instance / import-volume: boto3 for both)
+t_inst = c.import_instance(Platform="Linux",
+             LaunchSpecification={"Architecture": "x86_64", "InstanceType": "t2.micro"},
+             DiskImages=[{"Image": {"Format": "RAW", "Bytes": A["vol_bytes"],
+                 "ImportManifestUrl": A["manifest"]}, "Volume": {"Size": 1}}]
+             )["ConversionTask"]["ConversionTaskId"]
+vol = wait_conv(c, t_vol)
+assert vol["State"] == "completed", vol
+inst = wait_conv(c, t_inst)
+assert inst["State"] == "completed", inst
+iid = inst["ImportInstance"]["InstanceId"]
+assert iid, inst
+listed = aws(ep, "describe-conversion-tasks")["ConversionTasks"]
+assert {t["ConversionTaskId"] for t in listed} >= {t_vol, t_inst}, listed
+
+# Cancelling: a new task cancelled at once ends cancelled/deleted (or had already completed,
+# and then the cancel is refused with an AWS error).
+def cancel_race(cancel, wait, key, cancelled):
+    try:
+        cancel()
+        got = wait()
+        assert got[key] in (cancelled, "completed"), got
+    except (botocore.exceptions.ClientError, AssertionError) as e:
+        assert "IncorrectState" in str(e), e
+        assert wait()[key] == "completed", e
+t = c.import_volume(AvailabilityZone="us-east-1a", Volume={"Size": 1},
+                    Image={"Format": "RAW", "Bytes": A["vol_bytes"], "ImportManifestUrl": A["manifest"]}
+                    )["ConversionTask"]["ConversionTaskId"]
+cancel_race(lambda: aws(ep, "cancel-conversion-task", "--conversion-task-id", t),
+            lambda: wait_conv(c, t), "State", "cancelled")
+t = c.import_snapshot(DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
+cancel_race(lambda: c.cancel_import_task(ImportTaskId=t),
+            lambda: wait_snap(c, t)["SnapshotTaskDetail"], "Status", "deleted")
+t = aws(ep, "import-snapshot", "--disk-container", json.dumps(src("src", "ws.vmdk", "VMDK")))["ImportTaskId"]
+cancel_race(lambda: aws(ep, "cancel-import-task", "--import-task-id", t),
+            lambda: wait_snap(c, t)["SnapshotTaskDetail"], "Status", "deleted")
+
+# Exports of the image: VMDK and OVA by boto3, VHD by the CLI.
+exports = {}
+loc = {"S3Bucket": "exports", "S3Prefix": "out/"}
+exports["vmdk"] = c.export_image(ImageId=ami, DiskImageFormat="VMDK", S3ExportLocation=loc)["ExportImageTaskId"]
+exports["ova"] = c.export_image(ImageId=ami, DiskImageFormat="OVA", S3ExportLocation=loc)["ExportImageTaskId"]
+exports["vhd"] = aws(ep, "export-image", "--image-id", ami, "--disk-image-format", "VHD",
+                     "--s3-export-location", "S3Bucket=exports,S3Prefix=out/")["ExportImageTaskId"]
+for k, t in exports.items():
+    d = wait_export_image(c, t)
+    assert d["Status"] == "completed", d
+cli = aws(ep, "describe-export-image-tasks", "--export-image-task-ids", exports["vhd"])["ExportImageTasks"][0]
+assert cli["Status"] == "completed", cli
+# The instance made by ImportInstance, exported (boto3), another cancelled (CLI).
+e = c.create_instance_export_task(InstanceId=iid, TargetEnvironment="vmware",
+        ExportToS3Task={"DiskImageFormat": "VMDK", "ContainerFormat": "ova", "S3Bucket": "exports", "S3Prefix": "inst/"})
+t_exp = e["ExportTask"]["ExportTaskId"]
+d = wait_export(c, t_exp)
+assert d["State"] == "completed", d
+cli = aws(ep, "describe-export-tasks", "--export-task-ids", t_exp)["ExportTasks"][0]
+assert cli["State"] == "completed", cli
+t = aws(ep, "create-instance-export-task", "--instance-id", iid, "--target-environment", "vmware",
+        "--export-to-s3-task", "DiskImageFormat=VMDK,S3Bucket=exports,S3Prefix=cancel/")["ExportTask"]["ExportTaskId"]
+cancel_race(lambda: c.cancel_export_task(ExportTaskId=t), lambda: wait_export(c, t), "State", "cancelled")
+
+# Tags, by both clients.
+c.create_tags(Resources=[ami, t_vmdk], Tags=[{"Key": "team", "Value": "blue"}, {"Key": "x", "Value": "1"}])
+aws(ep, "create-tags", "--resources", ami, "--tags", "Key=cli,Value=yes")
+tags = {t["Key"]: t["Value"] for t in c.describe_images(ImageIds=[ami])["Images"][0].get("Tags", [])}
+assert tags == {"team": "blue", "x": "1", "cli": "yes"}, tags
+tagged = c.describe_images(Filters=[{"Name": "tag:team", "Values": ["blue"]}])["Images"]
+assert [i["ImageId"] for i in tagged] == [ami], tagged
+c.delete_tags(Resources=[ami], Tags=[{"Key": "x"}])
+aws(ep, "delete-tags", "--resources", ami, "--tags", "Key=cli")
+tags = {t["Key"]: t["Value"] for t in c.describe_images(ImageIds=[ami])["Images"][0].get("Tags", [])}
+assert tags == {"team": "blue"}, tags
+tags = {t["Key"]: t["Value"] for t in snap_task(c, t_vmdk).get("Tags", [])}
+assert tags == {"team": "blue", "x": "1"}, tags
+
+# Paging: MaxResults 1 and NextToken visit every task once; the CLI's own paging agrees.
+everything = [t["ImportTaskId"] for t in c.describe_import_snapshot_tasks()["ImportSnapshotTasks"]]
+assert len(everything) == 4, everything
+paged, token = [], None
+while True:
+    kw = {"MaxResults": 1}
+    if token: kw["NextToken"] = token
+    r = c.describe_import_snapshot_tasks(**kw)
+    assert len(r["ImportSnapshotTasks"]) <= 1
+    paged += [t["ImportTaskId"] for t in r["ImportSnapshotTasks"]]
+    token = r.get("NextToken")
+    if not token: break
+assert sorted(paged) == sorted(everything) and len(set(paged)) == len(paged), (paged, everything)
+cli = aws(ep, "describe-import-snapshot-tasks", "--page-size", "1")["ImportSnapshotTasks"]
+assert sorted(t["ImportTaskId"] for t in cli) == sorted(everything), cli
+p = c.get_paginator("describe_export_image_tasks").paginate(PaginationConfig={"PageSize": 1})
+assert sorted(t["ExportImageTaskId"] for page in p for t in page["ExportImageTasks"]) == sorted(exports.values())
+
+# Deregister: the image is gone for describe and export.
+aws(ep, "deregister-image", "--image-id", ami)
+assert c.describe_images(Owners=["self"])["Images"] == []
+assert code(c.describe_images, ImageIds=[ami]) == "InvalidAMIID.NotFound"
+assert code(c.export_image, ImageId=ami, DiskImageFormat="VMDK", S3ExportLocation=loc) == "InvalidAMIID.NotFound"
+out.update(snaps=snaps, exports=exports, instance_export=t_exp, volume=vol, instance=inst)
+done(out)
+"#;
+
+/// Every action through boto3 and the AWS CLI; the imported snapshots equal their sources and
+/// the exports are valid and equal to the image.
+#[test]
+fn serve_runs_every_action_for_boto3_and_the_aws_cli() {
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
+    let vhd = shared_fixture("vhd/qemu-dynamic-ext2.vhd.gz", &made);
+    let boot = boot_vmdk(&made);
+    rig.put("ws.vmdk", &vmdk);
+    rig.put("ext2.vhd", &vhd);
+    rig.put("boot.vmdk", &boot);
+    let vol = made.join("vol.raw");
+    random_raw(&vol, 12);
+    let http = http_server(&rig.path("www"));
+    let manifest_url = manifest(&vol, &rig.path("www"), &http.url, "vol", 3);
+
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "5"]);
+    let out = py(
+        EVERY_ACTION,
+        &serde_json::json!({
+            "ep": serve.url,
+            "manifest": manifest_url,
+            "vol_bytes": 12 << 20,
+        }),
+    );
+
+    // The stored snapshots are the sources' content.
+    for (name, source) in [("vmdk", &vmdk), ("vhd", &vhd), ("boot", &boot)] {
+        same(source, &rig.snapshot(str_of(&out["snaps"], name)));
+    }
+    // Snapshots: 3 imports + the volume + the instance's volume (+ cancelled tasks that
+    // completed before the cancel); the volumes hold the manifest's disk.
+    let snapshots = rig.snapshots();
+    assert!(snapshots.len() >= 5, "{snapshots:?}");
+    let of_vol = snapshots
+        .iter()
+        .filter(|p| stamp(&["compare", s(&vol), s(p)]).code == 0)
+        .count();
+    assert!(of_vol >= 2, "no snapshot holds the imported volume");
+
+    // Exports: valid for qemu-img, content equal to the image.
+    let exports = rig.objects().join("exports");
+    let v = output_of(&exports.join("out"), str_of(&out["exports"], "vmdk"));
+    assert!(v.to_str().unwrap().ends_with(".vmdk"), "{v:?}");
+    qemu_ok(&["check", s(&v)]);
+    same(&boot, &v);
+    let v = output_of(&exports.join("out"), str_of(&out["exports"], "vhd"));
+    let info = qemu_ok(&["info", "--output=json", s(&v)]);
+    assert!(info.contains("\"vpc\""), "{info}");
+    same(&boot, &v);
+    let ova = output_of(&exports.join("out"), str_of(&out["exports"], "ova"));
+    let unpacked = rig.path("ova");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    sh(&format!("tar -xf '{}' -C '{}'", s(&ova), s(&unpacked)));
+    let names: Vec<String> = std::fs::read_dir(&unpacked)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with(".ovf")), "{names:?}");
+    let disk = names
+        .iter()
+        .find(|n| n.ends_with(".vmdk"))
+        .expect("a vmdk in the OVA");
+    qemu_ok(&["check", s(&unpacked.join(disk))]);
+    same(&boot, &unpacked.join(disk));
+    // The instance export holds the instance's volume.
+    let inst = output_of(&exports.join("inst"), str_of(&out, "instance_export"));
+    if inst.extension().is_some_and(|e| e == "vmdk") {
+        qemu_ok(&["check", s(&inst)]);
+        same(&vol, &inst);
+    } else {
+        let d = rig.path("inst-ova");
+        std::fs::create_dir_all(&d).unwrap();
+        sh(&format!("tar -xf '{}' -C '{}'", s(&inst), s(&d)));
+        let disk = output_of(&d, ".vmdk");
+        qemu_ok(&["check", s(&disk)]);
+        same(&vol, &disk);
+    }
+    drop(serve);
+}
