@@ -614,3 +614,122 @@ fn serve_runs_every_action_for_boto3_and_the_aws_cli() {
     }
     drop(serve);
 }
+
+const ERRORS: &str = r#"
+ep = A["ep"]; c = client(ep); other = client(ep, 2)
+# Wrong secret; unsigned.
+bad = client(ep, 1, secret="not-the-secret")
+assert code(bad.describe_import_snapshot_tasks) in ("AuthFailure", "SignatureDoesNotMatch")
+assert code(bad.import_snapshot, DiskContainer=src("src", "ws.vmdk", "VMDK")) in ("AuthFailure", "SignatureDoesNotMatch")
+unsigned = boto3.client("ec2", endpoint_url=ep, region_name="us-east-1",
+                        config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}))
+assert code(unsigned.describe_images) in ("AuthFailure", "MissingAuthenticationToken", "IncompleteSignature"), "unsigned"
+r = urllib.request.Request(ep + "/", data=b"Action=DescribeImages&Version=2016-11-15", method="POST")
+try:
+    urllib.request.urlopen(r); raise AssertionError("an unsigned POST was answered")
+except urllib.error.HTTPError as e:
+    body = e.read().decode()
+    assert e.code in (400, 401, 403) and "<Code>" in body, (e.code, body)
+
+# Tenant one's task and image; tenant two sees none of it.
+t = c.import_snapshot(DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
+assert wait_snap(c, t)["SnapshotTaskDetail"]["Status"] == "completed"
+ti = c.import_image(DiskContainers=[src("src", "boot.vmdk", "VMDK")])["ImportTaskId"]
+ami = wait_image(c, ti)["ImageId"]
+assert other.describe_import_snapshot_tasks()["ImportSnapshotTasks"] == []
+assert other.describe_import_image_tasks()["ImportImageTasks"] == []
+assert other.describe_images()["Images"] == []
+assert other.describe_images(Owners=["self"])["Images"] == []
+assert code(other.describe_import_snapshot_tasks, ImportTaskIds=[t]).endswith("NotFound")
+assert code(other.describe_import_image_tasks, ImportTaskIds=[ti]).endswith("NotFound")
+assert code(other.describe_images, ImageIds=[ami]) == "InvalidAMIID.NotFound"
+assert code(other.cancel_import_task, ImportTaskId=t).endswith("NotFound")
+assert code(other.deregister_image, ImageId=ami).endswith("NotFound")
+assert code(other.export_image, ImageId=ami, DiskImageFormat="VMDK",
+            S3ExportLocation={"S3Bucket": "exports"}) == "InvalidAMIID.NotFound"
+other_code = code(other.create_tags, Resources=[ami], Tags=[{"Key": "k", "Value": "v"}])
+assert other_code.endswith("NotFound"), other_code
+# ... and tenant one still has it, untouched.
+assert c.describe_images(ImageIds=[ami])["Images"][0].get("Tags", []) == []
+
+# Malformed parameters.
+assert code(c.import_snapshot, DiskContainer=src("src", "ws.vmdk", "VMDX")) == "InvalidParameterValue"
+assert code(c.import_image, DiskContainers=[src("src", "boot.vmdk", "ZIP")]) == "InvalidParameterValue"
+assert code(c.import_snapshot) == "MissingParameter"
+assert code(c.import_image) == "MissingParameter"
+assert code(c.describe_import_snapshot_tasks, MaxResults=0) == "InvalidParameterValue"
+assert code(c.describe_import_image_tasks, MaxResults=0) == "InvalidParameterValue"
+assert code(c.export_image, ImageId=ami, DiskImageFormat="PNG",
+            S3ExportLocation={"S3Bucket": "exports"}) == "InvalidParameterValue"
+assert code(c.describe_import_snapshot_tasks, NextToken="not-a-token") == "InvalidParameterValue"
+assert code(c.create_instance_export_task, InstanceId="i-0123456789abcdef0", TargetEnvironment="xen",
+            ExportToS3Task={"DiskImageFormat": "VMDK", "S3Bucket": "exports"}) == "InvalidParameterValue"
+
+# Unknown ids.
+assert code(c.describe_import_snapshot_tasks, ImportTaskIds=["import-snap-0123456789abcdef0"]) == "InvalidConversionTaskId.NotFound"
+assert code(c.describe_import_image_tasks, ImportTaskIds=["import-ami-0123456789abcdef0"]) == "InvalidConversionTaskId.NotFound"
+assert code(c.describe_conversion_tasks, ConversionTaskIds=["import-vol-0123456789abcdef0"]) == "InvalidConversionTaskId.NotFound"
+assert code(c.describe_export_image_tasks, ExportImageTaskIds=["export-ami-0123456789abcdef0"]).endswith("NotFound")
+assert code(c.describe_export_tasks, ExportTaskIds=["export-i-0123456789abcdef0"]).endswith("NotFound")
+assert code(c.describe_images, ImageIds=["ami-0123456789abcdef0"]) == "InvalidAMIID.NotFound"
+assert code(c.cancel_import_task, ImportTaskId="import-snap-0123456789abcdef0").endswith("NotFound")
+assert code(c.cancel_conversion_task, ConversionTaskId="import-vol-0123456789abcdef0").endswith("NotFound")
+assert code(c.cancel_export_task, ExportTaskId="export-i-0123456789abcdef0").endswith("NotFound")
+assert code(c.deregister_image, ImageId="ami-0123456789abcdef0").endswith("NotFound")
+
+# Corrupt sources: the task ends deleted with a ClientError message.
+bad_tasks = {}
+for key, fmt in A["bad"]:
+    bad_tasks[key] = c.import_snapshot(DiskContainer=src("src", key, fmt))["ImportTaskId"]
+msgs = {}
+for key, t in bad_tasks.items():
+    d = wait_snap(c, t)["SnapshotTaskDetail"]
+    assert d["Status"] == "deleted", (key, d)
+    assert d.get("StatusMessage", "").startswith("ClientError"), (key, d)
+    msgs[key] = d["StatusMessage"]
+# A missing object, too.
+t = c.import_snapshot(DiskContainer=src("src", "no-such-key.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "deleted" and d.get("StatusMessage", "").startswith("ClientError"), d
+
+# Still answering.
+assert len(c.describe_import_snapshot_tasks()["ImportSnapshotTasks"]) == 2 + len(bad_tasks)
+assert c.describe_images()["Images"][0]["ImageId"] == ami
+done({"messages": msgs})
+"#;
+
+/// Authentication failures, tenant isolation, malformed parameters, unknown ids and corrupt
+/// sources all answer AWS errors botocore parses; the service keeps answering.
+#[test]
+fn serve_answers_errors_as_aws_does_and_keeps_tenants_apart() {
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    rig.put(
+        "ws.vmdk",
+        &shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made),
+    );
+    rig.put("boot.vmdk", &boot_vmdk(&made));
+    let mut bad = Vec::new();
+    for (rel, fmt) in [
+        ("vmdk/BAD-qemu-streamOptimized-invalid.img", "VMDK"),
+        ("vhd/BAD-qemu-dynamic-bad-footer-checksum.vhd.gz", "VHD"),
+        ("ova/BAD-glance-not-tar.ova", "OVA"),
+        ("ova/BAD-glance-no-disk.ova", "OVA"),
+        ("ova/BAD-forklift-utf8-mangled-vmdk.ova", "OVA"),
+        ("vmdk/BAD-missing-extent/monolithicFlat.vmdk", "VMDK"),
+    ] {
+        let f = shared_fixture(rel, &made);
+        let key = f.file_name().unwrap().to_str().unwrap().to_string();
+        rig.put(&key, &f);
+        bad.push((key, fmt));
+    }
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "5"]);
+    let out = py(ERRORS, &serde_json::json!({"ep": serve.url, "bad": bad}));
+    assert_eq!(out["messages"].as_object().unwrap().len(), bad.len());
+    // No snapshot was stored for a failed task: the two good imports only.
+    assert_eq!(rig.snapshots().len(), 2, "{:?}", rig.snapshots());
+    // The process is still alive.
+    let mut serve = serve;
+    assert!(serve.child.try_wait().unwrap().is_none());
+}
