@@ -733,3 +733,104 @@ fn serve_answers_errors_as_aws_does_and_keeps_tenants_apart() {
     let mut serve = serve;
     assert!(serve.child.try_wait().unwrap().is_none());
 }
+
+/// Submits an import of `key` (RAW) to `ep` and returns once the task shows progress.
+const SUBMIT_UNTIL_CONVERTING: &str = r#"
+c = client(A["ep"])
+t = c.import_snapshot(DiskContainer=src("src", A["key"], "RAW"))["ImportTaskId"]
+def converting():
+    d = snap_task(c, t)["SnapshotTaskDetail"]
+    assert d.get("Status") == "active", d
+    p = int(d.get("Progress") or 0)
+    return d if p > 0 or "convert" in d.get("StatusMessage", "") else None
+d = until(converting, "progress")
+done({"task": t, "detail": d})
+"#;
+
+/// Waits for import-snapshot tasks `A["tasks"]` to end; their details.
+const WAIT_SNAPS: &str = r#"
+c = client(A["ep"])
+done({t: wait_snap(c, t)["SnapshotTaskDetail"] for t in A["tasks"]})
+"#;
+
+/// A raw disk big enough that its conversion takes a few seconds: random data in 1 MiB runs
+/// every 2 MiB (sparse elsewhere).
+fn big_raw(path: &Path, mib: u64) {
+    sh(&format!(
+        "python3 -c \"
+import os
+with open('{p}', 'wb') as f:
+    f.truncate({mib} << 20)
+    for i in range(0, {mib}, 2):
+        f.seek(i << 20); f.write(os.urandom(1 << 20))
+\"",
+        p = s(path)
+    ));
+}
+
+/// kill -9 of `stamp serve` on `db` mid-conversion; a restart on the same database and
+/// objects finishes the task: one snapshot, equal to the source.
+fn finishes_after_kill_9(db: &str) {
+    let rig = Rig::new();
+    let raw = rig.path("objects/src/big.raw");
+    big_raw(&raw, 640);
+    let first = rig.serve(db, &["--lease", "2"]);
+    let got = py(
+        SUBMIT_UNTIL_CONVERTING,
+        &serde_json::json!({"ep": first.url, "key": "big.raw"}),
+    );
+    let task = str_of(&got, "task").to_string();
+    eprintln!("killing stamp serve at {}", got["detail"]);
+    first.kill9();
+    let second = rig.serve(db, &["--lease", "2"]);
+    let done = py(
+        WAIT_SNAPS,
+        &serde_json::json!({"ep": second.url, "tasks": [task]}),
+    );
+    let d = &done[&task];
+    assert_eq!(d["Status"], "completed", "{d}");
+    let snapshots = rig.snapshots();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert_eq!(snapshots[0], rig.snapshot(str_of(d, "SnapshotId")));
+    same(&raw, &snapshots[0]);
+    // No partial outputs left behind in the objects dir.
+    let leftovers: Vec<PathBuf> = walk(&rig.objects().join(".stamp-serve"))
+        .into_iter()
+        .filter(|p| !snapshots.contains(p))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn serve_on_sqlite_finishes_a_conversion_after_kill_9() {
+    let rig_db = tmp();
+    finishes_after_kill_9(&format!("sqlite:{}", s(&rig_db.path().join("serve.db"))));
+}
+
+#[test]
+fn serve_on_postgres_finishes_a_conversion_after_kill_9() {
+    let Some(db) = pg_support::database() else {
+        return;
+    };
+    finishes_after_kill_9(&db);
+}
