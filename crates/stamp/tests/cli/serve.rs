@@ -834,3 +834,75 @@ fn serve_on_postgres_finishes_a_conversion_after_kill_9() {
     };
     finishes_after_kill_9(&db);
 }
+
+/// 20 imports through two endpoints, alternating; all end; both endpoints list the same.
+const TWENTY: &str = r#"
+cs = [client(ep) for ep in A["eps"]]
+ts = [cs[i % 2].import_snapshot(DiskContainer=src("src", A["key"], "VMDK"))["ImportTaskId"] for i in range(20)]
+details = {t: wait_snap(cs[i % 2], t)["SnapshotTaskDetail"] for i, t in enumerate(ts)}
+lists = []
+for c in cs:
+    got = {}
+    for page in c.get_paginator("describe_import_snapshot_tasks").paginate(PaginationConfig={"PageSize": 7}):
+        for t in page["ImportSnapshotTasks"]:
+            assert t["ImportTaskId"] not in got, t
+            got[t["ImportTaskId"]] = (t["SnapshotTaskDetail"]["Status"], t["SnapshotTaskDetail"].get("SnapshotId"))
+    lists.append(got)
+assert lists[0] == lists[1], lists
+assert sorted(lists[0]) == sorted(ts), (lists[0], ts)
+done({"details": details})
+"#;
+
+/// Two `stamp serve` processes on one PostgreSQL database and one objects directory share
+/// the work, each task done once; when one dies mid-task the other finishes it.
+#[test]
+fn serve_scales_out_on_one_postgres_database() {
+    let Some(db) = pg_support::database() else {
+        return;
+    };
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
+    rig.put("ws.vmdk", &vmdk);
+    let a = rig.serve(&db, &["--lease", "2"]);
+    let b = rig.serve(&db, &["--lease", "2"]);
+    let out = py(
+        TWENTY,
+        &serde_json::json!({"eps": [a.url, b.url], "key": "ws.vmdk"}),
+    );
+    let details = out["details"].as_object().unwrap();
+    assert_eq!(details.len(), 20);
+    let mut ids: Vec<&str> = Vec::new();
+    for d in details.values() {
+        assert_eq!(d["Status"], "completed", "{d}");
+        ids.push(str_of(d, "SnapshotId"));
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "each task has its own snapshot");
+    let snapshots = rig.snapshots();
+    assert_eq!(snapshots.len(), 20, "{snapshots:?}");
+    for id in &ids {
+        same(&vmdk, &rig.snapshot(id));
+    }
+
+    // A bigger task taken by `a` (b is stopped meanwhile, so it cannot claim it): kill -9 a
+    // mid-conversion, and b finishes it once a's lease lapses.
+    let raw = rig.path("objects/src/big.raw");
+    big_raw(&raw, 640);
+    b.signal("STOP");
+    let got = py(
+        SUBMIT_UNTIL_CONVERTING,
+        &serde_json::json!({"ep": a.url, "key": "big.raw"}),
+    );
+    b.signal("CONT");
+    let task = str_of(&got, "task").to_string();
+    a.kill9();
+    let done = py(WAIT_SNAPS, &serde_json::json!({"ep": b.url, "tasks": [task]}));
+    let d = &done[&task];
+    assert_eq!(d["Status"], "completed", "{d}");
+    let snapshots = rig.snapshots();
+    assert_eq!(snapshots.len(), 21, "{snapshots:?}");
+    same(&raw, &rig.snapshot(str_of(d, "SnapshotId")));
+}
