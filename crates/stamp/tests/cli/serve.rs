@@ -906,3 +906,91 @@ fn serve_scales_out_on_one_postgres_database() {
     assert_eq!(snapshots.len(), 21, "{snapshots:?}");
     same(&raw, &rig.snapshot(str_of(d, "SnapshotId")));
 }
+
+/// Runs imports while sampling the scratch directory's disk use and `/metrics`'
+/// `stamp_scratch_bytes` every 50 ms: first one from the local objects (in place), then three
+/// from URLs.
+const SCRATCH: &str = r#"
+c = client(A["ep"])
+def du():
+    total = 0
+    for root, dirs, files in os.walk(A["scratch"]):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+def metric():
+    text = urllib.request.urlopen(A["ep"] + "/metrics").read().decode()
+    for line in text.splitlines():
+        if line.startswith("stamp_scratch_bytes "):
+            return int(line.split()[1])
+    raise AssertionError("no stamp_scratch_bytes in /metrics: " + text)
+def run(containers):
+    ts = [c.import_snapshot(DiskContainer=d)["ImportTaskId"] for d in containers]
+    most_du = most_metric = 0
+    end = time.time() + 240
+    while True:
+        most_du = max(most_du, du()); most_metric = max(most_metric, metric())
+        states = [snap_task(c, t)["SnapshotTaskDetail"] for t in ts]
+        if all(s.get("Status") in ("completed", "deleted") for s in states):
+            return {"du": most_du, "metric": most_metric, "tasks": states}
+        assert time.time() < end, states
+        time.sleep(0.05)
+local = run([src("src", "local.raw", "RAW")])
+urls = run([{"Format": "RAW", "Url": u} for u in A["urls"]])
+done({"local": local, "urls": urls})
+"#;
+
+/// Imports from the local objects read in place (no scratch); URL sources are downloaded into
+/// scratch, and the scratch in use never exceeds `--scratch-quota`.
+#[test]
+fn serve_keeps_url_downloads_within_the_scratch_quota() {
+    let rig = Rig::new();
+    let www = rig.path("www");
+    let mut sources = Vec::new();
+    for i in 0..3 {
+        let p = www.join(format!("disk{i}.raw"));
+        random_raw(&p, 64);
+        sources.push(p);
+    }
+    let local = rig.path("objects/src/local.raw");
+    random_raw(&local, 64);
+    let http = http_server(&www);
+    let quota: u64 = 100 << 20;
+    let serve = rig.serve(
+        &rig.sqlite(),
+        &["--lease", "5", "--scratch-quota", "100M", "--workers", "3"],
+    );
+    let urls: Vec<String> = (0..3).map(|i| format!("{}/disk{i}.raw", http.url)).collect();
+    let out = py(
+        SCRATCH,
+        &serde_json::json!({
+            "ep": serve.url,
+            "scratch": s(&rig.path("scratch")),
+            "urls": urls,
+        }),
+    );
+    eprintln!("scratch use: {out}");
+    let local_run = &out["local"];
+    assert_eq!(local_run["tasks"][0]["Status"], "completed", "{local_run}");
+    assert_eq!(local_run["du"], 0, "a local import used scratch: {local_run}");
+    assert_eq!(local_run["metric"], 0, "a local import reserved scratch: {local_run}");
+    same(&local, &rig.snapshot(str_of(&local_run["tasks"][0], "SnapshotId")));
+
+    let url_run = &out["urls"];
+    let (du, metric) = (
+        url_run["du"].as_u64().unwrap(),
+        url_run["metric"].as_u64().unwrap(),
+    );
+    assert!(du <= quota, "scratch disk use {du} > quota {quota}");
+    assert!(metric <= quota, "stamp_scratch_bytes {metric} > quota {quota}");
+    assert!(metric > 0, "URL sources reserved no scratch: {url_run}");
+    for (i, d) in url_run["tasks"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(d["Status"], "completed", "{d}");
+        same(&sources[i], &rig.snapshot(str_of(d, "SnapshotId")));
+    }
+    // The downloads are gone once the tasks ended.
+    assert!(walk(&rig.path("scratch")).is_empty(), "{:?}", walk(&rig.path("scratch")));
+}
