@@ -547,7 +547,7 @@ aws(ep, "deregister-image", "--image-id", ami)
 assert c.describe_images(Owners=["self"])["Images"] == []
 assert code(c.describe_images, ImageIds=[ami]) == "InvalidAMIID.NotFound"
 assert code(c.export_image, ImageId=ami, DiskImageFormat="VMDK", S3ExportLocation=loc) == "InvalidAMIID.NotFound"
-out.update(snaps=snaps, exports=exports, instance_export=t_exp, volume=vol, instance=inst)
+out.update(snap_tasks=everything, snaps=snaps, exports=exports, instance_export=t_exp, volume=vol, instance=inst)
 done(out)
 "#;
 
@@ -579,6 +579,30 @@ fn serve_runs_every_action_for_boto3_and_the_aws_cli() {
             "vol_bytes": 12 << 20,
         }),
     );
+
+    // `stamp tasks` lists the same tasks through the same API.
+    let r: crate::common::Run = Command::new(env!("CARGO_BIN_EXE_stamp"))
+        .args(["tasks", "--endpoint-url", &serve.url, "--region", "us-east-1"])
+        .args(["list", "--json"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDTENANTONE0000001")
+        .env("AWS_SECRET_ACCESS_KEY", "secret-one")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "stamp tasks list: {}", r.stderr);
+    let listed: Value = serde_json::from_str(&r.stdout).unwrap();
+    let listed = listed["tasks"].as_array().unwrap();
+    for id in out["snap_tasks"].as_array().unwrap() {
+        let t = listed
+            .iter()
+            .find(|t| t["id"] == *id)
+            .unwrap_or_else(|| panic!("{id} not in stamp tasks list: {listed:?}"));
+        assert_eq!(t["kind"], "import-snapshot");
+    }
+    for id in out["exports"].as_object().unwrap().values() {
+        let t = listed.iter().find(|t| t["id"] == *id).unwrap();
+        assert_eq!(t["status"], "completed", "{t}");
+    }
 
     // The stored snapshots are the sources' content.
     for (name, source) in [("vmdk", &vmdk), ("vhd", &vhd), ("boot", &boot)] {
