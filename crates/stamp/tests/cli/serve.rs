@@ -582,7 +582,13 @@ fn serve_runs_every_action_for_boto3_and_the_aws_cli() {
 
     // `stamp tasks` lists the same tasks through the same API.
     let r: crate::common::Run = Command::new(env!("CARGO_BIN_EXE_stamp"))
-        .args(["tasks", "--endpoint-url", &serve.url, "--region", "us-east-1"])
+        .args([
+            "tasks",
+            "--endpoint-url",
+            &serve.url,
+            "--region",
+            "us-east-1",
+        ])
         .args(["list", "--json"])
         .env("AWS_ACCESS_KEY_ID", "AKIDTENANTONE0000001")
         .env("AWS_SECRET_ACCESS_KEY", "secret-one")
@@ -870,6 +876,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn serve_on_sqlite_finishes_a_conversion_after_kill_9() {
     let rig_db = tmp();
     finishes_after_kill_9(&format!("sqlite:{}", s(&rig_db.path().join("serve.db"))));
+}
+
+/// Cancels a running import mid-conversion (CancelReason given).
+const CANCEL_RUNNING: &str = r#"
+c = client(A["ep"])
+t = c.import_snapshot(DiskContainer=src("src", A["key"], "RAW"))["ImportTaskId"]
+def converting():
+    d = snap_task(c, t)["SnapshotTaskDetail"]
+    assert d.get("Status") == "active", d
+    return d if int(d.get("Progress") or 0) > 0 else None
+until(converting, "progress")
+c.cancel_import_task(ImportTaskId=t, CancelReason="changed my mind")
+done(wait_snap(c, t)["SnapshotTaskDetail"])
+"#;
+
+/// A running conversion cancelled: the task ends deleted with the caller's reason, nothing is
+/// stored and no scratch or partial output is left.
+#[test]
+fn serve_cancels_a_running_conversion() {
+    let rig = Rig::new();
+    let raw = rig.path("objects/src/big.raw");
+    // Big enough that the cancel (seen by the worker within a heartbeat, 0.5 s here) comes
+    // well before the end of the conversion.
+    big_raw(&raw, 1280);
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "2"]);
+    let d = py(
+        CANCEL_RUNNING,
+        &serde_json::json!({"ep": serve.url, "key": "big.raw"}),
+    );
+    assert_eq!(d["Status"], "deleted", "{d}");
+    assert_eq!(d["StatusMessage"], "changed my mind", "{d}");
+    assert!(
+        walk(&rig.objects().join(".stamp-serve")).is_empty(),
+        "{:?}",
+        walk(&rig.objects().join(".stamp-serve"))
+    );
+    assert!(walk(&rig.path("scratch")).is_empty());
 }
 
 #[test]
