@@ -280,6 +280,24 @@ fn http_server(dir: &Path) -> Http {
     }
 }
 
+/// The value of the unlabelled `name` in `url`'s /metrics.
+fn metric(url: &str, name: &str) -> u64 {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            &format!("{url}/metrics"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
 fn sh(script: &str) {
     let st = Command::new("sh").args(["-ec", script]).status().unwrap();
     assert!(st.success(), "{script}");
@@ -406,10 +424,11 @@ ep = A["ep"]; c = client(ep); out = {}
 t_vmdk = c.import_snapshot(Description="vmware", DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
 t_vhd = aws(ep, "import-snapshot", "--disk-container",
             json.dumps(src("src", "ext2.vhd", "VHD")))["ImportTaskId"]
+t_vhdx = c.import_snapshot(DiskContainer=src("src", "made.vhdx", "VHDX"))["ImportTaskId"]
 t_img = aws(ep, "import-image", "--description", "boot",
             "--disk-containers", json.dumps([src("src", "boot.vmdk", "VMDK")]))["ImportTaskId"]
 snaps = {}
-for name, t in (("vmdk", t_vmdk), ("vhd", t_vhd)):
+for name, t in (("vmdk", t_vmdk), ("vhd", t_vhd), ("vhdx", t_vhdx)):
     d = wait_snap(c, t)
     assert d["SnapshotTaskDetail"]["Status"] == "completed", d
     snaps[name] = d["SnapshotTaskDetail"]["SnapshotId"]
@@ -525,7 +544,7 @@ assert tags == {"team": "blue", "x": "1"}, tags
 
 # Paging: MaxResults 1 and NextToken visit every task once; the CLI's own paging agrees.
 everything = [t["ImportTaskId"] for t in c.describe_import_snapshot_tasks()["ImportSnapshotTasks"]]
-assert len(everything) == 4, everything
+assert len(everything) == 5, everything
 paged, token = [], None
 while True:
     kw = {"MaxResults": 1}
@@ -564,6 +583,10 @@ fn serve_runs_every_action_for_boto3_and_the_aws_cli() {
     rig.put("ws.vmdk", &vmdk);
     rig.put("ext2.vhd", &vhd);
     rig.put("boot.vmdk", &boot);
+    // No real-world VHDX among the fixtures: one made by qemu-img from the VMware disk.
+    let vhdx = made.join("made.vhdx");
+    qemu_ok(&["convert", "-O", "vhdx", s(&vmdk), s(&vhdx)]);
+    rig.put("made.vhdx", &vhdx);
     let vol = made.join("vol.raw");
     random_raw(&vol, 12);
     let http = http_server(&rig.path("www"));
@@ -611,13 +634,18 @@ fn serve_runs_every_action_for_boto3_and_the_aws_cli() {
     }
 
     // The stored snapshots are the sources' content.
-    for (name, source) in [("vmdk", &vmdk), ("vhd", &vhd), ("boot", &boot)] {
+    for (name, source) in [
+        ("vmdk", &vmdk),
+        ("vhd", &vhd),
+        ("vhdx", &vhdx),
+        ("boot", &boot),
+    ] {
         same(source, &rig.snapshot(str_of(&out["snaps"], name)));
     }
-    // Snapshots: 3 imports + the volume + the instance's volume (none of the cancelled or
+    // Snapshots: 4 imports + the volume + the instance's volume (none of the cancelled or
     // failed tasks); the volumes hold the manifest's disk.
     let snapshots = rig.snapshots();
-    assert_eq!(snapshots.len(), 5, "{snapshots:?}");
+    assert_eq!(snapshots.len(), 6, "{snapshots:?}");
     let of_vol = snapshots
         .iter()
         .filter(|p| stamp(&["compare", s(&vol), s(p)]).code == 0)
@@ -937,7 +965,7 @@ for c in cs:
             got[t["ImportTaskId"]] = (t["SnapshotTaskDetail"]["Status"], t["SnapshotTaskDetail"].get("SnapshotId"))
     lists.append(got)
 assert lists[0] == lists[1], lists
-assert sorted(lists[0]) == sorted(ts), (lists[0], ts)
+assert set(ts) <= set(lists[0]) and len(lists[0]) == len(ts) + A["before"], (lists[0], ts)
 done({"details": details})
 "#;
 
@@ -955,9 +983,23 @@ fn serve_scales_out_on_one_postgres_database() {
     rig.put("ws.vmdk", &vmdk);
     let a = rig.serve(&db, &["--lease", "2"]);
     let b = rig.serve(&db, &["--lease", "2"]);
+    // One import first, through `a` while `b` is stopped: the bytes one conversion counts.
+    b.signal("STOP");
+    let first = py(
+        r#"
+c = client(A["ep"])
+t = c.import_snapshot(DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
+done(wait_snap(c, t)["SnapshotTaskDetail"])
+"#,
+        &serde_json::json!({"ep": a.url}),
+    );
+    b.signal("CONT");
+    assert_eq!(first["Status"], "completed", "{first}");
+    let one = metric(&a.url, "stamp_bytes_converted_total");
+    assert!(one > 0);
     let out = py(
         TWENTY,
-        &serde_json::json!({"eps": [a.url, b.url], "key": "ws.vmdk"}),
+        &serde_json::json!({"eps": [a.url, b.url], "key": "ws.vmdk", "before": 1}),
     );
     let details = out["details"].as_object().unwrap();
     assert_eq!(details.len(), 20);
@@ -970,7 +1012,17 @@ fn serve_scales_out_on_one_postgres_database() {
     ids.dedup();
     assert_eq!(ids.len(), 20, "each task has its own snapshot");
     let snapshots = rig.snapshots();
-    assert_eq!(snapshots.len(), 20, "{snapshots:?}");
+    assert_eq!(snapshots.len(), 21, "{snapshots:?}");
+    // Each conversion ran once: the two processes together converted 20 tasks' bytes.
+    let (in_a, in_b) = (
+        metric(&a.url, "stamp_bytes_converted_total"),
+        metric(&b.url, "stamp_bytes_converted_total"),
+    );
+    assert_eq!(
+        in_a + in_b,
+        21 * one,
+        "a: {in_a}, b: {in_b}, one task: {one}"
+    );
     for id in &ids {
         same(&vmdk, &rig.snapshot(id));
     }
@@ -994,7 +1046,7 @@ fn serve_scales_out_on_one_postgres_database() {
     let d = &done[&task];
     assert_eq!(d["Status"], "completed", "{d}");
     let snapshots = rig.snapshots();
-    assert_eq!(snapshots.len(), 21, "{snapshots:?}");
+    assert_eq!(snapshots.len(), 22, "{snapshots:?}");
     same(&raw, &rig.snapshot(str_of(d, "SnapshotId")));
 }
 
