@@ -543,13 +543,15 @@ fn check_format(format: Option<&str>, allowed: &[&str]) -> Result<(), Failure> {
     }
 }
 
+/// S3's bucket naming rules, checked when the task is made (the object store refuses such a
+/// name later anyway, which would end the task with a ServerError).
 fn check_bucket(b: &str) -> Result<(), Failure> {
-    if b.is_empty() || b.len() > 63 || b.contains('/') || b.contains("..") {
-        return Err(Failure::invalid(format!(
-            "Value ({b:.64}) for parameter S3Bucket is invalid"
-        )));
-    }
-    Ok(())
+    stamp_aws::s3::check_bucket_name(b).map_err(|why| {
+        Failure::invalid(format!(
+            "Value ({:.64}) for parameter S3Bucket is invalid: {why:.200}",
+            b
+        ))
+    })
 }
 
 fn check_url(url: &str, name: &str) -> Result<(), Failure> {

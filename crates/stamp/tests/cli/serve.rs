@@ -734,6 +734,11 @@ assert c.describe_images(ImageIds=[ami])["Images"][0].get("Tags", []) == []
 # Malformed parameters.
 assert code(c.import_snapshot, DiskContainer=src("src", "ws.vmdk", "VMDX")) == "InvalidParameterValue"
 assert code(c.import_image, DiskContainers=[src("src", "boot.vmdk", "ZIP")]) == "InvalidParameterValue"
+assert code(c.import_snapshot, DiskContainer=src("b", "ws.vmdk", "VMDK")) == "InvalidParameterValue"
+assert code(c.import_snapshot, DiskContainer=src("Not_A_Bucket", "ws.vmdk", "VMDK")) == "InvalidParameterValue"
+assert code(c.import_snapshot, DiskContainer={"Format": "VMDK", "UserBucket": {"S3Bucket": "src"}}) == "MissingParameter"
+assert code(c.export_image, ImageId=ami, DiskImageFormat="VMDK",
+            S3ExportLocation={"S3Bucket": "../etc"}) == "InvalidParameterValue"
 assert code(c.import_snapshot) == "MissingParameter"
 assert code(c.import_image) == "MissingParameter"
 assert code(c.describe_import_snapshot_tasks, MaxResults=0) == "InvalidParameterValue"
