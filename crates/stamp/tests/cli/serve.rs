@@ -516,10 +516,12 @@ t = c.export_image(ImageId=ami, DiskImageFormat="RAW", S3ExportLocation={"S3Buck
 c.cancel_export_task(ExportTaskId=t)
 cancelled.append(lambda t=t: wait_export_image(c, t)["Status"] in ("deleted", "cancelled"))
 t_cancelled_export = t
-# Free the worker: the source's connection and its port close, the blocker fails.
+# The running blocker cancelled too; then its source's connection and port close: it ends
+# deleted with the caller's reason (not the download's failure), the worker is free again.
+c.cancel_import_task(ImportTaskId=blocker, CancelReason="stop waiting")
 conn.close(); hold.close()
 d = wait_snap(c, blocker)["SnapshotTaskDetail"]
-assert d["Status"] == "deleted", d
+assert d["Status"] == "deleted" and d["StatusMessage"] == "stop waiting", d
 for ok in cancelled:
     assert ok()
 # A second cancel of an ended task is refused.
