@@ -854,13 +854,24 @@ with open('{p}', 'wb') as f:
     ));
 }
 
+/// Held by the tests that run a big conversion and stop it midway, one at a time: on 2 cores
+/// a conversion slowed by the others still takes long enough to be caught midway, and the
+/// big disks are not all on disk at once.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// kill -9 of `stamp serve` on `db` mid-conversion; a restart on the same database and
 /// objects finishes the task: one snapshot, equal to the source.
 fn finishes_after_kill_9(db: &str) {
+    let _one_at_a_time = heavy();
     let rig = Rig::new();
     let raw = rig.path("objects/src/big.raw");
-    big_raw(&raw, 640);
-    let first = rig.serve(db, &["--lease", "2"]);
+    big_raw(&raw, 1280);
+    // A 1 s lease: heartbeats (with the progress) every 250 ms, a quick takeover.
+    let first = rig.serve(db, &["--lease", "1"]);
     let got = py(
         SUBMIT_UNTIL_CONVERTING,
         &serde_json::json!({"ep": first.url, "key": "big.raw"}),
@@ -868,7 +879,7 @@ fn finishes_after_kill_9(db: &str) {
     let task = str_of(&got, "task").to_string();
     eprintln!("killing stamp serve at {}", got["detail"]);
     first.kill9();
-    let second = rig.serve(db, &["--lease", "2"]);
+    let second = rig.serve(db, &["--lease", "1"]);
     let done = py(
         WAIT_SNAPS,
         &serde_json::json!({"ep": second.url, "tasks": [task]}),
@@ -930,12 +941,13 @@ done(wait_snap(c, t)["SnapshotTaskDetail"])
 /// stored and no scratch or partial output is left.
 #[test]
 fn serve_cancels_a_running_conversion() {
+    let _one_at_a_time = heavy();
     let rig = Rig::new();
     let raw = rig.path("objects/src/big.raw");
     // Big enough that the cancel (seen by the worker within a heartbeat, 0.5 s here) comes
     // well before the end of the conversion.
     big_raw(&raw, 1280);
-    let serve = rig.serve(&rig.sqlite(), &["--lease", "2"]);
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "1"]);
     let d = py(
         CANCEL_RUNNING,
         &serde_json::json!({"ep": serve.url, "key": "big.raw"}),
@@ -988,8 +1000,8 @@ fn serve_scales_out_on_one_postgres_database() {
     std::fs::create_dir_all(&made).unwrap();
     let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
     rig.put("ws.vmdk", &vmdk);
-    let a = rig.serve(&db, &["--lease", "2"]);
-    let b = rig.serve(&db, &["--lease", "2"]);
+    let a = rig.serve(&db, &["--lease", "3"]);
+    let b = rig.serve(&db, &["--lease", "3"]);
     // One import first, through `a` while `b` is stopped: the bytes one conversion counts.
     b.signal("STOP");
     let first = py(
@@ -1036,8 +1048,9 @@ done(wait_snap(c, t)["SnapshotTaskDetail"])
 
     // A bigger task taken by `a` (b is stopped meanwhile, so it cannot claim it): kill -9 a
     // mid-conversion, and b finishes it once a's lease lapses.
+    let _one_at_a_time = heavy();
     let raw = rig.path("objects/src/big.raw");
-    big_raw(&raw, 640);
+    big_raw(&raw, 1280);
     b.signal("STOP");
     let got = py(
         SUBMIT_UNTIL_CONVERTING,
