@@ -317,14 +317,10 @@ fn same(a: &Path, b: &Path) {
     );
 }
 
-/// A fixture from the shared real-world set, gunzipped into `dir`.
+/// A real-world fixture of tests/fixtures/disk-images (see its MANIFEST.tsv), gunzipped into
+/// `dir`.
 fn shared_fixture(rel: &str, dir: &Path) -> PathBuf {
-    let src = Path::new("/work/shared/fixtures/disk-images").join(rel);
-    let src = if src.exists() {
-        src
-    } else {
-        crate::common::fixtures().join(rel)
-    };
+    let src = crate::common::fixtures().join(rel);
     let name = src.file_name().unwrap().to_str().unwrap();
     if let Some(base) = name.strip_suffix(".gz") {
         let out = dir.join(base);
