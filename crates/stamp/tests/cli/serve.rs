@@ -559,6 +559,25 @@ p = c.get_paginator("describe_export_image_tasks").paginate(PaginationConfig={"P
 listed = [t["ExportImageTaskId"] for page in p for t in page["ExportImageTasks"]]
 assert len(listed) == 4 and set(listed) >= set(exports.values()), listed
 
+# Another tenant sees none of the conversion and export tasks, and cannot export the instance.
+other = client(ep, 2)
+assert other.describe_conversion_tasks()["ConversionTasks"] == []
+assert other.describe_export_tasks()["ExportTasks"] == []
+assert other.describe_export_image_tasks()["ExportImageTasks"] == []
+assert code(other.describe_conversion_tasks, ConversionTaskIds=[t_vol]).endswith("NotFound")
+assert code(other.cancel_conversion_task, ConversionTaskId=t_inst).endswith("NotFound")
+assert code(other.describe_export_tasks, ExportTaskIds=[t_exp]).endswith("NotFound")
+assert code(other.cancel_export_task, ExportTaskId=exports["vmdk"]).endswith("NotFound")
+try:
+    stolen = other.create_instance_export_task(InstanceId=iid, TargetEnvironment="vmware",
+        ExportToS3Task={"DiskImageFormat": "VMDK", "S3Bucket": "stolen", "S3Prefix": "x/"})["ExportTask"]["ExportTaskId"]
+    d = wait_export(other, stolen)
+    assert d["State"] == "cancelled", d
+except botocore.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"].endswith("NotFound"), e
+stolen_dir = os.path.join(A["objects"], "stolen")
+assert not os.path.exists(stolen_dir) or os.listdir(stolen_dir) == [], "another tenant exported the instance"
+
 # Deregister: the image is gone for describe and export.
 aws(ep, "deregister-image", "--image-id", ami)
 assert c.describe_images(Owners=["self"])["Images"] == []
