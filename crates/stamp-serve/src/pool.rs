@@ -250,6 +250,11 @@ impl Pool {
                     result: Some(result),
                 }
             }
+            // Cancelled, or failed after the user asked to cancel (the failure is moot).
+            Err(_) if asked_to_cancel => {
+                self.end_cancelled(&task);
+                return;
+            }
             Err(Error::Cancelled) => {
                 self.end_cancelled(&task);
                 return;

@@ -418,11 +418,17 @@ fn cancel_moves_active_tasks_to_cancelling_only(db: &Db) {
         (claimed.id.as_str(), claimed.state),
         (t.id.as_str(), TaskState::Cancelling)
     );
+    // The worker's progress message does not replace the cancel's reason.
+    let busy = TaskUpdate {
+        status_message: Some("converting".into()),
+        ..TaskUpdate::default()
+    };
     let hb = s
-        .heartbeat("w1", &t.id, MINUTE, &TaskUpdate::default(), T0 + 40)
+        .heartbeat("w1", &t.id, MINUTE, &busy, T0 + 40)
         .unwrap()
         .unwrap();
     assert_eq!(hb.state, TaskState::Cancelling);
+    assert_eq!(hb.status_message.as_deref(), Some("user asked"));
     let end = TaskEnd {
         state: TaskState::Cancelled,
         status_message: "user asked".into(),

@@ -239,11 +239,23 @@ pub fn dispatch(svc: &Service, tenant: &str, req: Request, id: &str) -> Answer {
         }
         Request::DescribeConversionTasks(r) => {
             dry_run(r.dry_run)?;
-            let mut tasks = Vec::new();
-            for kind in [TaskKind::ImportVolume, TaskKind::ImportInstance] {
-                let page = list(svc, tenant, kind, &r.conversion_task_ids, &[], None, None)?;
-                tasks.extend(page.items);
+            if r.conversion_task_ids.len() > MAX_IDS {
+                return Err(Failure::invalid(format!("at most {MAX_IDS} task ids")));
             }
+            // Both kinds in one query: an ImportVolume id is not missing because it is not an
+            // ImportInstance task (the missing ones are reported below).
+            let mut tasks = svc
+                .store
+                .tasks(
+                    tenant,
+                    &TaskQuery {
+                        kinds: vec![TaskKind::ImportVolume, TaskKind::ImportInstance],
+                        ids: r.conversion_task_ids.clone(),
+                        max_results: None,
+                        next_token: None,
+                    },
+                )?
+                .items;
             tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
             if let Some(missing) = r
                 .conversion_task_ids
@@ -531,13 +543,15 @@ fn check_format(format: Option<&str>, allowed: &[&str]) -> Result<(), Failure> {
     }
 }
 
+/// S3's bucket naming rules, checked when the task is made (the object store refuses such a
+/// name later anyway, which would end the task with a ServerError).
 fn check_bucket(b: &str) -> Result<(), Failure> {
-    if b.is_empty() || b.len() > 63 || b.contains('/') || b.contains("..") {
-        return Err(Failure::invalid(format!(
-            "Value ({b:.64}) for parameter S3Bucket is invalid"
-        )));
-    }
-    Ok(())
+    stamp_aws::s3::check_bucket_name(b).map_err(|why| {
+        Failure::invalid(format!(
+            "Value ({:.64}) for parameter S3Bucket is invalid: {why:.200}",
+            b
+        ))
+    })
 }
 
 fn check_url(url: &str, name: &str) -> Result<(), Failure> {

@@ -96,7 +96,11 @@ impl Failure {
 
 impl From<crate::Error> for Failure {
     fn from(e: crate::Error) -> Self {
-        Failure::internal(e)
+        match e {
+            // The store refused what the caller sent (a next token not of ours): their error.
+            crate::Error::Invalid(m) => Failure::invalid(m),
+            e => Failure::internal(e),
+        }
     }
 }
 

@@ -158,7 +158,7 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<Option<Task>>;
 
     /// Renews `owner`'s lease on `id` and applies `update` (fields left `None` keep their
-    /// values). Returns the task (its state tells a worker whether it is being cancelled), or
+    /// values; a cancelling task keeps its status message, the cancel's reason). Returns the task (its state tells a worker whether it is being cancelled), or
     /// `None` if the lease was lost: another process took the task over, or it ended. A lease
     /// that lapsed but that no one took over yet is renewed. Owners must be unique per process
     /// run (a restarted process takes a new one).

@@ -444,7 +444,8 @@ impl TaskStore for PgStore {
         let expires = common::expiry(now, lease);
         let sql = format!(
             "UPDATE tasks SET lease_expires = $3, updated_at = $4,
-                status_message = COALESCE($5, status_message),
+                status_message = CASE WHEN state = 'cancelling' THEN status_message
+                    ELSE COALESCE($5, status_message) END,
                 progress = COALESCE($6, progress),
                 bytes_converted = COALESCE($7, bytes_converted),
                 checkpoint = COALESCE($8, checkpoint)

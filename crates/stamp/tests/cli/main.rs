@@ -6,6 +6,8 @@
 #[path = "../../../stamp-aws/tests/support/mod.rs"]
 mod aws_support;
 mod common;
+#[path = "../../../stamp-serve/tests/support/pg.rs"]
+mod pg_support;
 #[path = "../../../stamp-oci/tests/support/mod.rs"]
 mod support;
 
@@ -20,4 +22,5 @@ mod fixtures;
 mod mkfs;
 mod oci;
 mod qemu;
+mod serve;
 mod usage;
