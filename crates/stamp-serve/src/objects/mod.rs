@@ -582,6 +582,9 @@ pub(crate) fn download_into(
         .http_status_as_error(false)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
         .timeout_recv_response(Some(std::time::Duration::from_secs(120)))
+        // ureq has no per-read idle timeout: a whole-body budget keeps a source that stalls
+        // from holding a worker forever (6 h: a 1 TiB source at 50 MiB/s).
+        .timeout_recv_body(Some(std::time::Duration::from_secs(6 * 3600)))
         .build()
         .into();
     let mut resp = agent.get(url).call().map_err(|e| Error::Object {
