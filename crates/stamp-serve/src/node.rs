@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub credentials: PathBuf,
     /// Concurrent conversions.
     pub workers: usize,
+    /// CPU threads per conversion (0: all cores).
+    pub threads: usize,
     /// Scratch directory.
     pub scratch: PathBuf,
     /// Scratch quota in bytes.
@@ -140,6 +142,7 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
                 },
                 ..Limits::default()
             },
+            threads: cfg.threads,
         },
     );
     let p = pool.clone();

@@ -46,6 +46,8 @@ pub struct PoolConfig {
     pub scratch_dir: PathBuf,
     /// Size and URL limits.
     pub limits: Limits,
+    /// CPU threads one conversion may use for compression and decompression (0: all cores).
+    pub threads: usize,
 }
 
 /// What the pool shares between its threads (and with `/metrics`).
@@ -209,7 +211,13 @@ impl Pool {
                 cancel: &cancel,
                 limits: self.config.limits,
             };
-            let r = self.perform(&env, &task);
+            let r = match self.config.threads {
+                0 => self.perform(&env, &task),
+                n => match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
+                    Ok(p) => p.install(|| self.perform(&env, &task)),
+                    Err(e) => Err(Error::Config(format!("cannot start {n} threads: {e}"))),
+                },
+            };
             done.store(true, Ordering::SeqCst);
             // What the worker said last goes out with the end.
             if let Ok(u) = latest.lock()
@@ -364,6 +372,7 @@ impl Pool {
                     description: d.description.or(r.description),
                 };
                 let out = worker::import_snapshot(env, &t, &input, checkpoint)?;
+                self.still_wanted(task)?;
                 self.put_snapshots(&out.snapshots)?;
                 let mut result = out.result;
                 let first = result
@@ -398,6 +407,7 @@ impl Pool {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let out = worker::import_image(env, &t, &inputs, checkpoint)?;
+                self.still_wanted(task)?;
                 self.put_snapshots(&out.snapshots)?;
                 let v = out.validation.as_ref();
                 // The same task always makes the same image id: a resumed task replaces it.
@@ -435,6 +445,7 @@ impl Pool {
             TaskKind::ImportVolume => {
                 let r: ImportVolumeRequest = request_of(task);
                 let out = worker::import_volume(env, &t, &r.image.import_manifest_url, checkpoint)?;
+                self.still_wanted(task)?;
                 self.put_snapshots(&out.snapshots)?;
                 let bytes = bytes_of(&out.result);
                 let volumes: Vec<Value> = out
@@ -507,6 +518,7 @@ impl Pool {
                     format: ExportFormat::parse(&r.disk_image_format)?,
                 };
                 let out = worker::export(env, &t, &snapshot, &target)?;
+                self.keep_export(task, &target, &out.result)?;
                 Ok((out.result, snapshot.size))
             }
             TaskKind::ExportInstance => {
@@ -519,6 +531,7 @@ impl Pool {
                     format: ExportFormat::parse(s3.disk_image_format.as_deref().unwrap_or("VMDK"))?,
                 };
                 let out = worker::export(env, &t, &snapshot, &target)?;
+                self.keep_export(task, &target, &out.result)?;
                 Ok((out.result, snapshot.size))
             }
         }
@@ -552,6 +565,27 @@ impl Pool {
                 "ClientError: the disk {snapshot_id} of {instance} is gone"
             ))
         })
+    }
+
+    /// Fails with [`Error::Cancelled`] if a cancel was asked while the work ran (checked just
+    /// before its results are recorded; the caller then removes what the checkpoint holds).
+    fn still_wanted(&self, task: &Task) -> Result<()> {
+        match self.store.task(&task.tenant, &task.id)? {
+            Some(t) if t.state == TaskState::Active => Ok(()),
+            _ => Err(Error::Cancelled),
+        }
+    }
+
+    /// [`Pool::still_wanted`] for an export: a cancelled one removes the object it wrote.
+    fn keep_export(&self, task: &Task, target: &ExportTarget, result: &Value) -> Result<()> {
+        let cancelled = self.still_wanted(task);
+        if cancelled.is_err()
+            && let Some(key) = result.get("s3_key").and_then(Value::as_str)
+            && let Err(e) = self.objects.delete(&target.bucket, key)
+        {
+            tracing::warn!("cannot remove the export of a cancelled task: {e}");
+        }
+        cancelled
     }
 
     fn put_snapshots(&self, snapshots: &[crate::task::SnapshotRecord]) -> Result<()> {

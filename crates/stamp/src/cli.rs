@@ -695,6 +695,9 @@ pub struct ServeArgs {
     /// Concurrent conversions in this process.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// CPU threads one conversion uses for (de)compression (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Scratch directory (downloads, conversions on their way to S3).
     #[arg(long, value_name = "DIR")]
     pub scratch: Option<PathBuf>,
