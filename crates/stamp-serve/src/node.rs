@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub workers: usize,
     /// CPU threads per conversion (0: all cores).
     pub threads: usize,
+    /// The stamp image store `stamp://NAME` sources come from.
+    pub store: Option<PathBuf>,
     /// Scratch directory.
     pub scratch: PathBuf,
     /// Scratch quota in bytes.
@@ -143,6 +145,7 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
                 ..Limits::default()
             },
             threads: cfg.threads,
+            store: cfg.store.clone(),
         },
     );
     let p = pool.clone();

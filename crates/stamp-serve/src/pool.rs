@@ -48,6 +48,8 @@ pub struct PoolConfig {
     pub limits: Limits,
     /// CPU threads one conversion may use for compression and decompression (0: all cores).
     pub threads: usize,
+    /// The stamp image store whose disk images `Url = stamp://NAME` imports (none: refused).
+    pub store: Option<PathBuf>,
 }
 
 /// What the pool shares between its threads (and with `/metrics`).
@@ -362,11 +364,14 @@ impl Pool {
                 let r: ImportSnapshotRequest = request_of(task);
                 let d = r.disk_container.unwrap_or_default();
                 let bucket = d.user_bucket.as_ref();
+                let mut held = Vec::new();
                 let input = DiskInput {
-                    source: DiskSource::from_request(
+                    source: self.source(
+                        env,
                         d.url.as_deref(),
                         bucket.and_then(|b| b.s3_bucket.as_deref()),
                         bucket.and_then(|b| b.s3_key.as_deref()),
+                        &mut held,
                     )?,
                     format: d.format,
                     description: d.description.or(r.description),
@@ -390,16 +395,19 @@ impl Pool {
             }
             TaskKind::ImportImage => {
                 let r: ImportImageRequest = request_of(task);
+                let mut held = Vec::new();
                 let inputs = r
                     .disk_containers
                     .iter()
                     .map(|d| {
                         let b = d.user_bucket.as_ref();
                         Ok(DiskInput {
-                            source: DiskSource::from_request(
+                            source: self.source(
+                                env,
                                 d.url.as_deref(),
                                 b.and_then(|b| b.s3_bucket.as_deref()),
                                 b.and_then(|b| b.s3_key.as_deref()),
+                                &mut held,
                             )?,
                             format: d.format.clone(),
                             description: d.description.clone(),
@@ -537,6 +545,59 @@ impl Pool {
         }
     }
 
+    /// The source a disk container names. `stamp://NAME` is a disk image in the stamp store: its
+    /// file is put back together in the scratch directory (within the quota) and read from
+    /// there; the file and its reservation are kept in `held` until the conversion ends.
+    fn source(
+        &self,
+        env: &Env<'_>,
+        url: Option<&str>,
+        bucket: Option<&str>,
+        key: Option<&str>,
+        held: &mut Vec<StoreDisk>,
+    ) -> Result<DiskSource> {
+        let Some(name) = url.and_then(|u| u.strip_prefix("stamp://")) else {
+            return DiskSource::from_request(url, bucket, key);
+        };
+        let Some(root) = &self.config.store else {
+            return Err(Error::Invalid(
+                "ClientError: this service imports no stamp:// images (it was started without a store)".into(),
+            ));
+        };
+        let store = stamp_oci::Store::open(root)
+            .map_err(|e| Error::Config(format!("the stamp store {}: {e}", root.display())))?;
+        let missing = |e: String| Error::Invalid(format!("ClientError: stamp://{name}: {e}"));
+        let desc = store.resolve(name).map_err(|e| missing(e.to_string()))?;
+        let image = store
+            .image(&desc, None)
+            .map_err(|e| missing(e.to_string()))?;
+        if image.kind != stamp_oci::ImageKind::Disk {
+            return Err(missing("a container image, not a disk image".into()));
+        }
+        let (config, layers) =
+            stamp_oci::disk::artifact::parts(&image).map_err(|e| missing(e.to_string()))?;
+        let reservation = env
+            .scratch
+            .reserve(config.file_size, &|| env.cancel.load(Ordering::Relaxed))?;
+        let path = self.config.scratch_dir.join(format!(
+            ".store-{:08x}-{}",
+            rand::random::<u32>(),
+            config.file_name.replace('/', "_")
+        ));
+        let disk = StoreDisk {
+            path: path.clone(),
+            _reservation: reservation,
+        };
+        let mut file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+        stamp_oci::disk::artifact::write_disk(&store, &config, &layers, &mut file, &|_| {})
+            .map_err(|e| Error::Object {
+                location: format!("stamp://{name}"),
+                detail: e.to_string(),
+            })?;
+        held.push(disk);
+        Ok(DiskSource::File(path))
+    }
+
     /// The root disk of an instance ImportInstance made (`i-…`).
     fn instance_root(&self, tenant: &str, instance: &str) -> Result<crate::task::SnapshotRecord> {
         let q = crate::db::TaskQuery {
@@ -593,6 +654,19 @@ impl Pool {
             self.store.put_snapshot(s)?;
         }
         Ok(())
+    }
+}
+
+/// A store image's disk file in the scratch directory, removed (and its scratch released) when
+/// dropped.
+struct StoreDisk {
+    path: PathBuf,
+    _reservation: crate::worker::scratch::Reservation,
+}
+
+impl Drop for StoreDisk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -713,6 +713,8 @@ pub struct ServeArgs {
     /// Let URL sources and manifest parts name private or loopback addresses.
     #[arg(long)]
     pub allow_private_urls: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// TLS certificate (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -569,6 +569,7 @@ fn check_source(url: Option<&str>, bucket: Option<&ec2::UserBucket>) -> Result<(
         (Some(_), Some(_)) => Err(Failure::invalid(
             "give either DiskContainer.Url or DiskContainer.UserBucket, not both",
         )),
+        (Some(u), None) if u.starts_with("stamp://") && u.len() > 8 && u.len() <= 512 => Ok(()),
         (Some(u), None) => check_url(u, "DiskContainer.Url"),
         (None, Some(b)) => {
             check_bucket(b.s3_bucket.as_deref().unwrap_or(""))?;

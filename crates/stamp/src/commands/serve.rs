@@ -91,6 +91,10 @@ pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
         credentials,
         workers: a.workers.or(f.workers).unwrap_or(2).max(1),
         threads: a.threads.or(f.threads).unwrap_or(0),
+        store: Some(match a.store.store.clone() {
+            Some(s) => s,
+            None => stamp_oci::Store::default_root(),
+        }),
         scratch,
         scratch_quota,
         lease: Duration::from_secs(a.lease.or(f.lease).unwrap_or(30).max(1)),
