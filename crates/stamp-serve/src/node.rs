@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub threads: usize,
     /// The stamp image store `stamp://NAME` sources come from.
     pub store: Option<PathBuf>,
+    /// API requests per second per tenant (0: no limit).
+    pub rate_limit: f64,
     /// Scratch directory.
     pub scratch: PathBuf,
     /// Scratch quota in bytes.
@@ -149,7 +151,11 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
         },
     );
     let p = pool.clone();
-    let service = Arc::new(Service::new(store.clone(), keys).on_change(move || p.notify()));
+    let service = Arc::new(
+        Service::new(store.clone(), keys)
+            .on_change(move || p.notify())
+            .rate_limit(cfg.rate_limit),
+    );
     let listener = std::net::TcpListener::bind(cfg.listen)
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let addr = listener

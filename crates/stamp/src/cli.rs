@@ -713,6 +713,10 @@ pub struct ServeArgs {
     /// Let URL sources and manifest parts name private or loopback addresses.
     #[arg(long)]
     pub allow_private_urls: bool,
+    /// API requests per second each tenant may make (bursts of twice that); beyond it,
+    /// RequestLimitExceeded. 0: no limit.
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<f64>,
     #[command(flatten)]
     pub store: StoreArgs,
     /// TLS certificate (PEM).

@@ -51,6 +51,10 @@ pub struct Service {
     keys: Keys,
     /// Called after a task is created or cancelled (wakes idle workers).
     notify: Box<dyn Fn() + Send + Sync>,
+    /// Requests per second each tenant may make (with a burst of twice that); `None`: no limit.
+    rate: Option<f64>,
+    /// Per tenant: tokens left and when they were counted.
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
 
 /// A handler's failure: AWS's error code and message, and the HTTP status.
@@ -131,6 +135,34 @@ impl Service {
             store,
             keys,
             notify: Box::new(|| {}),
+            rate: None,
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Limits each tenant to `per_second` requests a second (bursts of twice that); beyond it
+    /// requests get `RequestLimitExceeded`, as EC2 throttles.
+    pub fn rate_limit(mut self, per_second: f64) -> Service {
+        self.rate = (per_second > 0.0).then_some(per_second);
+        self
+    }
+
+    /// Takes one token from `tenant`'s bucket; false if it is empty.
+    fn admit(&self, tenant: &str) -> bool {
+        let Some(rate) = self.rate else { return true };
+        let burst = (2.0 * rate).max(1.0);
+        let now = std::time::Instant::now();
+        let Ok(mut b) = self.buckets.lock() else {
+            return true;
+        };
+        let (tokens, last) = b.entry(tenant.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -195,6 +227,12 @@ impl Service {
             .get(&caller.access_key_id)
             .map(|k| k.tenant.clone())
             .unwrap_or_default();
+        if !self.admit(&tenant) {
+            return Err(Failure {
+                status: 503,
+                error: ApiError::new("RequestLimitExceeded", "Request limit exceeded."),
+            });
+        }
         let mut params = ec2::form_decode(&req.query)?;
         if req.method.eq_ignore_ascii_case("POST") {
             let body = std::str::from_utf8(&req.body)
@@ -204,5 +242,28 @@ impl Service {
         let request = Request::decode(&params)?;
         let _span = tracing::info_span!("request", request_id = id, tenant = %tenant, action = request.action()).entered();
         actions::dispatch(self, &tenant, request, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_over_their_rate_are_refused_and_others_are_not() {
+        let store = crate::db::SqliteStore::open_in_memory().unwrap();
+        let keys = Keys::parse("A s alice\nB s bob\n", "k").unwrap();
+        let svc = Service::new(Arc::new(store), keys).rate_limit(5.0);
+        // A burst of twice the rate passes, then the bucket is empty.
+        let passed = (0..20).filter(|_| svc.admit("alice")).count();
+        assert_eq!(passed, 10);
+        assert!(svc.admit("bob"));
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        assert!(svc.admit("alice"), "tokens come back at the rate");
+        let unlimited = Service::new(
+            Arc::new(crate::db::SqliteStore::open_in_memory().unwrap()),
+            Keys::parse("A s alice\n", "k").unwrap(),
+        );
+        assert!((0..1000).all(|_| unlimited.admit("alice")));
     }
 }

@@ -26,6 +26,7 @@ struct FileConfig {
     lease: Option<u64>,
     retention_days: Option<u64>,
     allow_private_urls: Option<bool>,
+    rate_limit: Option<f64>,
     endpoint_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -91,6 +92,7 @@ pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
         credentials,
         workers: a.workers.or(f.workers).unwrap_or(2).max(1),
         threads: a.threads.or(f.threads).unwrap_or(0),
+        rate_limit: a.rate_limit.or(f.rate_limit).unwrap_or(0.0),
         store: Some(match a.store.store.clone() {
             Some(s) => s,
             None => stamp_oci::Store::default_root(),
