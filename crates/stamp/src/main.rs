@@ -12,7 +12,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    output::init_logging(cli.verbose);
+    output::init_logging(cli.verbose, matches!(cli.command, cli::Command::Serve(_)));
     let cancel = progress::install_ctrlc();
     let error_code = cli.command.error_exit_code();
     match commands::run(cli.command, &cancel) {

@@ -7,9 +7,10 @@ use stamp_oci::Error as OciError;
 /// Exit code for an interrupted run (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// Starts tracing to stderr at a level set by `-v` (or `RUST_LOG`).
-pub fn init_logging(verbose: u8) {
-    let level = match verbose {
+/// Starts tracing to stderr at a level set by `-v` (or `RUST_LOG`). A long-running service
+/// (`service`) logs from `info` up, with timestamps.
+pub fn init_logging(verbose: u8, service: bool) {
+    let level = match verbose + u8::from(service) {
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -17,12 +18,15 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if service {
+        log.init();
+    } else {
+        log.without_time().init();
+    }
 }
 
 /// Prints `err` and its causes to stderr, with a hint where there is something to do about it.
