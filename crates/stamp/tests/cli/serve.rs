@@ -25,23 +25,32 @@ import boto3, botocore, json, os, subprocess, sys, time, urllib.request
 from botocore.config import Config
 A = json.loads(sys.argv[1])
 KEYS = {1: ("AKIDTENANTONE0000001", "secret-one"), 2: ("AKIDTENANTTWO0000002", "secret-two")}
-def client(ep, tenant=1, secret=None):
+def client(ep, tenant=1, secret=None, verify=None):
+    # verify: the CA bundle of an https endpoint.
     k, s = KEYS[tenant]
     return boto3.client("ec2", endpoint_url=ep, region_name="us-east-1",
-        aws_access_key_id=k, aws_secret_access_key=secret or s,
+        aws_access_key_id=k, aws_secret_access_key=secret or s, verify=verify,
         config=Config(retries={"max_attempts": 1}))
+def s3(ep):
+    # An S3 client of moto (any keys).
+    return boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing")
 def code(f, *a, **kw):
     try:
         f(*a, **kw)
     except botocore.exceptions.ClientError as e:
         return e.response["Error"]["Code"]
     raise AssertionError("no error from %s %s" % (f, kw))
-def aws(ep, *args, tenant=1):
+def aws(ep, *args, tenant=1, ca=None):
+    # ca: the CA bundle of an https endpoint (AWS_CA_BUNDLE).
     k, s = KEYS[tenant]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=k, AWS_SECRET_ACCESS_KEY=s,
                AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1")
-    for v in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    for v in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+              "AWS_CA_BUNDLE"):
         env.pop(v, None)
+    if ca:
+        env["AWS_CA_BUNDLE"] = ca
     r = subprocess.run(["aws", "--endpoint-url", ep, "--output", "json", "ec2", *args],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, ("aws", args, r.stdout[-2000:], r.stderr[-2000:])
@@ -153,6 +162,11 @@ impl Rig {
     }
     /// Starts `stamp serve` on a free port with `db`, the rig's objects and scratch, `extra`.
     fn serve(&self, db: &str, extra: &[&str]) -> Serve {
+        self.serve_with(db, s(&self.objects()), extra, &[])
+    }
+    /// [`Rig::serve`] with `--objects objects` and `env` set (and the AWS profile variables
+    /// removed) in its environment.
+    fn serve_with(&self, db: &str, objects: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -166,7 +180,7 @@ impl Rig {
                 "--db",
                 db,
                 "--objects",
-                s(&self.objects()),
+                objects,
                 "--credentials",
                 s(&self.path("creds")),
                 "--scratch",
@@ -174,6 +188,11 @@ impl Rig {
                 "--allow-private-urls",
             ])
             .args(extra)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_CONFIG_FILE")
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -1189,4 +1208,83 @@ fn serve_keeps_url_downloads_within_the_scratch_quota() {
         "{:?}",
         walk(&rig.path("scratch"))
     );
+}
+
+/// Over TLS: boto3 (verify=CERT) and the AWS CLI (AWS_CA_BUNDLE) run an import to completion
+/// while idle connections that never start their handshake are held open; an unverified
+/// client is refused; plain HTTP to the TLS port fails and the service keeps serving.
+const TLS: &str = r#"
+import socket, ssl
+ep = A["ep"]; ca = A["cert"]
+host, port = ep[len("https://"):].rsplit(":", 1)
+# Connections that never send a byte: a slow or hostile client must not hold up the others.
+# (Handshakes one after another would keep a request waiting for 16 x the server's handshake
+# timeout, far beyond the 30 s bound below.)
+idle = [socket.create_connection((host, int(port))) for _ in range(16)]
+ctx = ssl.create_default_context(cafile=ca)
+assert urllib.request.urlopen(ep + "/healthz", context=ctx, timeout=30).status == 200
+c = client(ep, verify=ca)
+t = c.import_snapshot(DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "completed", d
+cli = aws(ep, "describe-import-snapshot-tasks", "--import-task-ids", t, ca=ca)["ImportSnapshotTasks"][0]
+assert cli["SnapshotTaskDetail"]["Status"] == "completed", cli
+assert cli["SnapshotTaskDetail"]["SnapshotId"] == d["SnapshotId"], cli
+t2 = aws(ep, "import-snapshot", "--disk-container", json.dumps(src("src", "ws.vmdk", "VMDK")), ca=ca)["ImportTaskId"]
+d2 = wait_snap(c, t2)["SnapshotTaskDetail"]
+assert d2["Status"] == "completed", d2
+# Without the certificate as a CA the client refuses the service.
+try:
+    client(ep).describe_import_snapshot_tasks()
+    raise AssertionError("an unverifiable certificate was accepted")
+except botocore.exceptions.SSLError:
+    pass
+# Plain HTTP to the TLS port: no answer of the service's.
+plain = "http://%s:%s" % (host, port)
+failures = []
+try:
+    urllib.request.urlopen(plain + "/healthz", timeout=60)
+except Exception as e:
+    failures.append(repr(e))
+try:
+    client(plain).describe_import_snapshot_tasks()
+except Exception as e:
+    failures.append(repr(e))
+assert len(failures) == 2, failures
+assert not any("ImportSnapshotTasks" in f for f in failures), failures
+# Still serving, over TLS.
+assert urllib.request.urlopen(ep + "/healthz", context=ctx, timeout=60).status == 200
+listed = {x["ImportTaskId"] for x in c.describe_import_snapshot_tasks()["ImportSnapshotTasks"]}
+assert listed == {t, t2}, listed
+for s_ in idle:
+    s_.close()
+done({"snapshots": [d["SnapshotId"], d2["SnapshotId"]], "plain": failures})
+"#;
+
+#[test]
+fn serve_speaks_tls_to_boto3_and_the_aws_cli() {
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
+    rig.put("ws.vmdk", &vmdk);
+    let (cert, key) = (rig.path("cert.pem"), rig.path("key.pem"));
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+         -addext subjectAltName=IP:127.0.0.1 -keyout '{}' -out '{}' 2>/dev/null",
+        s(&key),
+        s(&cert)
+    ));
+    let serve = rig.serve(
+        &rig.sqlite(),
+        &["--lease", "5", "--tls-cert", s(&cert), "--tls-key", s(&key)],
+    );
+    assert!(serve.url.starts_with("https://127.0.0.1:"), "{}", serve.url);
+    let out = py(TLS, &serde_json::json!({"ep": serve.url, "cert": s(&cert)}));
+    eprintln!("plain HTTP to the TLS port: {}", out["plain"]);
+    for id in out["snapshots"].as_array().unwrap() {
+        same(&vmdk, &rig.snapshot(id.as_str().unwrap()));
+    }
+    let mut serve = serve;
+    assert!(serve.child.try_wait().unwrap().is_none());
 }
