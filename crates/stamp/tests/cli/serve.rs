@@ -1288,3 +1288,113 @@ fn serve_speaks_tls_to_boto3_and_the_aws_cli() {
     let mut serve = serve;
     assert!(serve.child.try_wait().unwrap().is_none());
 }
+
+/// Makes the buckets of the S3 scenario in moto and uploads the sources.
+const S3_SETUP: &str = r#"
+m = s3(A["moto"])
+for b in ("stamp-serve", A["src"], A["out"]):
+    m.create_bucket(Bucket=b)
+for key, path in A["upload"].items():
+    m.upload_file(path, A["src"], key)
+done({})
+"#;
+
+/// With the objects in S3 (moto): imports read from a moto bucket, the service's snapshots
+/// are kept under `s3://stamp-serve/store/`, an export lands in a moto bucket; a missing
+/// source ends its task deleted.
+const S3_OBJECTS: &str = r#"
+ep = A["ep"]; m = s3(A["moto"]); c = client(ep)
+def keys(bucket, prefix):
+    return sorted(o["Key"] for p in m.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                  for o in p.get("Contents", []))
+t = c.import_snapshot(DiskContainer=src(A["src"], "ws.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "completed", d
+snap = d["SnapshotId"]
+stored = keys("stamp-serve", "store/")
+assert len(stored) == 1 and snap in stored[0] and stored[0].endswith(".qcow2"), (snap, stored)
+m.download_file("stamp-serve", stored[0], A["snapshot"])
+
+ti = c.import_image(DiskContainers=[src(A["src"], "boot.vmdk", "VMDK")])["ImportTaskId"]
+img = wait_image(c, ti)
+assert img["Status"] == "completed", img
+assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
+e = c.export_image(ImageId=img["ImageId"], DiskImageFormat="VMDK",
+                   S3ExportLocation={"S3Bucket": A["out"], "S3Prefix": "exports/"})["ExportImageTaskId"]
+x = wait_export_image(c, e)
+assert x["Status"] == "completed", x
+exported = keys(A["out"], "")
+assert len(exported) == 1 and exported[0].startswith("exports/") and e in exported[0], (e, exported)
+assert x["S3ExportLocation"]["S3Bucket"] == A["out"], x
+m.download_file(A["out"], exported[0], A["export"])
+
+# A source key that is not there: deleted with a ClientError, nothing stored.
+t = c.import_snapshot(DiskContainer=src(A["src"], "no-such-key.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "deleted" and d.get("StatusMessage", "").startswith("ClientError"), d
+assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
+# The tenant's buckets hold only what it put there and the export.
+assert keys(A["src"], "") == ["boot.vmdk", "ws.vmdk"], keys(A["src"], "")
+done({"missing": d["StatusMessage"], "stored": stored, "exported": exported})
+"#;
+
+/// `stamp serve --objects s3://stamp-serve/store --endpoint-url MOTO`: sources, snapshots and
+/// exports all in moto's S3; what is stored and exported is the sources' content.
+#[test]
+fn serve_keeps_its_objects_in_s3() {
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
+    let boot = boot_vmdk(&made);
+    let moto = &crate::aws_support::moto().url;
+    let (src_bucket, out_bucket) = ("serve-src", "serve-out");
+    py(
+        S3_SETUP,
+        &serde_json::json!({
+            "moto": moto,
+            "src": src_bucket,
+            "out": out_bucket,
+            "upload": {"ws.vmdk": s(&vmdk), "boot.vmdk": s(&boot)},
+        }),
+    );
+    let serve = rig.serve_with(
+        &rig.sqlite(),
+        "s3://stamp-serve/store",
+        &["--lease", "5", "--endpoint-url", moto],
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    assert_ne!(&serve.url, moto);
+    let (snapshot, export) = (rig.path("snapshot.qcow2"), rig.path("export.vmdk"));
+    let out = py(
+        S3_OBJECTS,
+        &serde_json::json!({
+            "ep": serve.url,
+            "moto": moto,
+            "src": src_bucket,
+            "out": out_bucket,
+            "snapshot": s(&snapshot),
+            "export": s(&export),
+        }),
+    );
+    eprintln!("{out}");
+    same(&vmdk, &snapshot);
+    qemu_ok(&["check", s(&export)]);
+    same(&boot, &export);
+    // Nothing of the service's in the local objects directory (it was not given), and the
+    // downloads of the S3 sources are gone from scratch.
+    assert!(
+        walk(&rig.objects()).is_empty(),
+        "{:?}",
+        walk(&rig.objects())
+    );
+    assert!(
+        walk(&rig.path("scratch")).is_empty(),
+        "{:?}",
+        walk(&rig.path("scratch"))
+    );
+}
