@@ -1398,3 +1398,69 @@ fn serve_keeps_its_objects_in_s3() {
         walk(&rig.path("scratch"))
     );
 }
+
+/// ImportImage of the stamp-built Debian disk (AWS CLI), then ExportImage to VHD and OVA.
+const DEBIAN: &str = r#"
+ep = A["ep"]; c = client(ep)
+t = aws(ep, "import-image", "--description", "debian",
+        "--disk-containers", json.dumps([src("src", "debian.vmdk", "VMDK")]))["ImportTaskId"]
+img = wait_image(c, t)
+assert img["Status"] == "completed", img
+assert img.get("BootMode") == "uefi", img
+assert img.get("Platform") == "Linux", img
+assert img.get("Architecture") == "x86_64", img
+ami = img["ImageId"]
+described = c.describe_images(ImageIds=[ami])["Images"][0]
+assert described["Architecture"] == "x86_64", described
+loc = {"S3Bucket": "exports", "S3Prefix": "debian/"}
+exports = {f: c.export_image(ImageId=ami, DiskImageFormat=f, S3ExportLocation=loc)["ExportImageTaskId"]
+           for f in ("VHD", "OVA")}
+for f, e in exports.items():
+    x = wait_export_image(c, e)
+    assert x["Status"] == "completed", (f, x)
+done({"task": img, "snapshot": img["SnapshotDetails"][0]["SnapshotId"], "exports": exports})
+"#;
+
+/// A Debian disk made by `stamp build` (UEFI, systemd-boot) imported as an image: detected as
+/// a UEFI x86_64 Linux image, stored unchanged; its VHD and OVA exports hold the same disk.
+#[test]
+fn serve_imports_and_exports_a_stamp_built_debian_disk() {
+    let Some(tar) = crate::common::debian_tar() else {
+        eprintln!("skipped: no Debian rootfs tar (set STAMP_DEBIAN_TAR)");
+        return;
+    };
+    let rig = Rig::new();
+    let disk = rig.path("objects/src/debian.vmdk");
+    let r = stamp(&[
+        "build",
+        "--store",
+        s(&rig.path("store")),
+        &format!("rootfs:{}", s(&tar)),
+        "-o",
+        s(&disk),
+    ]);
+    assert_eq!(r.code, 0, "stamp build: {}{}", r.stdout, r.stderr);
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "5"]);
+    let out = py(DEBIAN, &serde_json::json!({"ep": serve.url}));
+    eprintln!("{}", out["task"]);
+    let size = std::fs::metadata(&disk).unwrap().len();
+    assert_eq!(
+        out["task"]["SnapshotDetails"][0]["DiskImageSize"].as_f64(),
+        Some(size as f64),
+        "{}",
+        out["task"]
+    );
+    same(&disk, &rig.snapshot(str_of(&out, "snapshot")));
+    let exports = rig.objects().join("exports/debian");
+    let vhd = output_of(&exports, str_of(&out["exports"], "VHD"));
+    let info = qemu_ok(&["info", "--output=json", s(&vhd)]);
+    assert!(info.contains("\"vpc\""), "{info}");
+    same(&disk, &vhd);
+    let ova = output_of(&exports, str_of(&out["exports"], "OVA"));
+    let unpacked = rig.path("ova");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    sh(&format!("tar -xf '{}' -C '{}'", s(&ova), s(&unpacked)));
+    let vmdk = output_of(&unpacked, ".vmdk");
+    qemu_ok(&["check", s(&vmdk)]);
+    same(&disk, &vmdk);
+}
