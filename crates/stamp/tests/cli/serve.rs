@@ -1328,6 +1328,22 @@ assert len(exported) == 1 and exported[0].startswith("exports/") and e in export
 assert x["S3ExportLocation"]["S3Bucket"] == A["out"], x
 m.download_file(A["out"], exported[0], A["export"])
 
+# The service's own storage is neither a source nor an export target for a tenant.
+def refused(submit, wait, status_key):
+    try:
+        tid = submit()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    d = wait(tid)
+    assert d[status_key] in ("deleted", "cancelled") and "own storage" in d.get("StatusMessage", ""), d
+    return d["StatusMessage"]
+own = refused(lambda: c.import_snapshot(DiskContainer=src("stamp-serve", stored[0], "VMDK"))["ImportTaskId"],
+              lambda t: wait_snap(c, t)["SnapshotTaskDetail"], "Status")
+own_export = refused(lambda: c.export_image(ImageId=img["ImageId"], DiskImageFormat="VMDK",
+                         S3ExportLocation={"S3Bucket": "stamp-serve", "S3Prefix": "store/snapshots/"})["ExportImageTaskId"],
+                     lambda t: wait_export_image(c, t), "Status")
+assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
+
 # A source key that is not there: deleted with a ClientError, nothing stored.
 t = c.import_snapshot(DiskContainer=src(A["src"], "no-such-key.vmdk", "VMDK"))["ImportTaskId"]
 d = wait_snap(c, t)["SnapshotTaskDetail"]
@@ -1335,7 +1351,7 @@ assert d["Status"] == "deleted" and d.get("StatusMessage", "").startswith("Clien
 assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
 # The tenant's buckets hold only what it put there and the export.
 assert keys(A["src"], "") == ["boot.vmdk", "ws.vmdk"], keys(A["src"], "")
-done({"missing": d["StatusMessage"], "stored": stored, "exported": exported})
+done({"missing": d["StatusMessage"], "stored": stored, "exported": exported, "own": [own, own_export]})
 "#;
 
 /// `stamp serve --objects s3://stamp-serve/store --endpoint-url MOTO`: sources, snapshots and
