@@ -238,3 +238,104 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    /// A self-signed certificate for 127.0.0.1 (openssl) in `dir`: (cert, key).
+    fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let st = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                // (webpki refuses a CA certificate as the server's own)
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        (cert, key)
+    }
+
+    /// Connections that never send their ClientHello do not hold up another client's
+    /// handshake: its stream is accepted while theirs are still pending (the old one-at-a-time
+    /// loop only got to it after timing each of them out and closing them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handshake_is_not_held_up_by_idle_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = certificate(dir.path());
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let mut listener = TlsListener::new(tcp, &cert, &key).unwrap();
+        assert_eq!(axum::serve::Listener::local_addr(&listener).unwrap(), addr);
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&cert).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let client = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(b"hello").await.unwrap();
+            tls.flush().await.unwrap();
+            tls
+        });
+        // Both sides at once (a listener may drive its handshakes from accept()); a failed
+        // client ends the test rather than leaving accept() waiting.
+        let accept = axum::serve::Listener::accept(&mut listener);
+        tokio::pin!(accept);
+        let mut client = client;
+        let mut tls = None;
+        let (mut io, _) = loop {
+            tokio::select! {
+                conn = &mut accept => break conn,
+                r = &mut client, if tls.is_none() => tls = Some(r.unwrap()),
+            }
+        };
+        let tls = match tls {
+            Some(t) => t,
+            None => client.await.unwrap(),
+        };
+        let mut got = [0u8; 5];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        // The idle connections are still open, waiting for their handshakes.
+        for s in &idle {
+            let mut buf = [0u8; 16];
+            match s.try_read(&mut buf) {
+                Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+                Ok(n) => panic!("an idle connection was answered or closed ({n} bytes)"),
+            }
+        }
+        drop(tls);
+    }
+}
