@@ -1,7 +1,8 @@
 //! Acceptance tests of `stamp serve`, the EC2-compatible VM Import/Export service: the real
 //! binary on a free loopback port, driven by boto3 and the AWS CLI; its stored snapshots and
 //! exports checked by qemu-img and `stamp compare`; kill -9 mid-conversion on SQLite and
-//! PostgreSQL; two processes on one PostgreSQL database; the scratch quota.
+//! PostgreSQL; two processes on one PostgreSQL database; the scratch quota; TLS; objects in S3
+//! (moto); a stamp-built Debian disk imported and exported.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
