@@ -1,7 +1,8 @@
 //! Acceptance tests of `stamp serve`, the EC2-compatible VM Import/Export service: the real
 //! binary on a free loopback port, driven by boto3 and the AWS CLI; its stored snapshots and
 //! exports checked by qemu-img and `stamp compare`; kill -9 mid-conversion on SQLite and
-//! PostgreSQL; two processes on one PostgreSQL database; the scratch quota.
+//! PostgreSQL; two processes on one PostgreSQL database; the scratch quota; TLS; objects in S3
+//! (moto); a stamp-built Debian disk imported and exported.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -25,23 +26,32 @@ import boto3, botocore, json, os, subprocess, sys, time, urllib.request
 from botocore.config import Config
 A = json.loads(sys.argv[1])
 KEYS = {1: ("AKIDTENANTONE0000001", "secret-one"), 2: ("AKIDTENANTTWO0000002", "secret-two")}
-def client(ep, tenant=1, secret=None):
+def client(ep, tenant=1, secret=None, verify=None):
+    # verify: the CA bundle of an https endpoint.
     k, s = KEYS[tenant]
     return boto3.client("ec2", endpoint_url=ep, region_name="us-east-1",
-        aws_access_key_id=k, aws_secret_access_key=secret or s,
+        aws_access_key_id=k, aws_secret_access_key=secret or s, verify=verify,
         config=Config(retries={"max_attempts": 1}))
+def s3(ep):
+    # An S3 client of moto (any keys).
+    return boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing")
 def code(f, *a, **kw):
     try:
         f(*a, **kw)
     except botocore.exceptions.ClientError as e:
         return e.response["Error"]["Code"]
     raise AssertionError("no error from %s %s" % (f, kw))
-def aws(ep, *args, tenant=1):
+def aws(ep, *args, tenant=1, ca=None):
+    # ca: the CA bundle of an https endpoint (AWS_CA_BUNDLE).
     k, s = KEYS[tenant]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=k, AWS_SECRET_ACCESS_KEY=s,
                AWS_DEFAULT_REGION="us-east-1", AWS_MAX_ATTEMPTS="1")
-    for v in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    for v in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+              "AWS_CA_BUNDLE"):
         env.pop(v, None)
+    if ca:
+        env["AWS_CA_BUNDLE"] = ca
     r = subprocess.run(["aws", "--endpoint-url", ep, "--output", "json", "ec2", *args],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, ("aws", args, r.stdout[-2000:], r.stderr[-2000:])
@@ -153,6 +163,11 @@ impl Rig {
     }
     /// Starts `stamp serve` on a free port with `db`, the rig's objects and scratch, `extra`.
     fn serve(&self, db: &str, extra: &[&str]) -> Serve {
+        self.serve_with(db, s(&self.objects()), extra, &[])
+    }
+    /// [`Rig::serve`] with `--objects objects` and `env` set (and the AWS profile variables
+    /// removed) in its environment.
+    fn serve_with(&self, db: &str, objects: &str, extra: &[&str], env: &[(&str, &str)]) -> Serve {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -166,7 +181,7 @@ impl Rig {
                 "--db",
                 db,
                 "--objects",
-                s(&self.objects()),
+                objects,
                 "--credentials",
                 s(&self.path("creds")),
                 "--scratch",
@@ -174,6 +189,11 @@ impl Rig {
                 "--allow-private-urls",
             ])
             .args(extra)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_CONFIG_FILE")
+            .env_remove("AWS_SHARED_CREDENTIALS_FILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -1189,4 +1209,278 @@ fn serve_keeps_url_downloads_within_the_scratch_quota() {
         "{:?}",
         walk(&rig.path("scratch"))
     );
+}
+
+/// Over TLS: boto3 (verify=CERT) and the AWS CLI (AWS_CA_BUNDLE) run an import to completion
+/// while idle connections that never start their handshake are held open; an unverified
+/// client is refused; plain HTTP to the TLS port fails and the service keeps serving.
+const TLS: &str = r#"
+import socket, ssl
+ep = A["ep"]; ca = A["cert"]
+host, port = ep[len("https://"):].rsplit(":", 1)
+# Connections that never send a byte: a slow or hostile client must not hold up the others.
+# (Handshakes one after another would keep a request waiting for 16 x the server's handshake
+# timeout, far beyond the 30 s bound below.)
+idle = [socket.create_connection((host, int(port))) for _ in range(16)]
+ctx = ssl.create_default_context(cafile=ca)
+assert urllib.request.urlopen(ep + "/healthz", context=ctx, timeout=30).status == 200
+c = client(ep, verify=ca)
+t = c.import_snapshot(DiskContainer=src("src", "ws.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "completed", d
+cli = aws(ep, "describe-import-snapshot-tasks", "--import-task-ids", t, ca=ca)["ImportSnapshotTasks"][0]
+assert cli["SnapshotTaskDetail"]["Status"] == "completed", cli
+assert cli["SnapshotTaskDetail"]["SnapshotId"] == d["SnapshotId"], cli
+t2 = aws(ep, "import-snapshot", "--disk-container", json.dumps(src("src", "ws.vmdk", "VMDK")), ca=ca)["ImportTaskId"]
+d2 = wait_snap(c, t2)["SnapshotTaskDetail"]
+assert d2["Status"] == "completed", d2
+# Without the certificate as a CA the client refuses the service.
+try:
+    client(ep).describe_import_snapshot_tasks()
+    raise AssertionError("an unverifiable certificate was accepted")
+except botocore.exceptions.SSLError:
+    pass
+# Plain HTTP to the TLS port: no answer of the service's.
+plain = "http://%s:%s" % (host, port)
+failures = []
+try:
+    urllib.request.urlopen(plain + "/healthz", timeout=60)
+except Exception as e:
+    failures.append(repr(e))
+try:
+    client(plain).describe_import_snapshot_tasks()
+except Exception as e:
+    failures.append(repr(e))
+assert len(failures) == 2, failures
+assert not any("ImportSnapshotTasks" in f for f in failures), failures
+# Still serving, over TLS.
+assert urllib.request.urlopen(ep + "/healthz", context=ctx, timeout=60).status == 200
+listed = {x["ImportTaskId"] for x in c.describe_import_snapshot_tasks()["ImportSnapshotTasks"]}
+assert listed == {t, t2}, listed
+for s_ in idle:
+    s_.close()
+done({"snapshots": [d["SnapshotId"], d2["SnapshotId"]], "plain": failures})
+"#;
+
+#[test]
+fn serve_speaks_tls_to_boto3_and_the_aws_cli() {
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
+    rig.put("ws.vmdk", &vmdk);
+    let (cert, key) = (rig.path("cert.pem"), rig.path("key.pem"));
+    sh(&format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+         -addext subjectAltName=IP:127.0.0.1 -keyout '{}' -out '{}' 2>/dev/null",
+        s(&key),
+        s(&cert)
+    ));
+    let serve = rig.serve(
+        &rig.sqlite(),
+        &["--lease", "5", "--tls-cert", s(&cert), "--tls-key", s(&key)],
+    );
+    assert!(serve.url.starts_with("https://127.0.0.1:"), "{}", serve.url);
+    let out = py(TLS, &serde_json::json!({"ep": serve.url, "cert": s(&cert)}));
+    eprintln!("plain HTTP to the TLS port: {}", out["plain"]);
+    for id in out["snapshots"].as_array().unwrap() {
+        same(&vmdk, &rig.snapshot(id.as_str().unwrap()));
+    }
+    let mut serve = serve;
+    assert!(serve.child.try_wait().unwrap().is_none());
+}
+
+/// Makes the buckets of the S3 scenario in moto and uploads the sources.
+const S3_SETUP: &str = r#"
+m = s3(A["moto"])
+for b in ("stamp-serve", A["src"], A["out"]):
+    m.create_bucket(Bucket=b)
+for key, path in A["upload"].items():
+    m.upload_file(path, A["src"], key)
+done({})
+"#;
+
+/// With the objects in S3 (moto): imports read from a moto bucket, the service's snapshots
+/// are kept under `s3://stamp-serve/store/`, an export lands in a moto bucket; a missing
+/// source ends its task deleted.
+const S3_OBJECTS: &str = r#"
+ep = A["ep"]; m = s3(A["moto"]); c = client(ep)
+def keys(bucket, prefix):
+    return sorted(o["Key"] for p in m.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                  for o in p.get("Contents", []))
+t = c.import_snapshot(DiskContainer=src(A["src"], "ws.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "completed", d
+snap = d["SnapshotId"]
+stored = keys("stamp-serve", "store/")
+assert len(stored) == 1 and snap in stored[0] and stored[0].endswith(".qcow2"), (snap, stored)
+m.download_file("stamp-serve", stored[0], A["snapshot"])
+
+ti = c.import_image(DiskContainers=[src(A["src"], "boot.vmdk", "VMDK")])["ImportTaskId"]
+img = wait_image(c, ti)
+assert img["Status"] == "completed", img
+assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
+e = c.export_image(ImageId=img["ImageId"], DiskImageFormat="VMDK",
+                   S3ExportLocation={"S3Bucket": A["out"], "S3Prefix": "exports/"})["ExportImageTaskId"]
+x = wait_export_image(c, e)
+assert x["Status"] == "completed", x
+exported = keys(A["out"], "")
+assert len(exported) == 1 and exported[0].startswith("exports/") and e in exported[0], (e, exported)
+assert x["S3ExportLocation"]["S3Bucket"] == A["out"], x
+m.download_file(A["out"], exported[0], A["export"])
+
+# The service's own storage is neither a source nor an export target for a tenant.
+def refused(submit, wait, status_key):
+    try:
+        tid = submit()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    d = wait(tid)
+    assert d[status_key] in ("deleted", "cancelled") and "own storage" in d.get("StatusMessage", ""), d
+    return d["StatusMessage"]
+own = refused(lambda: c.import_snapshot(DiskContainer=src("stamp-serve", stored[0], "VMDK"))["ImportTaskId"],
+              lambda t: wait_snap(c, t)["SnapshotTaskDetail"], "Status")
+own_export = refused(lambda: c.export_image(ImageId=img["ImageId"], DiskImageFormat="VMDK",
+                         S3ExportLocation={"S3Bucket": "stamp-serve", "S3Prefix": "store/snapshots/"})["ExportImageTaskId"],
+                     lambda t: wait_export_image(c, t), "Status")
+assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
+
+# A source key that is not there: deleted with a ClientError, nothing stored.
+t = c.import_snapshot(DiskContainer=src(A["src"], "no-such-key.vmdk", "VMDK"))["ImportTaskId"]
+d = wait_snap(c, t)["SnapshotTaskDetail"]
+assert d["Status"] == "deleted" and d.get("StatusMessage", "").startswith("ClientError"), d
+assert len(keys("stamp-serve", "store/")) == 2, keys("stamp-serve", "store/")
+# The tenant's buckets hold only what it put there and the export.
+assert keys(A["src"], "") == ["boot.vmdk", "ws.vmdk"], keys(A["src"], "")
+done({"missing": d["StatusMessage"], "stored": stored, "exported": exported, "own": [own, own_export]})
+"#;
+
+/// `stamp serve --objects s3://stamp-serve/store --endpoint-url MOTO`: sources, snapshots and
+/// exports all in moto's S3; what is stored and exported is the sources' content.
+#[test]
+fn serve_keeps_its_objects_in_s3() {
+    let rig = Rig::new();
+    let made = rig.path("made");
+    std::fs::create_dir_all(&made).unwrap();
+    let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
+    let boot = boot_vmdk(&made);
+    let moto = &crate::aws_support::moto().url;
+    let (src_bucket, out_bucket) = ("serve-src", "serve-out");
+    py(
+        S3_SETUP,
+        &serde_json::json!({
+            "moto": moto,
+            "src": src_bucket,
+            "out": out_bucket,
+            "upload": {"ws.vmdk": s(&vmdk), "boot.vmdk": s(&boot)},
+        }),
+    );
+    let serve = rig.serve_with(
+        &rig.sqlite(),
+        "s3://stamp-serve/store",
+        &["--lease", "5", "--endpoint-url", moto],
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    assert_ne!(&serve.url, moto);
+    let (snapshot, export) = (rig.path("snapshot.qcow2"), rig.path("export.vmdk"));
+    let out = py(
+        S3_OBJECTS,
+        &serde_json::json!({
+            "ep": serve.url,
+            "moto": moto,
+            "src": src_bucket,
+            "out": out_bucket,
+            "snapshot": s(&snapshot),
+            "export": s(&export),
+        }),
+    );
+    eprintln!("{out}");
+    same(&vmdk, &snapshot);
+    qemu_ok(&["check", s(&export)]);
+    same(&boot, &export);
+    // Nothing of the service's in the local objects directory (it was not given), and the
+    // downloads of the S3 sources are gone from scratch.
+    assert!(
+        walk(&rig.objects()).is_empty(),
+        "{:?}",
+        walk(&rig.objects())
+    );
+    assert!(
+        walk(&rig.path("scratch")).is_empty(),
+        "{:?}",
+        walk(&rig.path("scratch"))
+    );
+}
+
+/// ImportImage of the stamp-built Debian disk (AWS CLI), then ExportImage to VHD and OVA.
+const DEBIAN: &str = r#"
+ep = A["ep"]; c = client(ep)
+t = aws(ep, "import-image", "--description", "debian",
+        "--disk-containers", json.dumps([src("src", "debian.vmdk", "VMDK")]))["ImportTaskId"]
+img = wait_image(c, t)
+assert img["Status"] == "completed", img
+assert img.get("BootMode") == "uefi", img
+assert img.get("Platform") == "Linux", img
+assert img.get("Architecture") == "x86_64", img
+ami = img["ImageId"]
+described = c.describe_images(ImageIds=[ami])["Images"][0]
+assert described["Architecture"] == "x86_64", described
+loc = {"S3Bucket": "exports", "S3Prefix": "debian/"}
+exports = {f: c.export_image(ImageId=ami, DiskImageFormat=f, S3ExportLocation=loc)["ExportImageTaskId"]
+           for f in ("VHD", "OVA")}
+for f, e in exports.items():
+    x = wait_export_image(c, e)
+    assert x["Status"] == "completed", (f, x)
+done({"task": img, "snapshot": img["SnapshotDetails"][0]["SnapshotId"], "exports": exports})
+"#;
+
+/// A Debian disk made by `stamp build` (UEFI, systemd-boot) imported as an image: detected as
+/// a UEFI x86_64 Linux image, stored unchanged; its VHD and OVA exports hold the same disk.
+#[test]
+fn serve_imports_and_exports_a_stamp_built_debian_disk() {
+    let Some(tar) = crate::common::debian_tar() else {
+        eprintln!("skipped: no Debian rootfs tar (set STAMP_DEBIAN_TAR)");
+        return;
+    };
+    let rig = Rig::new();
+    let disk = rig.path("objects/src/debian.vmdk");
+    let r = stamp(&[
+        "build",
+        "--store",
+        s(&rig.path("store")),
+        &format!("rootfs:{}", s(&tar)),
+        "-o",
+        s(&disk),
+    ]);
+    assert_eq!(r.code, 0, "stamp build: {}{}", r.stdout, r.stderr);
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "5"]);
+    let out = py(DEBIAN, &serde_json::json!({"ep": serve.url}));
+    eprintln!("{}", out["task"]);
+    // DiskImageSize is the source's size (the worker reports the blocks the file occupies,
+    // a few KiB more than its length), not the disk's virtual size.
+    let size = std::fs::metadata(&disk).unwrap().len() as f64;
+    let reported = out["task"]["SnapshotDetails"][0]["DiskImageSize"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (reported - size).abs() <= 65536.0,
+        "DiskImageSize {reported}, the file is {size} bytes"
+    );
+    same(&disk, &rig.snapshot(str_of(&out, "snapshot")));
+    let exports = rig.objects().join("exports/debian");
+    let vhd = output_of(&exports, str_of(&out["exports"], "VHD"));
+    let info = qemu_ok(&["info", "--output=json", s(&vhd)]);
+    assert!(info.contains("\"vpc\""), "{info}");
+    same(&disk, &vhd);
+    let ova = output_of(&exports, str_of(&out["exports"], "OVA"));
+    let unpacked = rig.path("ova");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    sh(&format!("tar -xf '{}' -C '{}'", s(&ova), s(&unpacked)));
+    let vmdk = output_of(&unpacked, ".vmdk");
+    qemu_ok(&["check", s(&vmdk)]);
+    same(&disk, &vmdk);
 }
