@@ -183,7 +183,7 @@ impl Service {
         match self.answer(req, now, &id) {
             Ok(body) => HttpResponse { status: 200, body },
             Err(f) => {
-                if f.status >= 500 {
+                if f.status >= 500 && f.error.code != "RequestLimitExceeded" {
                     tracing::warn!(request_id = %id, code = %f.error.code, "{}", f.error.message);
                 } else {
                     tracing::info!(request_id = %id, code = %f.error.code, "{}", f.error.message);

@@ -469,7 +469,10 @@ fn open_source(
                 env.limits.max_disk
             )));
         }
-        let image_size = reader.info().actual_size;
+        // DiskImageSize is the source object's length, as AWS reports it.
+        let image_size = std::fs::metadata(&path)
+            .map(|m| m.len())
+            .unwrap_or(reader.info().actual_size);
         let disks: Vec<Arc<dyn DiskReader>> = if format == Format::Ova && expand_ova {
             let file = stamp_disk::ImageFile::open(&path)?;
             stamp_disk::ova::OvaReader::open(file, &stamp_disk::OpenOptions::default())

@@ -1435,7 +1435,15 @@ exports = {f: c.export_image(ImageId=ami, DiskImageFormat=f, S3ExportLocation=lo
 for f, e in exports.items():
     x = wait_export_image(c, e)
     assert x["Status"] == "completed", (f, x)
-done({"task": img, "snapshot": img["SnapshotDetails"][0]["SnapshotId"], "exports": exports})
+# The same disk as an image of the service's stamp store (stamp build --tag).
+t = c.import_image(DiskContainers=[{"Url": "stamp://debian-disk"}])["ImportTaskId"]
+stored = wait_image(c, t)
+assert stored["Status"] == "completed" and stored.get("BootMode") == "uefi", stored
+t = c.import_snapshot(DiskContainer={"Url": "stamp://no-such-image"})["ImportTaskId"]
+missing = wait_snap(c, t)["SnapshotTaskDetail"]
+assert missing["Status"] == "deleted" and "no-such-image" in missing["StatusMessage"], missing
+done({"task": img, "snapshot": img["SnapshotDetails"][0]["SnapshotId"], "exports": exports,
+      "from_store": stored["SnapshotDetails"][0]["SnapshotId"]})
 "#;
 
 /// A Debian disk made by `stamp build` (UEFI, systemd-boot) imported as an image: detected as
@@ -1455,22 +1463,28 @@ fn serve_imports_and_exports_a_stamp_built_debian_disk() {
         &format!("rootfs:{}", s(&tar)),
         "-o",
         s(&disk),
+        "--tag",
+        "debian-disk",
     ]);
     assert_eq!(r.code, 0, "stamp build: {}{}", r.stdout, r.stderr);
-    let serve = rig.serve(&rig.sqlite(), &["--lease", "5"]);
+    let serve = rig.serve(
+        &rig.sqlite(),
+        &["--lease", "5", "--store", s(&rig.path("store"))],
+    );
     let out = py(DEBIAN, &serde_json::json!({"ep": serve.url}));
     eprintln!("{}", out["task"]);
-    // DiskImageSize is the source's size (the worker reports the blocks the file occupies,
-    // a few KiB more than its length), not the disk's virtual size.
+    // DiskImageSize is the source object's length (as AWS reports it), not the disk's
+    // virtual size.
     let size = std::fs::metadata(&disk).unwrap().len() as f64;
     let reported = out["task"]["SnapshotDetails"][0]["DiskImageSize"]
         .as_f64()
         .unwrap();
-    assert!(
-        (reported - size).abs() <= 65536.0,
+    assert_eq!(
+        reported, size,
         "DiskImageSize {reported}, the file is {size} bytes"
     );
     same(&disk, &rig.snapshot(str_of(&out, "snapshot")));
+    same(&disk, &rig.snapshot(str_of(&out, "from_store")));
     let exports = rig.objects().join("exports/debian");
     let vhd = output_of(&exports, str_of(&out["exports"], "VHD"));
     let info = qemu_ok(&["info", "--output=json", s(&vhd)]);
@@ -1483,4 +1497,55 @@ fn serve_imports_and_exports_a_stamp_built_debian_disk() {
     let vmdk = output_of(&unpacked, ".vmdk");
     qemu_ok(&["check", s(&vmdk)]);
     same(&disk, &vmdk);
+}
+
+const THROTTLE: &str = r#"
+c = client(A["ep"])
+codes = []
+for _ in range(12):
+    try:
+        c.describe_import_snapshot_tasks()
+        codes.append("ok")
+    except botocore.exceptions.ClientError as e:
+        codes.append(e.response["Error"]["Code"])
+time.sleep(2.5)
+c.describe_import_snapshot_tasks()
+other = client(A["ep"], tenant=2).describe_import_snapshot_tasks()
+done({"codes": codes})
+"#;
+
+/// A `--config` file sets the options (here a rate limit of one request per 2 s per tenant, one
+/// worker, one thread): a burst beyond it gets RequestLimitExceeded, then requests pass again,
+/// and another tenant is not affected.
+#[test]
+fn serve_reads_a_config_file_and_throttles_a_tenant_as_ec2_does() {
+    let rig = Rig::new();
+    let config = rig.path("serve.toml");
+    std::fs::write(
+        &config,
+        "rate-limit = 0.5\nworkers = 1\nthreads = 1\nlease = 5\n",
+    )
+    .unwrap();
+    let serve = rig.serve(&rig.sqlite(), &["--config", s(&config)]);
+    let out = py(THROTTLE, &serde_json::json!({"ep": serve.url}));
+    let codes: Vec<&str> = out["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    // The first passes (a burst of one); the bucket then refills at one token per 2 s, far
+    // slower than twelve back-to-back calls.
+    assert_eq!(codes[0], "ok", "{codes:?}");
+    let throttled = codes
+        .iter()
+        .filter(|c| **c == "RequestLimitExceeded")
+        .count();
+    assert!(throttled >= 6, "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == "ok" || *c == "RequestLimitExceeded"),
+        "{codes:?}"
+    );
 }
