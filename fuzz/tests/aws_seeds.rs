@@ -43,3 +43,25 @@ fn responses_and_their_mutations_never_panic() {
         mutations(seed.as_bytes()).for_each(|m| aws_common::ec2_response(&m));
     }
 }
+
+const MANIFEST: &str = r#"<?xml version="1.0"?>
+<manifest><version>2010-11-15</version><file-format>RAW</file-format>
+<importer><name>ec2-upload-disk-image</name></importer>
+<import><size>10</size><volume-size>1</volume-size>
+<parts count="2">
+<part index="1"><byte-range end="9" start="6"/><key>d.part1</key><get-url>http://h/b?x=1&amp;y=2</get-url></part>
+<part index="0"><byte-range end="5" start="0"/><key>d.part0</key><get-url>http://h/a</get-url></part>
+</parts></import></manifest>"#;
+
+#[test]
+fn serve_manifests_and_requests_and_their_mutations_never_panic() {
+    aws_common::serve_manifest(MANIFEST.as_bytes());
+    mutations(MANIFEST.as_bytes()).for_each(|m| aws_common::serve_manifest(&m));
+    let req = format!(
+        "AWS4-HMAC-SHA256 Credential=AKIDFUZZ/20261207/us-east-1/ec2/aws4_request, SignedHeaders=host;x-amz-date, Signature={}\n{}",
+        "0".repeat(64),
+        REQUESTS[0]
+    );
+    aws_common::serve_request(req.as_bytes());
+    mutations(req.as_bytes()).for_each(|m| aws_common::serve_request(&m));
+}
