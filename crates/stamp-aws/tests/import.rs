@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::boto;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
@@ -20,25 +22,6 @@ use stamp_aws::import::{
 };
 use stamp_aws::s3::{self, MultipartOptions};
 use support::fake_ec2::{Ending, FakeEc2, TASK};
-
-fn boto(code: &str) -> String {
-    let script = format!(
-        "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='{}', \
-         aws_access_key_id='AKIDTESTTESTTESTTEST', aws_secret_access_key='x')\n{code}",
-        support::moto().url,
-        support::REGION
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3 failed:\n{code}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Creates `bucket`; returns a function that says how many objects and uploads it holds.
 fn bucket(name: &str) -> impl Fn() -> (String, String) {

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::boto;
+
 use std::io::Write;
 use std::process::Command;
 use std::sync::Mutex;
@@ -13,26 +15,6 @@ use stamp_aws::Error;
 use stamp_aws::s3::{self, MultipartOptions, MultipartWriter, PartProgress};
 
 const MIB: usize = 1 << 20;
-
-/// Runs `code` under python3 with boto3's `s3` client pointed at moto; returns stdout.
-pub fn boto(code: &str) -> String {
-    let script = format!(
-        "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='{}', \
-         aws_access_key_id='AKIDTESTTESTTESTTEST', aws_secret_access_key='x')\n{code}",
-        support::moto().url,
-        support::REGION
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3 failed:\n{code}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn make_bucket(name: &str) {
     boto(&format!("s3.create_bucket(Bucket='{name}')"));

@@ -7,6 +7,8 @@
 #[path = "../../stamp-aws/tests/support/mod.rs"]
 mod support;
 
+use support::boto;
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -224,25 +226,6 @@ fn disk_usage(dir: &Path) -> u64 {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.blocks() * 512)
         .sum()
-}
-
-fn boto(code: &str) -> String {
-    let script = format!(
-        "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='{}', \
-         aws_access_key_id='AKIDTESTTESTTESTTEST', aws_secret_access_key='x')\n{code}",
-        support::moto().url,
-        support::REGION
-    );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "boto3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn task(id: &str) -> TaskRef<'_> {

@@ -91,6 +91,26 @@ fn start() -> Moto {
     );
 }
 
+/// Runs `code` under python3 with boto3's `s3` client pointed at moto; returns stdout.
+pub fn boto(code: &str) -> String {
+    let script = format!(
+        "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', region_name='{}', \
+         aws_access_key_id='AKIDTESTTESTTESTTEST', aws_secret_access_key='x')\n{code}",
+        moto().url,
+        REGION
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3 failed:\n{code}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A configuration with dummy keys pointing every service at moto.
 pub fn config() -> AwsConfig {
     let opts = ConfigOptions {
