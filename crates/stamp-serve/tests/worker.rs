@@ -4,18 +4,20 @@
 //! sources and import manifests; qemu-img as the oracle for content and format checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/http.rs"]
+mod http_support;
 #[path = "../../stamp-aws/tests/support/mod.rs"]
 mod support;
 
+use http_support::http_server;
 use support::boto;
 
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stamp_disk::NoProgress;
 use stamp_disk::compare::{Comparison, compare};
@@ -896,44 +898,6 @@ fn a_restarted_import_image_skips_the_disks_its_checkpoint_records() {
     assert_eq!(again.result["snapshots"][0], first.result["snapshots"][0]);
     assert_eq!(again.result["snapshots"][1]["device_name"], "/dev/sdb");
     assert_eq!(again.result["snapshots"][1]["format"], "RAW");
-}
-
-/// python's http.server serving `dir` on loopback; killed on drop.
-struct Http {
-    url: String,
-    child: Child,
-}
-
-impl Drop for Http {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_server(dir: &Path) -> Http {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Http {
-        url: format!("http://127.0.0.1:{port}"),
-        child,
-    }
 }
 
 #[test]

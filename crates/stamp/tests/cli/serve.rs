@@ -5,14 +5,13 @@
 //! (moto); a stamp-built Debian disk imported and exported.
 
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::common::{qemu_ok, s, stamp, tmp};
+use crate::http_support::http_server;
 use crate::pg_support;
 
 /// The access keys every test gives `--credentials`: two tenants.
@@ -259,44 +258,6 @@ impl Rig {
             .collect();
         assert_eq!(found.len(), 1, "snapshot {id}: {all:?}");
         found[0].clone()
-    }
-}
-
-/// python's http.server on loopback serving `dir`; killed on drop.
-struct Http {
-    url: String,
-    child: Child,
-}
-
-impl Drop for Http {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn http_server(dir: &Path) -> Http {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Http {
-        url: format!("http://127.0.0.1:{port}"),
-        child,
     }
 }
 
