@@ -175,17 +175,7 @@ fn check_block_size(action: &str, bs: u64) -> Result<u64> {
 
 /// A token for StartSnapshot's idempotency: unique per call in practice.
 fn fresh_token() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "stamp-{:x}-{:x}-{:x}",
-        nanos,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("stamp-{}", crate::fresh_id())
 }
 
 /// StartSnapshot for a volume of `volume_size_gib`.

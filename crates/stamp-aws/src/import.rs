@@ -132,20 +132,6 @@ pub struct ImportStatus {
     pub message: Option<String>,
 }
 
-/// A fresh token: unique per call in practice (time, process, counter).
-fn fresh_id() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{nanos:x}-{:x}-{:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// Checks an id from a response before it goes into requests and messages.
 fn check_id(id: &str, prefix: &str, action: &str) -> Result<()> {
     if id.starts_with(prefix)
@@ -177,7 +163,7 @@ pub fn start_import(client: &Client, spec: &ImportSpec) -> Result<String> {
         client_token: Some(
             spec.client_token
                 .clone()
-                .unwrap_or_else(|| format!("stamp-{}", fresh_id())),
+                .unwrap_or_else(|| format!("stamp-{}", crate::fresh_id())),
         ),
         description: spec.description.clone(),
         disk_container: Some(SnapshotDiskContainer {
@@ -675,7 +661,7 @@ pub fn push_via_s3(
             "stamp pushes through S3 as VMDK or RAW, not VHD".into(),
         ));
     }
-    let run_id = opts.run_id.clone().unwrap_or_else(fresh_id);
+    let run_id = opts.run_id.clone().unwrap_or_else(crate::fresh_id);
     let name = format!("stamp-{run_id}.{}", format.extension());
     let key = s3::object_key(&prefix, &name);
     let src = SourceProgress {

@@ -16,3 +16,19 @@ pub mod s3;
 pub mod sigv4;
 
 pub use error::{Error, Result};
+
+/// An id unique in practice across processes and calls (the time in nanoseconds, the process
+/// id and a counter, in hex): run ids, idempotency tokens, object names.
+pub fn fresh_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{nanos:x}-{:x}-{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -161,7 +161,7 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let workers = pool.start();
+    let workers = pool.start()?;
     // Finished tasks are kept for the retention time, then purged.
     let purge_store = store.clone();
     let retention = cfg.retention;

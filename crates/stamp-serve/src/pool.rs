@@ -101,17 +101,29 @@ impl Pool {
         self.notify();
     }
 
-    /// Starts the worker threads.
-    pub fn start(self: &Arc<Self>) -> Vec<std::thread::JoinHandle<()>> {
-        (0..self.config.workers.max(1))
-            .map(|i| {
-                let pool = self.clone();
-                std::thread::Builder::new()
-                    .name(format!("stamp-worker-{i}"))
-                    .spawn(move || pool.work())
-                    .unwrap_or_else(|e| panic!("cannot start a worker thread: {e}"))
-            })
-            .collect()
+    /// Starts the worker threads. If one cannot start, those started are stopped and the
+    /// error says why.
+    pub fn start(self: &Arc<Self>) -> Result<Vec<std::thread::JoinHandle<()>>> {
+        let mut handles = Vec::new();
+        for i in 0..self.config.workers.max(1) {
+            let pool = self.clone();
+            match std::thread::Builder::new()
+                .name(format!("stamp-worker-{i}"))
+                .spawn(move || pool.work())
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    self.shutdown();
+                    for h in handles {
+                        let _ = h.join();
+                    }
+                    return Err(Error::Config(format!(
+                        "cannot start worker thread {i}: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(handles)
     }
 
     fn idle(&self) {

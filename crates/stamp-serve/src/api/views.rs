@@ -36,28 +36,11 @@ pub fn tags(t: &[(String, String)]) -> Vec<Tag> {
         .collect()
 }
 
-/// Milliseconds since the epoch as ISO 8601 (`2026-12-07T01:02:03.000Z`).
+/// Milliseconds since the epoch as ISO 8601 (`2026-12-07T01:02:03.045Z`), as EC2 writes times.
 pub fn iso8601(ms: Millis) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    let secs = stamp_fs::Timestamp::from_secs(ms.div_euclid(1000)).to_rfc3339();
+    let whole = secs.strip_suffix('Z').unwrap_or(&secs);
+    format!("{whole}.{:03}Z", ms.rem_euclid(1000))
 }
 
 fn status(t: &Task) -> String {

@@ -99,15 +99,6 @@ fn ec2_arch(a: &str) -> String {
     }
 }
 
-/// A short id for this run: the `stamp:run` tag and the idempotency tokens.
-fn run_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:x}-{:x}", nanos, std::process::id())
-}
-
 /// A bar with the bytes sent, blocks sent and skipped, and throughput; only on a terminal.
 fn upload_bar(enabled: bool) -> Option<ProgressBar> {
     (enabled && std::io::stderr().is_terminal()).then(|| {
@@ -166,7 +157,7 @@ pub fn run(a: &PushArgs, remote: &str, cancel: &CancelFlag) -> Result<u8> {
         copy_to: m.copy_to.clone(),
         reuse: m.reuse,
         jobs: m.jobs,
-        run_id: run_id(),
+        run_id: stamp_aws::fresh_id(),
     };
     let config = config(&a.aws, region)?;
     let bar = upload_bar(m.progress);
