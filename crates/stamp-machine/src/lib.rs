@@ -8,8 +8,11 @@
 //!   [`driver::Driver`]: what each platform does ([`qemu`], [`firecracker`], [`podman`]).
 //! - [`systemd::Systemd`]: the same interface with systemd owning each machine's monitor.
 
+pub mod accel;
 pub mod driver;
 mod error;
+pub mod qemu;
+pub mod qmp;
 pub mod runtime;
 pub mod service;
 pub mod spec;
