@@ -17,6 +17,8 @@ pub struct Launch {
     pub command: Command,
     /// A note for the status, e.g. the accelerator (`kvm`, `tcg`).
     pub accel: Option<String>,
+    /// Something the user should know (e.g. why TCG rather than KVM); shown by `run`/`start`.
+    pub warning: Option<String>,
     /// The process's stdout and stderr are the machine's output (a container's), rather
     /// than the VMM's own messages (QEMU writes the serial console to the log itself).
     pub output_is_console: bool,

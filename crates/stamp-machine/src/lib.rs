@@ -11,6 +11,7 @@
 pub mod accel;
 pub mod driver;
 mod error;
+pub mod podman;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;
@@ -18,6 +19,7 @@ pub mod service;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod systemd;
 
 pub use error::{Error, Result};
 pub use service::MachineService;

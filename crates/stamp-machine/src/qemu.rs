@@ -274,11 +274,14 @@ impl Driver for Qemu {
             Some(a) => (a, None),
             None => accel::choose(&qemu, &self.opts.cache_dir),
         };
-        if let Some(why) = why {
-            tracing::warn!(
+        let warning = why.map(|why| {
+            format!(
                 "{why}: running {} under TCG (software emulation, slow)",
                 spec.name
-            );
+            )
+        });
+        if let Some(w) = &warning {
+            tracing::warn!("{w}");
         }
         let _ = std::fs::remove_file(dir.qmp_socket());
         let check = dir.qmp_socket();
@@ -291,6 +294,7 @@ impl Driver for Qemu {
         Ok(Launch {
             command: self.command(spec, dir, accel)?,
             accel: Some(accel.as_str().to_string()),
+            warning,
             output_is_console: false,
             workload_exit: false,
             clean_exit: "the guest powered off",

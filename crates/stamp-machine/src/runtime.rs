@@ -159,6 +159,7 @@ impl Local {
             s.state = Some(State::Running);
             s.vmm = vmm;
             s.accel = launch.accel.clone();
+            s.warning = launch.warning.clone();
         })?;
         tracing::info!(machine = %spec.name, pid = child.id(), "started {program}");
         if let Err(e) = driver.started(spec, dir, child.id()) {
@@ -470,18 +471,23 @@ impl MachineService for Local {
                 })?;
             }
         }
-        match self.wait_for(&dir, timeout + Duration::from_secs(15), |m| {
-            !m.state().is_live()
-        }) {
+        let limit = timeout + Duration::from_secs(15);
+        match self.wait_for(&dir, limit, |m| !m.state().is_live()) {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(Error::Driver(format!(
                 "machine {name} did not stop within {}s",
-                (timeout + Duration::from_secs(15)).as_secs()
+                limit.as_secs()
             ))),
-            // --rm machines disappear when they stop.
-            Err(Error::NotFound(_)) | Err(Error::Io { .. }) if self.store.open(name).is_err() => {
-                Err(Error::NotFound(name.into()))
-            }
+            // A --rm machine is removed once it stops.
+            Err(_) if self.store.open(name).is_err() => Ok(Machine {
+                spec: m.spec,
+                status: Status {
+                    state: Some(State::Stopped),
+                    reason: Some("stopped and removed (--rm)".into()),
+                    ..Status::default()
+                },
+                unit: None,
+            }),
             Err(e) => Err(e),
         }
     }

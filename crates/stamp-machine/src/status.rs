@@ -108,6 +108,9 @@ pub struct Status {
     /// KVM or TCG, for qemu.
     #[serde(default)]
     pub accel: Option<String>,
+    /// What the driver warned about when it started (e.g. TCG instead of KVM, and why).
+    #[serde(default)]
+    pub warning: Option<String>,
     /// The driver reported the machine up (QMP running, the container started).
     #[serde(default)]
     pub ready: bool,

@@ -61,6 +61,24 @@ pub enum Command {
     Tasks(TasksArgs),
     /// Serve the EC2 VM Import/Export API (ImportImage, ImportSnapshot, ExportImage, ...).
     Serve(ServeArgs),
+    /// Run an image as a machine (qemu, firecracker) or a container (podman).
+    Run(RunArgs),
+    /// List machines (running ones; -a for all).
+    Ps(PsArgs),
+    /// Start machines (in the background; --foreground runs one in this process).
+    Start(StartArgs),
+    /// Stop machines gracefully (ACPI power button, then kill after -t seconds).
+    Stop(StopArgs),
+    /// Freeze running machines.
+    Pause(MachinesArgs),
+    /// Thaw paused machines.
+    Unpause(MachinesArgs),
+    /// Stop and start machines again.
+    Restart(StopArgs),
+    /// Remove machines (-f: running ones too).
+    Rm(RmArgs),
+    /// Print a machine's console (or container output); -f follows it.
+    Logs(LogsArgs),
 }
 
 impl Command {
@@ -459,9 +477,12 @@ pub struct AwsArgs {
 pub struct InspectArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Print one JSON object (manifest, config, layers).
+    /// Print one JSON object (manifest, config, layers; a machine's spec and status).
     #[arg(long)]
     pub json: bool,
+    /// What NAME is: a machine or an image (by default a machine if one has that name).
+    #[arg(long = "type", value_name = "machine|image")]
+    pub kind: Option<String>,
     /// The platform to show of a multi-platform image.
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<String>,
@@ -727,4 +748,135 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub aws: AwsArgs,
+}
+
+/// `stamp run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Run in the background and print the machine's name.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// The machine's name (default: derived from the image, made unique).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Remove the machine when it stops.
+    #[arg(long)]
+    pub rm: bool,
+    /// Forward a host port to the guest: [IP:]HOST:GUEST[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    pub ports: Vec<String>,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory (1G, 512M, ...).
+    #[arg(long, default_value = "1G")]
+    pub memory: String,
+    /// qemu (default for disks), firecracker, or podman (default for container images).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Grow the machine's disk to this size (the image is not changed).
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
+    /// An environment variable for the container: KEY=VALUE.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run the machine as a systemd service (stamp-NAME.service).
+    #[arg(long)]
+    pub systemd: bool,
+    /// With --systemd: a user unit (systemctl --user).
+    #[arg(long, requires = "systemd")]
+    pub user: bool,
+    /// With --systemd: Restart= always, on-failure or no.
+    #[arg(long, requires = "systemd", default_value = "on-failure")]
+    pub restart: String,
+    /// With --systemd: start the machine at boot.
+    #[arg(long, requires = "systemd")]
+    pub enable: bool,
+    /// A disk file, a disk image in the store, or a container image.
+    pub image: String,
+    /// The command (containers).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `stamp ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// All machines, not only running and paused ones.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+    /// Show the systemd unit state of machines run with --systemd.
+    #[arg(long)]
+    pub systemd: bool,
+}
+
+/// Machine names.
+#[derive(Debug, Args)]
+pub struct MachinesArgs {
+    /// The machines.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `stamp start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Run the machine in this process until it ends (what systemd's ExecStart runs).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Start its own session (the background monitor `stamp start` and `run -d` spawn).
+    #[arg(long, hide = true, requires = "foreground")]
+    pub detach: bool,
+    /// Act through systemd (systemctl start stamp-NAME.service).
+    #[arg(long)]
+    pub systemd: bool,
+    /// The machines.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `stamp stop` and `stamp restart`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait for a graceful stop before killing the machine.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub timeout: u64,
+    /// Act through systemd (systemctl stop|restart stamp-NAME.service).
+    #[arg(long)]
+    pub systemd: bool,
+    /// The machines.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `stamp rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove running machines too (they are killed).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Also stop, disable and remove the systemd unit.
+    #[arg(long)]
+    pub systemd: bool,
+    /// The machines.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `stamp logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing what the machine writes until it stops.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only output since this time (RFC 3339, e.g. 2026-01-01T10:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// The machine.
+    pub name: String,
 }

@@ -12,7 +12,12 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    output::init_logging(cli.verbose, matches!(cli.command, cli::Command::Serve(_)));
+    let service = match &cli.command {
+        cli::Command::Serve(_) => true,
+        cli::Command::Start(a) => a.foreground,
+        _ => false,
+    };
+    output::init_logging(cli.verbose, service);
     let cancel = progress::install_ctrlc();
     let error_code = cli.command.error_exit_code();
     match commands::run(cli.command, &cancel) {

@@ -10,6 +10,7 @@ mod create;
 mod gc;
 mod images;
 mod info;
+mod machine;
 mod mkdisk;
 mod mkfs;
 mod names;
@@ -38,7 +39,10 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Pull(a) => pull::run(a, cancel),
         Command::Push(a) => push::run(a, cancel),
         Command::Images(a) => images::run_images(a),
-        Command::Inspect(a) => images::run_inspect(a),
+        Command::Inspect(a) => match machine::run_inspect(&a)? {
+            Some(code) => Ok(code),
+            None => images::run_inspect(a),
+        },
         Command::Tag(a) => names::run_tag(a),
         Command::Rmi(a) => names::run_rmi(a),
         Command::Gc(a) => gc::run_gc(a),
@@ -48,6 +52,15 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Tasks(a) => tasks::run(a),
         Command::Serve(a) => serve::run(a, cancel),
         Command::Build(a) => build::run(a, cancel),
+        Command::Run(a) => machine::run_run(a, cancel),
+        Command::Ps(a) => machine::run_ps(a),
+        Command::Start(a) => machine::run_start(a, cancel),
+        Command::Stop(a) => machine::run_stop(a),
+        Command::Restart(a) => machine::run_restart(a),
+        Command::Pause(a) => machine::run_pause(a, true),
+        Command::Unpause(a) => machine::run_pause(a, false),
+        Command::Rm(a) => machine::run_rm(a),
+        Command::Logs(a) => machine::run_logs(a),
     }
 }
 
