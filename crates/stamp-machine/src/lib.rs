@@ -10,6 +10,7 @@
 
 pub mod driver;
 mod error;
+pub mod firecracker;
 pub mod runtime;
 pub mod service;
 pub mod spec;
