@@ -104,12 +104,12 @@ impl Firecracker {
 /// Sends `req` to the API at `socket`; a failure (Firecracker's `fault_message`) becomes an
 /// error naming the request.
 pub fn call(socket: &Path, req: &ApiRequest) -> Result<()> {
-    let body = serde_json::to_vec(&req.body).unwrap_or_default();
+    let body = (!req.body.is_null()).then(|| serde_json::to_vec(&req.body).unwrap_or_default());
     let resp = http::request(
         socket,
         req.method.as_str(),
         &req.path,
-        Some(&body),
+        body.as_deref(),
         API_TIMEOUT,
     )
     .map_err(|e| {
