@@ -11,6 +11,7 @@
 pub mod accel;
 pub mod driver;
 mod error;
+pub mod firecracker;
 pub mod podman;
 pub mod qemu;
 pub mod qmp;

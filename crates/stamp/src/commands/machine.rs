@@ -59,7 +59,9 @@ fn service_for(local: Local, name: Option<&str>, systemd: bool) -> Result<Box<dy
         None => None,
     };
     match (unit, systemd) {
-        (Some(u), _) => Ok(Box::new(stamp_machine::systemd::Systemd::new(local, u.user))),
+        (Some(u), _) => Ok(Box::new(stamp_machine::systemd::Systemd::new(
+            local, u.user,
+        ))),
         (None, true) => Ok(Box::new(stamp_machine::systemd::Systemd::new(local, false))),
         (None, false) => Ok(Box::new(local)),
     }
@@ -68,7 +70,9 @@ fn service_for(local: Local, name: Option<&str>, systemd: bool) -> Result<Box<dy
 /// Whether this process runs inside the machine's own unit (its `ExecStop`): systemd sets
 /// `$MAINPID` to the unit's main process, the machine's monitor.
 fn inside_own_unit(m: &Machine) -> bool {
-    let main = std::env::var("MAINPID").ok().and_then(|p| p.parse::<u32>().ok());
+    let main = std::env::var("MAINPID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
     main.is_some() && main == m.status.monitor.map(|p| p.pid)
 }
 
@@ -85,8 +89,7 @@ pub fn run_run(a: RunArgs, cancel: &CancelFlag) -> Result<u8> {
             _ => bail!("-e takes KEY=VALUE, not '{e}'"),
         }
     }
-    let memory = stamp_disk::parse_size(&a.memory)
-        .map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let memory = stamp_disk::parse_size(&a.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
     let memory = if memory == 0 { DEFAULT_MEMORY } else { memory };
     check_resources(a.cpus, memory)?;
     let disk_size = a
@@ -94,7 +97,11 @@ pub fn run_run(a: RunArgs, cancel: &CancelFlag) -> Result<u8> {
         .as_deref()
         .map(|s| stamp_disk::parse_size(s).map_err(|e| anyhow::anyhow!("--disk-size: {e}")))
         .transpose()?;
-    let platform = a.platform.as_deref().map(str::parse::<Platform>).transpose()?;
+    let platform = a
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()?;
     let systemd = if a.systemd {
         Some(SystemdSpec {
             user: a.user,
@@ -240,7 +247,13 @@ fn fresh_name(store: &MachineStore, image: &str) -> Result<String> {
     let base = base.split('.').next().unwrap_or(base);
     let mut clean: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     clean = clean.trim_matches('-').chars().take(50).collect();
     if clean.is_empty() || !clean.as_bytes()[0].is_ascii_alphanumeric() {
@@ -300,20 +313,29 @@ fn resolve(
     };
     let img = store.image(&desc, None)?;
     let cache = xdg("XDG_CACHE_HOME", ".cache")?.join("machines");
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("cannot create {}", cache.display()))?;
     let key = img.manifest_digest.to_string().replace(':', "-");
     match img.kind {
         ImageKind::Disk => {
             if platform == Some(Platform::Firecracker) {
-                bail!("--platform firecracker cannot boot the disk image {image}; use --platform qemu");
+                bail!(
+                    "--platform firecracker cannot boot the disk image {image}; use --platform qemu"
+                );
             }
             let (config, layers) = stamp_oci::disk::artifact::parts(&img)?;
             let format = config.format.parse::<stamp_disk::Format>()?;
             let file = cache.join(format!("{key}.{}", format.name()));
             if !file.exists() {
                 let mut tmp = tempfile::NamedTempFile::new_in(&cache)?;
-                stamp_oci::disk::artifact::write_disk(&store, &config, &layers, tmp.as_file_mut(), &|_| {})
-                    .with_context(|| format!("cannot reassemble the disk of {image}"))?;
+                stamp_oci::disk::artifact::write_disk(
+                    &store,
+                    &config,
+                    &layers,
+                    tmp.as_file_mut(),
+                    &|_| {},
+                )
+                .with_context(|| format!("cannot reassemble the disk of {image}"))?;
                 tmp.persist(&file)
                     .with_context(|| format!("cannot write {}", file.display()))?;
             }
@@ -355,10 +377,13 @@ fn looks_like_reference(s: &str) -> bool {
         ".qcow2", ".raw", ".img", ".vmdk", ".vhd", ".vhdx", ".vdi", ".ova", ".iso",
     ];
     !s.is_empty()
-        && !DISK_SUFFIXES.iter().any(|x| s.to_ascii_lowercase().ends_with(x))
+        && !DISK_SUFFIXES
+            .iter()
+            .any(|x| s.to_ascii_lowercase().ends_with(x))
         && !s.starts_with('.')
         && !s.starts_with('/')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "/:._-@".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/:._-@".contains(c))
 }
 
 /// The container source of `image`: a store image is exported once to an OCI archive in the
@@ -375,7 +400,8 @@ fn container_source(image: &str, store_args: &crate::cli::StoreArgs) -> Result<S
         bail!("{image} is a disk image: run it with --platform qemu");
     }
     let cache = xdg("XDG_CACHE_HOME", ".cache")?.join("machines");
-    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .with_context(|| format!("cannot create {}", cache.display()))?;
     let file = cache.join(format!(
         "{}.oci.tar",
         img.manifest_digest.to_string().replace(':', "-")
@@ -418,7 +444,9 @@ pub fn run_ps(a: PsArgs) -> Result<u8> {
         machines = with_units(machines)?;
     }
     if !a.all {
-        machines.retain(|m| m.state().is_live() || m.unit.as_ref().is_some_and(|u| u.active == "active"));
+        machines.retain(|m| {
+            m.state().is_live() || m.unit.as_ref().is_some_and(|u| u.active == "active")
+        });
     }
     if a.json {
         let v: Vec<_> = machines.iter().map(Machine::summary).collect();
@@ -449,7 +477,12 @@ pub fn run_ps(a: PsArgs) -> Result<u8> {
             shorten(&m.spec.image, 40),
             m.pid().map(|p| p.to_string()).unwrap_or_default(),
             m.spec.created.clone(),
-            m.spec.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","),
+            m.spec
+                .ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         ];
         if a.systemd {
             row.push(
@@ -485,14 +518,27 @@ fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }
-    let tail: String = s.chars().rev().take(max - 3).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = s
+        .chars()
+        .rev()
+        .take(max - 3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("...{tail}")
 }
 
 fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let line: Vec<String> = r
@@ -531,7 +577,8 @@ pub fn run_start(a: StartArgs, cancel: &CancelFlag) -> Result<u8> {
         }
         let local = runtime()?;
         let m = foreground(&local, name, cancel, a.detach)?;
-        if cancel.load(Ordering::SeqCst) || m.status.reason.as_deref() == Some("stopped on request") {
+        if cancel.load(Ordering::SeqCst) || m.status.reason.as_deref() == Some("stopped on request")
+        {
             return Ok(0);
         }
         return Ok(exit_of(&m));
@@ -624,7 +671,15 @@ pub fn run_inspect(a: &InspectArgs) -> Result<Option<u8>> {
     if let Some(c) = m.status.exit_code {
         println!("Exit code: {c}");
     }
-    println!("Platform:  {}{}", s.platform, m.status.accel.as_deref().map(|a| format!(" ({a})")).unwrap_or_default());
+    println!(
+        "Platform:  {}{}",
+        s.platform,
+        m.status
+            .accel
+            .as_deref()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default()
+    );
     println!("Image:     {}", s.image);
     println!("CPUs:      {}", s.cpus);
     println!("Memory:    {}", human(s.memory));
@@ -642,7 +697,10 @@ pub fn run_inspect(a: &InspectArgs) -> Result<Option<u8>> {
         println!("Port:      {p}");
     }
     if let Some(u) = &m.unit {
-        println!("Unit:      {} ({}/{}, {})", u.name, u.active, u.sub, u.enabled);
+        println!(
+            "Unit:      {} ({}/{}, {})",
+            u.name, u.active, u.sub, u.enabled
+        );
     }
     Ok(Some(0))
 }
