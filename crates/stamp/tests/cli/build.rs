@@ -43,8 +43,44 @@ ExecStart=/bin/sh -c 'echo "STAMP-MARKER root=$$(findmnt -no OPTIONS /) cmdline=
 WantedBy=multi-user.target
 """
 
+# A service reachable through a port forward (crates/stamp/tests/cli/machine.rs): systemd
+# answers connections to port 7777 with a greeting, no extra packages needed.
+[[files]]
+path = "/etc/systemd/system/stamp-hello.socket"
+mode = "0644"
+content = """
+[Socket]
+ListenStream=7777
+Accept=yes
+
+[Install]
+WantedBy=sockets.target
+"""
+
+[[files]]
+path = "/etc/systemd/system/stamp-hello@.service"
+mode = "0644"
+content = """
+[Service]
+ExecStart=/bin/echo STAMP-HELLO-FROM-GUEST
+StandardInput=socket
+StandardOutput=socket
+"""
+
+# DHCP on the first network interface, so that the port forward reaches the guest.
+[[files]]
+path = "/etc/systemd/network/10-dhcp.network"
+mode = "0644"
+content = """
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+"""
+
 [units]
-enable = ["stamp-marker.service"]
+enable = ["stamp-marker.service", "stamp-hello.socket", "systemd-networkd.service"]
 "#;
 
 /// Outputs of one build, by file name; the format follows the extension.
@@ -58,10 +94,11 @@ const OUTPUTS: [&str; 7] = [
     "disk.tar.gz",
 ];
 
-/// A build of the Debian image shared by the tests below.
-struct Debian {
+/// A build of the Debian image shared by the tests below (and machine.rs).
+pub(crate) struct Debian {
     dir: PathBuf,
-    out: PathBuf,
+    /// The outputs (`disk.qcow2`, ...).
+    pub(crate) out: PathBuf,
     stdout: String,
 }
 
@@ -105,17 +142,17 @@ fn output_args(dir: &Path) -> Vec<String> {
 /// The tests that share the Debian build; the last to finish removes it (its outputs, stores
 /// and caches take gigabytes). A run of only some of them leaves it for the next run's
 /// [`scratch`] to remove.
-static DEBIAN_USERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4);
+static DEBIAN_USERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(5);
 
 /// Called at the end of each test that uses [`debian`].
-fn done_with_debian(d: &Debian) {
+pub(crate) fn done_with_debian(d: &Debian) {
     if DEBIAN_USERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
         let _ = std::fs::remove_dir_all(&d.dir);
     }
 }
 
 /// The Debian build (made once): `stamp build rootfs:debian.tar -f recipe -o …` into every format.
-fn debian() -> Option<&'static Debian> {
+pub(crate) fn debian() -> Option<&'static Debian> {
     static BUILT: OnceLock<Option<Debian>> = OnceLock::new();
     BUILT
         .get_or_init(|| {

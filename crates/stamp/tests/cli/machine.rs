@@ -1,0 +1,260 @@
+//! `stamp run/ps/logs/pause/unpause/stop/rm` with real QEMU (TCG here): a stamp-built Debian
+//! disk boots to its login prompt and serves a port through a forward; a killed QEMU is
+//! reported as failed, never as running; bad input is refused with nothing half-created.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A private machines and cache directory for one test (short: sockets live under it).
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::Builder::new().prefix("m").tempdir_in("/tmp").unwrap(),
+        }
+    }
+
+    fn stamp(&self, args: &[&str]) -> Run {
+        Command::new(env!("CARGO_BIN_EXE_stamp"))
+            .args(args)
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run stamp")
+            .into()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let r = self.stamp(args);
+        assert_eq!(r.code, 0, "stamp {args:?}: {}{}", r.stdout, r.stderr);
+        r.stdout
+    }
+
+    /// `ps -a --json`, by name.
+    fn ps(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ok(&["ps", "-a", "--json"])).unwrap()
+    }
+
+    fn machine(&self, name: &str) -> Value {
+        self.ps()
+            .into_iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no machine {name} in ps -a"))
+    }
+
+    fn machines_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("state/stamp/machines")
+    }
+
+    /// Stops and removes everything left (a failed test must not leave QEMUs running).
+    fn clean(&self) {
+        for m in self.ps() {
+            let _ = self.stamp(&["rm", "-f", m["name"].as_str().unwrap()]);
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `f` gives `Some`, polling; panics with `what` after `limit`.
+fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn debian_machine_boots_serves_a_port_pauses_stops_gracefully_and_is_removed() {
+    let Some(debian) = crate::build::debian() else {
+        eprintln!("skipped: no Debian rootfs tar; run scripts/debian-image.sh --tar");
+        return;
+    };
+    if !crate::qemu::available() {
+        eprintln!("skipped: qemu-system-x86_64 or OVMF missing");
+        crate::build::done_with_debian(debian);
+        return;
+    }
+    let disk = debian.out.join("disk.qcow2");
+    let digest = sha256(&disk);
+    let env = Env::new();
+    let port = free_port();
+    let forward = format!("127.0.0.1:{port}:7777");
+    let started = Instant::now();
+    let out = env.ok(&[
+        "run", "-d", "--name", "deb", "--memory", "1G", "-p", &forward, s(&disk),
+    ]);
+    assert_eq!(out.trim(), "deb");
+    let m = env.machine("deb");
+    assert_eq!(m["state"], "running", "{m}");
+    assert_eq!(m["platform"], "qemu");
+    let pid = m["pid"].as_u64().expect("a pid") as u32;
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(m["ports"][0], format!("{forward}/tcp"));
+
+    // The console reaches the login prompt.
+    let logs = wait(Duration::from_secs(400), "the login prompt in `stamp logs`", || {
+        let l = env.ok(&["logs", "deb"]);
+        l.contains("login:").then_some(l)
+    });
+    eprintln!("login prompt after {:?}", started.elapsed());
+    assert!(logs.contains("STAMP-MARKER"), "the image's own service ran");
+
+    // The forward reaches the guest's socket-activated service.
+    let greeting = wait(Duration::from_secs(60), "the guest's service on the forwarded port", || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        text.contains("STAMP-HELLO-FROM-GUEST").then_some(text)
+    });
+    assert!(greeting.contains("STAMP-HELLO"));
+
+    env.ok(&["pause", "deb"]);
+    assert_eq!(env.machine("deb")["state"], "paused");
+    // A paused guest does not answer: the connection is accepted by QEMU's slirp but no
+    // greeting comes.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        !matches!(c.read(&mut buf), Ok(n) if n > 0),
+        "a paused guest answered"
+    );
+    env.ok(&["unpause", "deb"]);
+    assert_eq!(env.machine("deb")["state"], "running");
+
+    // Graceful stop: the guest powers itself off on the ACPI power button.
+    env.ok(&["stop", "-t", "180", "deb"]);
+    let m = env.machine("deb");
+    assert_eq!(m["state"], "stopped", "{m}");
+    assert_eq!(m["exit_code"], 0, "{m}");
+    assert_eq!(m["pid"], Value::Null);
+    let logs = env.ok(&["logs", "deb"]);
+    assert!(
+        logs.contains("reboot: Power down"),
+        "the guest did not power itself off: {}",
+        &logs[logs.len().saturating_sub(2000)..]
+    );
+    // Only live machines without -a.
+    let live: Vec<Value> = serde_json::from_str(&env.ok(&["ps", "--json"])).unwrap();
+    assert!(live.is_empty(), "{live:?}");
+
+    env.ok(&["rm", "deb"]);
+    assert!(env.ps().is_empty());
+    assert!(!env.machines_dir().join("deb").exists());
+    assert_eq!(sha256(&disk), digest, "the image itself was written to");
+    crate::build::done_with_debian(debian);
+}
+
+#[test]
+fn a_killed_qemu_or_monitor_is_reported_never_running() {
+    if !crate::qemu::available() {
+        eprintln!("skipped: qemu-system-x86_64 or OVMF missing");
+        return;
+    }
+    let env = Env::new();
+    let disk = env.dir.path().join("blank.qcow2");
+    env.ok(&["create", "-f", "qcow2", s(&disk), "64M"]);
+    env.ok(&["run", "-d", "--name", "k", "--memory", "256M", s(&disk)]);
+    let pid = env.machine("k")["pid"].as_u64().unwrap().to_string();
+    Command::new("kill").args(["-9", &pid]).status().unwrap();
+    let m = wait(Duration::from_secs(10), "the kill to be seen", || {
+        let m = env.machine("k");
+        (m["state"] != "running").then_some(m)
+    });
+    assert_eq!(m["state"], "failed", "{m}");
+    assert!(
+        m["reason"].as_str().unwrap().contains("killed by signal 9"),
+        "{m}"
+    );
+    assert_eq!(m["pid"], Value::Null);
+
+    // Monitor and QEMU both killed (as a host crash would): the dead pids are noticed.
+    env.ok(&["start", "k"]);
+    let status: Value = serde_json::from_slice(
+        &std::fs::read(env.machines_dir().join("k/status.json")).unwrap(),
+    )
+    .unwrap();
+    for p in ["monitor", "vmm"] {
+        let pid = status[p]["pid"].as_u64().unwrap().to_string();
+        Command::new("kill").args(["-9", &pid]).status().unwrap();
+    }
+    let m = wait(Duration::from_secs(10), "the deaths to be seen", || {
+        let m = env.machine("k");
+        (m["state"] != "running").then_some(m)
+    });
+    assert_eq!(m["state"], "failed", "{m}");
+    env.ok(&["rm", "k"]);
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_half_created() {
+    let env = Env::new();
+    let disk = env.dir.path().join("blank.qcow2");
+    env.ok(&["create", "-f", "qcow2", s(&disk), "64M"]);
+    let cases: [(&[&str], &str); 6] = [
+        (&["run", "-d", "nonexistent.qcow2"], "unknown image nonexistent.qcow2"),
+        (&["run", "-d", "-p", "80", s(&disk)], "invalid port spec '80'"),
+        (&["run", "-d", "-p", "8080:99999", s(&disk)], "invalid port spec"),
+        (&["run", "-d", "--memory", "64T", s(&disk)], "more than this host has"),
+        (&["run", "-d", "--cpus", "0", s(&disk)], "--cpus 0"),
+        (&["run", "-d", "--platform", "vmware", s(&disk)], "unknown platform 'vmware'"),
+    ];
+    for (args, want) in cases {
+        let r = env.stamp(args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        assert!(env.ps().is_empty(), "{args:?} left a machine");
+    }
+    let r = env.stamp(&["run", "-d", "--name", "bad/name", s(&disk)]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("invalid machine name"), "{}", r.stderr);
+
+    // A name in use: the second run fails and the first machine is untouched.
+    if crate::qemu::available() {
+        env.ok(&["run", "-d", "--name", "dup", "--memory", "256M", s(&disk)]);
+        let r = env.stamp(&["run", "-d", "--name", "dup", s(&disk)]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("already in use"), "{}", r.stderr);
+        assert_eq!(env.machine("dup")["state"], "running");
+        // A running machine is removed only with -f.
+        let r = env.stamp(&["rm", "dup"]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("rm -f dup"), "{}", r.stderr);
+        env.ok(&["rm", "-f", "dup"]);
+        assert!(env.ps().is_empty());
+    }
+    for verb in ["stop", "start", "pause", "logs", "rm"] {
+        let r = env.stamp(&[verb, "ghost"]);
+        assert_eq!(r.code, 1, "{verb}");
+        assert!(r.stderr.contains("no machine named ghost"), "{verb}: {}", r.stderr);
+    }
+}
