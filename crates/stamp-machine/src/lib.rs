@@ -12,7 +12,6 @@ pub mod accel;
 pub mod driver;
 mod error;
 pub mod firecracker;
-pub mod podman;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;
