@@ -10,6 +10,7 @@
 
 pub mod driver;
 mod error;
+pub mod podman;
 pub mod runtime;
 pub mod service;
 pub mod spec;
