@@ -26,8 +26,9 @@ use stamp_machine::spec::{DEFAULT_MEMORY, MachineSpec, Platform, PortForward, So
 use stamp_machine::store::{MachineDir, MachineStore};
 use stamp_machine::{Error, Machine, MachineService, State};
 
-/// The test image: busybox and a few of its applets.
-const IMAGE: &str = "localhost/stamp-test-busybox";
+/// The test image: busybox and a few of its applets. Change the tag when its contents
+/// change (it is made only when missing).
+const IMAGE: &str = "localhost/stamp-test-busybox:1";
 
 /// The monitor's argument that carries the test's directory.
 const ROOT_ARG: &str = "stamp-test-monitor-root=";
@@ -123,6 +124,14 @@ fn podman_ready() -> bool {
     let ready = READY.get_or_init(|| {
         if which("podman").is_none() {
             return Err("podman is not installed (apt-get install podman runc)".into());
+        }
+        // Made once per host: each import would leave another untagged image behind.
+        let exists = Command::new("podman")
+            .args(["image", "exists", IMAGE])
+            .status()
+            .is_ok_and(|s| s.success());
+        if exists {
+            return Ok(());
         }
         let d = tempfile::tempdir().expect("a temporary directory");
         let root = d.path().join("rootfs");
@@ -474,4 +483,68 @@ fn ports_are_forwarded() {
     };
     assert!(page.contains("hello through the port"), "{page}");
     env.local.stop(&name, Duration::from_secs(5)).unwrap();
+}
+
+#[test]
+fn an_oci_archive_runs() {
+    if !podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let archive = env.root().join("image.oci.tar");
+    run(Command::new("podman")
+        .args(["save", "--format", "oci-archive", "-o"])
+        .arg(&archive)
+        .arg(IMAGE));
+    let mut spec = env.spec("pm-archive", &["echo", "from the archive"]);
+    spec.source = Source::Container {
+        reference: format!("oci-archive:{}", archive.display()),
+    };
+    env.local.create(&spec).unwrap();
+    env.local.start(&spec.name).unwrap();
+    let m = env.ended(&spec.name);
+    assert_eq!(m.status.exit_code, Some(0), "{:?}", m.status);
+    assert!(env.logs(&spec.name).contains("from the archive\n"));
+
+    let mut gone = env.spec("pm-noarchive", &["true"]);
+    gone.source = Source::Container {
+        reference: format!("oci-archive:{}", env.root().join("none.tar").display()),
+    };
+    let e = env.local.create(&gone).unwrap_err().to_string();
+    assert!(e.contains("none.tar does not exist"), "{e}");
+}
+
+#[test]
+fn a_container_outlives_its_killed_monitor_and_still_stops() {
+    if !podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let spec = env.spec(
+        "pm-orphan",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ],
+    );
+    let name = spec.name.clone();
+    env.local.create(&spec).unwrap();
+    let m = env.local.start(&name).unwrap();
+    let monitor = m.status.monitor.expect("the monitor").pid;
+    run(Command::new("kill").args(["-KILL", &monitor.to_string()]));
+    env.wait(&name, "without its monitor", |m| {
+        !m.status.monitor.is_some_and(|p| p.alive())
+    });
+    let m = env.local.get(&name).unwrap();
+    assert_eq!(
+        m.state(),
+        State::Running,
+        "podman run lives on: {:?}",
+        m.status
+    );
+    assert_eq!(podman_state(&name).as_deref(), Some("running"));
+    let m = env.local.stop(&name, Duration::from_secs(20)).unwrap();
+    assert_eq!(m.state(), State::Stopped, "{:?}", m.status);
+    assert_eq!(podman_state(&name), None);
 }
