@@ -124,6 +124,8 @@ impl Podman {
         push(&Podman::container_name(&spec.name));
         push(&"--replace");
         push(&"--rm");
+        // No pull progress in the console log: it holds the container's output only.
+        push(&"--quiet");
         push(&"--cidfile");
         push(&cidfile);
         push(&"--label");
@@ -684,6 +686,7 @@ mod tests {
                 "stamp-web",
                 "--replace",
                 "--rm",
+                "--quiet",
                 "--cidfile",
                 "/m/container.id",
                 "--label",
