@@ -549,3 +549,37 @@ fn a_container_outlives_its_killed_monitor_and_still_stops() {
     assert_eq!(m.state(), State::Stopped, "{:?}", m.status);
     assert_eq!(podman_state(&name), None);
 }
+
+#[test]
+fn a_removed_on_stop_machine_leaves_nothing() {
+    if !podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let mut spec = env.spec(
+        "pm-rm",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while true; do sleep 1; done",
+        ],
+    );
+    spec.remove = true;
+    let name = spec.name.clone();
+    env.local.create(&spec).unwrap();
+    env.local.start(&name).unwrap();
+    assert_eq!(podman_state(&name).as_deref(), Some("running"));
+    // The machine is gone once it has stopped, so stop may not find it to return it.
+    match env.local.stop(&name, Duration::from_secs(20)) {
+        Ok(m) => assert_eq!(m.state(), State::Stopped),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => panic!("stop: {e}"),
+    }
+    let end = Instant::now() + WAIT;
+    while env.local.get(&name).is_ok() {
+        assert!(Instant::now() < end, "{name} was not removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(podman_state(&name), None);
+    assert!(env.local.store().names().unwrap().is_empty());
+}
