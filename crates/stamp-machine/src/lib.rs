@@ -12,6 +12,7 @@ pub mod accel;
 pub mod driver;
 mod error;
 pub mod firecracker;
+pub mod podman;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;

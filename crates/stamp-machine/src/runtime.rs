@@ -165,7 +165,11 @@ impl Local {
         if let Err(e) = driver.started(spec, dir, child.id()) {
             let _ = child.kill();
             let _ = child.wait();
-            let log = tail(&dir.path().join("vmm.log"));
+            let log = tail(&if launch.output_is_console {
+                dir.console_log()
+            } else {
+                dir.path().join("vmm.log")
+            });
             return Err(Error::Driver(format!("{e}{log}")));
         }
         dir.update(|s| s.ready = true)?;

@@ -19,7 +19,10 @@ struct Env {
 impl Env {
     fn new() -> Env {
         Env {
-            dir: tempfile::Builder::new().prefix("m").tempdir_in("/tmp").unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("m")
+                .tempdir_in("/tmp")
+                .unwrap(),
         }
     }
 
@@ -86,7 +89,10 @@ fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -109,7 +115,15 @@ fn debian_machine_boots_serves_a_port_pauses_stops_gracefully_and_is_removed() {
     let forward = format!("127.0.0.1:{port}:7777");
     let started = Instant::now();
     let out = env.ok(&[
-        "run", "-d", "--name", "deb", "--memory", "1G", "-p", &forward, s(&disk),
+        "run",
+        "-d",
+        "--name",
+        "deb",
+        "--memory",
+        "1G",
+        "-p",
+        &forward,
+        s(&disk),
     ]);
     assert_eq!(out.trim(), "deb");
     let m = env.machine("deb");
@@ -120,21 +134,29 @@ fn debian_machine_boots_serves_a_port_pauses_stops_gracefully_and_is_removed() {
     assert_eq!(m["ports"][0], format!("{forward}/tcp"));
 
     // The console reaches the login prompt.
-    let logs = wait(Duration::from_secs(400), "the login prompt in `stamp logs`", || {
-        let l = env.ok(&["logs", "deb"]);
-        l.contains("login:").then_some(l)
-    });
+    let logs = wait(
+        Duration::from_secs(400),
+        "the login prompt in `stamp logs`",
+        || {
+            let l = env.ok(&["logs", "deb"]);
+            l.contains("login:").then_some(l)
+        },
+    );
     eprintln!("login prompt after {:?}", started.elapsed());
     assert!(logs.contains("STAMP-MARKER"), "the image's own service ran");
 
     // The forward reaches the guest's socket-activated service.
-    let greeting = wait(Duration::from_secs(60), "the guest's service on the forwarded port", || {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let mut text = String::new();
-        let _ = c.read_to_string(&mut text);
-        text.contains("STAMP-HELLO-FROM-GUEST").then_some(text)
-    });
+    let greeting = wait(
+        Duration::from_secs(60),
+        "the guest's service on the forwarded port",
+        || {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+            let mut text = String::new();
+            let _ = c.read_to_string(&mut text);
+            text.contains("STAMP-HELLO-FROM-GUEST").then_some(text)
+        },
+    );
     assert!(greeting.contains("STAMP-HELLO"));
 
     env.ok(&["pause", "deb"]);
@@ -199,10 +221,9 @@ fn a_killed_qemu_or_monitor_is_reported_never_running() {
 
     // Monitor and QEMU both killed (as a host crash would): the dead pids are noticed.
     env.ok(&["start", "k"]);
-    let status: Value = serde_json::from_slice(
-        &std::fs::read(env.machines_dir().join("k/status.json")).unwrap(),
-    )
-    .unwrap();
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(env.machines_dir().join("k/status.json")).unwrap())
+            .unwrap();
     for p in ["monitor", "vmm"] {
         let pid = status[p]["pid"].as_u64().unwrap().to_string();
         Command::new("kill").args(["-9", &pid]).status().unwrap();
@@ -221,12 +242,27 @@ fn bad_input_is_refused_and_nothing_is_half_created() {
     let disk = env.dir.path().join("blank.qcow2");
     env.ok(&["create", "-f", "qcow2", s(&disk), "64M"]);
     let cases: [(&[&str], &str); 6] = [
-        (&["run", "-d", "nonexistent.qcow2"], "unknown image nonexistent.qcow2"),
-        (&["run", "-d", "-p", "80", s(&disk)], "invalid port spec '80'"),
-        (&["run", "-d", "-p", "8080:99999", s(&disk)], "invalid port spec"),
-        (&["run", "-d", "--memory", "64T", s(&disk)], "more than this host has"),
+        (
+            &["run", "-d", "nonexistent.qcow2"],
+            "unknown image nonexistent.qcow2",
+        ),
+        (
+            &["run", "-d", "-p", "80", s(&disk)],
+            "invalid port spec '80'",
+        ),
+        (
+            &["run", "-d", "-p", "8080:99999", s(&disk)],
+            "invalid port spec",
+        ),
+        (
+            &["run", "-d", "--memory", "64T", s(&disk)],
+            "more than this host has",
+        ),
         (&["run", "-d", "--cpus", "0", s(&disk)], "--cpus 0"),
-        (&["run", "-d", "--platform", "vmware", s(&disk)], "unknown platform 'vmware'"),
+        (
+            &["run", "-d", "--platform", "vmware", s(&disk)],
+            "unknown platform 'vmware'",
+        ),
     ];
     for (args, want) in cases {
         let r = env.stamp(args);
@@ -255,6 +291,10 @@ fn bad_input_is_refused_and_nothing_is_half_created() {
     for verb in ["stop", "start", "pause", "logs", "rm"] {
         let r = env.stamp(&[verb, "ghost"]);
         assert_eq!(r.code, 1, "{verb}");
-        assert!(r.stderr.contains("no machine named ghost"), "{verb}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("no machine named ghost"),
+            "{verb}: {}",
+            r.stderr
+        );
     }
 }
