@@ -237,7 +237,9 @@ impl Podman {
         )?;
         match out.status.code() {
             Some(0) => Ok(true),
-            Some(1) => Ok(false),
+            // Exit 1 without a message is "no such image"; with one, podman itself failed
+            // (a bad containers.conf, storage trouble).
+            Some(1) if out.stderr.iter().all(u8::is_ascii_whitespace) => Ok(false),
             _ => Err(failure(&what, &out)),
         }
     }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::accel::{self, Accel};
 use crate::driver::{Driver, Launch, which};
@@ -323,8 +324,21 @@ impl Driver for Qemu {
         self.qmp(dir)?.execute("cont", None).map(|_| ())
     }
 
+    /// The ACPI power button, and Ctrl-Alt-Del for guests that do not handle it (no logind
+    /// or acpid: systemd still starts ctrl-alt-del.target, a reboot); during a stop a guest
+    /// reboot ends QEMU instead (`set-action`).
     fn shutdown(&self, _spec: &MachineSpec, dir: &MachineDir) -> Result<()> {
-        self.qmp(dir)?.execute("system_powerdown", None).map(|_| ())
+        let mut q = self.qmp(dir)?;
+        if let Err(e) = q.execute("set-action", Some(json!({ "reboot": "shutdown" }))) {
+            tracing::debug!("QEMU has no set-action (older than 6.0?): {e}");
+        }
+        q.execute("system_powerdown", None)?;
+        let keys: Vec<_> = ["ctrl", "alt", "delete"]
+            .iter()
+            .map(|k| json!({ "type": "qcode", "data": k }))
+            .collect();
+        q.execute("send-key", Some(json!({ "keys": keys })))
+            .map(|_| ())
     }
 
     fn kill(&self, _spec: &MachineSpec, dir: &MachineDir) -> Result<()> {

@@ -232,7 +232,9 @@ impl Local {
         child: &mut Child,
         stop: &AtomicBool,
     ) -> Result<ExitStatus> {
-        let mut deadline: Option<Instant> = None;
+        // When the stop began, and how long it may take (a later, shorter stop, such as
+        // `rm -f` during a graceful stop, shortens it).
+        let mut stopping: Option<(Instant, Duration)> = None;
         let mut killed = false;
         loop {
             if let Some(status) = child
@@ -241,13 +243,13 @@ impl Local {
             {
                 return Ok(status);
             }
-            if deadline.is_none() {
-                let asked = stop.load(Ordering::SeqCst);
-                let recorded = dir.status().ok().filter(|s| s.stopping);
-                if asked || recorded.is_some() {
-                    let timeout = recorded
-                        .and_then(|s| s.stop_timeout_ms)
-                        .map_or(STOP_TIMEOUT, Duration::from_millis);
+            let recorded = dir.status().ok().filter(|s| s.stopping);
+            let asked = stop.load(Ordering::SeqCst) || recorded.is_some();
+            let timeout = recorded
+                .and_then(|s| s.stop_timeout_ms)
+                .map_or(STOP_TIMEOUT, Duration::from_millis);
+            match stopping {
+                None if asked => {
                     dir.update(|s| s.stopping = true)?;
                     tracing::info!(machine = %spec.name, "stopping (timeout {timeout:?})");
                     if timeout.is_zero() {
@@ -256,10 +258,15 @@ impl Local {
                         tracing::warn!(machine = %spec.name, "graceful shutdown failed: {e}");
                         let _ = driver.kill(spec, dir);
                     }
-                    deadline = Some(Instant::now() + timeout);
+                    stopping = Some((Instant::now(), timeout));
                 }
-            } else if let Some(d) = deadline {
-                if !killed && Instant::now() >= d {
+                Some((began, current)) if timeout < current => {
+                    stopping = Some((began, timeout));
+                }
+                _ => {}
+            }
+            if let Some((began, timeout)) = stopping {
+                if !killed && began.elapsed() >= timeout {
                     tracing::info!(machine = %spec.name, "did not stop in time: killing it");
                     let _ = driver.kill(spec, dir);
                     std::thread::sleep(Duration::from_millis(500));

@@ -15,20 +15,19 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use stamp_machine::driver::{Driver, Launch, which};
+use stamp_machine::driver::{Driver, Launch};
 use stamp_machine::podman::{Podman, PodmanOptions};
 use stamp_machine::runtime::{Drivers, Local};
 use stamp_machine::spec::{DEFAULT_MEMORY, MachineSpec, Platform, PortForward, Source};
 use stamp_machine::store::{MachineDir, MachineStore};
 use stamp_machine::{Error, Machine, MachineService, State};
 
-/// The test image: busybox and a few of its applets. Change the tag when its contents
-/// change (it is made only when missing).
-const IMAGE: &str = "localhost/stamp-test-busybox:1";
+#[path = "support/busybox.rs"]
+mod busybox;
+use busybox::{IMAGE, podman_ready};
 
 /// The monitor's argument that carries the test's directory.
 const ROOT_ARG: &str = "stamp-test-monitor-root=";
@@ -119,52 +118,6 @@ fn monitor_entry() {
 }
 
 /// Whether podman is here (the test image made once); `false` after saying why.
-fn podman_ready() -> bool {
-    static READY: OnceLock<Result<(), String>> = OnceLock::new();
-    let ready = READY.get_or_init(|| {
-        if which("podman").is_none() {
-            return Err("podman is not installed (apt-get install podman runc)".into());
-        }
-        // Made once per host: each import would leave another untagged image behind.
-        let exists = Command::new("podman")
-            .args(["image", "exists", IMAGE])
-            .status()
-            .is_ok_and(|s| s.success());
-        if exists {
-            return Ok(());
-        }
-        let d = tempfile::tempdir().expect("a temporary directory");
-        let root = d.path().join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
-        std::fs::create_dir_all(root.join("www")).expect("mkdir");
-        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .expect("/bin/busybox (apt-get install busybox-static)");
-        for applet in ["sh", "echo", "cat", "sleep", "httpd"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("ln");
-        }
-        std::fs::write(root.join("www/index.html"), "hello through the port\n").expect("write");
-        let tar = d.path().join("rootfs.tar");
-        run(Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."));
-        run(Command::new("podman").arg("import").arg(&tar).arg(IMAGE));
-        Ok(())
-    });
-    match ready {
-        Ok(()) => true,
-        Err(why) if std::env::var_os("STAMP_REQUIRE_PODMAN").is_some_and(|v| v == "1") => {
-            panic!("podman is required (STAMP_REQUIRE_PODMAN=1): {why}")
-        }
-        Err(why) => {
-            eprintln!("skipping the podman test: {why}");
-            false
-        }
-    }
-}
-
 /// Runs a command that must succeed; returns its stdout.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));

@@ -5,6 +5,8 @@
 
 #[path = "../../../stamp-aws/tests/support/mod.rs"]
 mod aws_support;
+#[path = "../../../stamp-machine/tests/support/busybox.rs"]
+mod busybox;
 mod common;
 #[path = "../../../stamp-serve/tests/support/http.rs"]
 mod http_support;
