@@ -21,6 +21,7 @@ mod compare;
 mod convert;
 mod debian;
 mod fixtures;
+mod machine_systemd;
 mod mkfs;
 mod oci;
 mod qemu;
