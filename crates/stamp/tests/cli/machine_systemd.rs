@@ -7,16 +7,13 @@
 //! Run alone with `cargo test -p stamp --test cli machine_systemd`. Skipped (with a message)
 //! without podman, runc or systemd; fails when `STAMP_REQUIRE_SYSTEMD=1` (CI).
 //!
-//! [`SystemdContainer`] is the reusable part: it boots the container (about a second: the
-//! container boots to basic.target so that the host's own services are not started in it),
-//! runs commands in it, and removes it when dropped, also when a test fails.
+//! The container is stamp-machine's test support (`tests/support/container.rs`), which also
+//! tests the systemd wrapper with a stand-in monitor.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{Run, tmp};
+use crate::container_support::SystemdContainer;
 
 /// Where the stamp binary is inside the container (the units' ExecStart=).
 const STAMP: &str = "/usr/local/bin/stamp";
@@ -24,172 +21,6 @@ const STAMP: &str = "/usr/local/bin/stamp";
 /// The state directory of the machines inside the container (on its /tmp, a tmpfs), so that
 /// the host's own machines under /root/.local/state never show up.
 const STATE: &str = "/tmp/stamp-state";
-
-/// A running container with systemd as PID 1, removed when dropped.
-pub struct SystemdContainer {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
-impl SystemdContainer {
-    /// Boots the container with `binds` (host path, container path) mounted read-only, and
-    /// waits until `systemctl is-system-running` says running or degraded. `None` (after
-    /// saying why) when podman, runc or systemd is missing.
-    pub fn start(binds: &[(&Path, &str)]) -> Option<SystemdContainer> {
-        let required = std::env::var_os("STAMP_REQUIRE_SYSTEMD").is_some_and(|v| v == "1");
-        for tool in ["podman", "runc"] {
-            let found = Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !found {
-                assert!(
-                    !required,
-                    "{tool} is not installed (STAMP_REQUIRE_SYSTEMD=1)"
-                );
-                eprintln!("skipped: {tool} is not installed (scripts/install-test-deps.sh)");
-                return None;
-            }
-        }
-        if !Path::new("/lib/systemd/systemd").exists() {
-            assert!(
-                !required,
-                "systemd is not installed (STAMP_REQUIRE_SYSTEMD=1)"
-            );
-            eprintln!("skipped: /lib/systemd/systemd is not installed");
-            return None;
-        }
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "stamp-systemd-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let dir = tmp();
-        // podman on these machines: runc (crun refuses hybrid cgroups), no default rlimits.
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            "[containers]\ndefault_ulimits = []\n",
-        )
-        .unwrap();
-        let c = SystemdContainer { name, dir };
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &c.name,
-            "--systemd=always",
-            // The host's /tmp and /run hold sockets that podman's copy-up cannot copy.
-            "--tmpfs",
-            "/tmp:rw,notmpcopyup",
-            "--tmpfs",
-            "/run:rw,notmpcopyup",
-            "--tmpfs",
-            "/run/lock:rw,notmpcopyup",
-        ]
-        .map(String::from)
-        .to_vec();
-        for (host, inside) in binds {
-            args.push("-v".into());
-            args.push(format!("{}:{inside}:ro", host.display()));
-        }
-        // --rootfs takes the next argument as the root; what follows is the command.
-        args.extend(
-            [
-                "--rootfs",
-                "/:O",
-                "/lib/systemd/systemd",
-                "systemd.unit=basic.target",
-            ]
-            .map(String::from),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let r = c.podman(&args);
-        assert_eq!(r.code, 0, "podman {args:?}: {}\n{}", r.stderr, r.stdout);
-        let r = c.exec(&["timeout", "120", "systemctl", "is-system-running", "--wait"]);
-        let state = r.stdout.trim();
-        assert!(
-            state == "running" || state == "degraded",
-            "systemd in the container is {state:?}: {}",
-            r.stderr
-        );
-        Some(c)
-    }
-
-    /// Runs `podman ARGS` with this container's configuration.
-    fn podman(&self, args: &[&str]) -> Run {
-        let d = self.dir.path();
-        Command::new("podman")
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--runroot")
-            .arg(d.join("run"))
-            .args(["--runtime", "runc"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-            .into()
-    }
-
-    /// Runs `cmd` in the container (as root, with the machines' state directory set).
-    pub fn exec(&self, cmd: &[&str]) -> Run {
-        let env = format!("XDG_STATE_HOME={STATE}");
-        let mut args = vec!["exec", "-e", env.as_str(), self.name.as_str()];
-        args.extend_from_slice(cmd);
-        self.podman(&args)
-    }
-
-    /// Runs `cmd` in the container and returns its stdout; panics (with the unit's journal)
-    /// unless it succeeds.
-    pub fn ok(&self, cmd: &[&str]) -> String {
-        let r = self.exec(cmd);
-        assert_eq!(
-            r.code,
-            0,
-            "{cmd:?} in the container: {}\n{}\n{}",
-            r.stderr,
-            r.stdout,
-            self.diagnostics()
-        );
-        r.stdout
-    }
-
-    /// Runs a shell script in the container.
-    pub fn sh(&self, script: &str) -> Run {
-        self.exec(&["sh", "-c", script])
-    }
-
-    /// `systemctl show -p PROP UNIT`'s value.
-    pub fn show(&self, unit: &str, prop: &str) -> String {
-        let out = self.ok(&["systemctl", "show", "-p", prop, "--value", unit]);
-        out.trim().to_string()
-    }
-
-    /// What went on, for failure messages: every stamp unit's state and journal.
-    pub fn diagnostics(&self) -> String {
-        let r = self.sh(&format!(
-            "systemctl --no-pager status 'stamp-*' 2>&1 | head -40; \
-             journalctl --no-pager -o short-precise -u 'stamp-*' 2>&1 | tail -60; \
-             for f in {STATE}/stamp/machines/*/*.log; do echo \"== $f\"; tail -c 2000 \"$f\"; done"
-        ));
-        format!("--- in the container:\n{}{}", r.stdout, r.stderr)
-    }
-}
-
-impl Drop for SystemdContainer {
-    fn drop(&mut self) {
-        let r = self.podman(&["rm", "-f", "-t", "0", &self.name]);
-        if r.code != 0 {
-            eprintln!("cannot remove container {}: {}", self.name, r.stderr);
-        }
-        // Unmounts and removes what podman made, so the temporary directory can go.
-        let _ = self.podman(&["system", "reset", "-f"]);
-    }
-}
 
 /// Polls `f` every 200 ms until it returns `Some` or `secs` pass.
 fn wait_for<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -230,39 +61,11 @@ fn vmm(c: &SystemdContainer, name: &str) -> (u32, u32) {
     (pid, field("PPid:").parse().unwrap())
 }
 
-/// The harness itself, without stamp: systemd in the container starts a Type=notify unit
-/// once it notifies READY=1, and the container is gone after the drop.
-#[test]
-fn machine_systemd_container_runs_a_notify_unit() {
-    let Some(c) = SystemdContainer::start(&[]) else {
-        return;
-    };
-    c.ok(&[
-        "sh",
-        "-c",
-        "printf '[Service]\\nType=notify\\nNotifyAccess=all\\n\
-         ExecStart=/bin/sh -c \"sleep 1; systemd-notify --ready; exec sleep 1000\"\\n' \
-         > /etc/systemd/system/notify-test.service",
-    ]);
-    c.ok(&["systemctl", "daemon-reload"]);
-    c.ok(&["systemctl", "start", "notify-test.service"]);
-    assert_eq!(c.show("notify-test.service", "ActiveState"), "active");
-    assert_eq!(c.show("notify-test.service", "SubState"), "running");
-    let storage = c.dir.path().to_path_buf();
-    drop(c);
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mounts.contains(storage.to_str().unwrap()),
-        "podman left mounts under {}",
-        storage.display()
-    );
-    assert!(!storage.exists(), "{} is left", storage.display());
-}
-
 #[test]
 fn machine_systemd_run_restart_recover_stop_rm() {
     let bin = Path::new(env!("CARGO_BIN_EXE_stamp"));
-    let Some(c) = SystemdContainer::start(&[(bin, STAMP)]) else {
+    let Some(c) = SystemdContainer::start(&[(bin, STAMP)], &[&format!("XDG_STATE_HOME={STATE}")])
+    else {
         return;
     };
     let unit = "stamp-m1.service";

@@ -6,6 +6,8 @@
 #[path = "../../../stamp-aws/tests/support/mod.rs"]
 mod aws_support;
 mod common;
+#[path = "../../../stamp-machine/tests/support/container.rs"]
+mod container_support;
 #[path = "../../../stamp-serve/tests/support/http.rs"]
 mod http_support;
 #[path = "../../../stamp-serve/tests/support/pg.rs"]
