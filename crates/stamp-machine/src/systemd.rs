@@ -87,17 +87,11 @@ fn render(spec: &MachineSpec, stamp: &Path, state_home: Option<&Path>) -> String
     u.push_str(&format!(
         "ExecStart={stamp_word} start --foreground {name_word}\n"
     ));
-    u.push_str(&format!(
-        "ExecStop={stamp_word} stop -t {} {name_word}\n",
-        STOP_TIMEOUT.as_secs()
-    ));
+    u.push_str(&exec_stop(stamp, name, STOP_TIMEOUT));
     u.push_str(&format!("Restart={}\nRestartSec=1\n", sd.restart.as_str()));
     u.push_str("KillMode=mixed\n");
-    u.push_str(&format!(
-        "TimeoutStartSec={}\nTimeoutStopSec={}\n",
-        START_TIMEOUT.as_secs(),
-        (STOP_TIMEOUT + STOP_MARGIN).as_secs()
-    ));
+    u.push_str(&format!("TimeoutStartSec={}\n", START_TIMEOUT.as_secs()));
+    u.push_str(&timeout_stop(STOP_TIMEOUT));
     u.push_str(&format!(
         "SyslogIdentifier={}\n",
         text_value(&format!("stamp-{name}"))
@@ -123,6 +117,27 @@ fn render(spec: &MachineSpec, stamp: &Path, state_home: Option<&Path>) -> String
         "WantedBy=multi-user.target\n"
     });
     u
+}
+
+/// Whole seconds, rounded up.
+fn secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// The `ExecStop=` line: stamp's graceful stop with grace period `timeout`.
+fn exec_stop(stamp: &Path, name: &str, timeout: Duration) -> String {
+    format!(
+        "ExecStop={} stop -t {} {}\n",
+        exec_path(&stamp.to_string_lossy()),
+        secs(timeout),
+        exec_word(name)
+    )
+}
+
+/// The `TimeoutStopSec=` line for grace period `timeout`: systemd waits that long plus
+/// [`STOP_MARGIN`] before it kills what is left.
+fn timeout_stop(timeout: Duration) -> String {
+    format!("TimeoutStopSec={}\n", secs(timeout) + STOP_MARGIN.as_secs())
 }
 
 /// `s` on one line: control characters become spaces.
@@ -219,6 +234,24 @@ pub fn unit_dir(user: bool) -> PathBuf {
         .join("systemd/user")
 }
 
+/// Where runtime units and drop-ins go (gone at reboot): `/run/systemd/system`, or
+/// `$XDG_RUNTIME_DIR/systemd/user` for user units.
+fn runtime_unit_dir(user: bool) -> Result<PathBuf> {
+    if !user {
+        return Ok(PathBuf::from("/run/systemd/system"));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|p| p.join("systemd/user"))
+        .ok_or_else(|| {
+            Error::Invalid(
+                "XDG_RUNTIME_DIR is not set: user units need a login session (or use the default stop timeout)"
+                    .into(),
+            )
+        })
+}
+
 /// Sends `state` (`READY=1`, `STOPPING=1`, `STATUS=...`) to the service manager over
 /// `$NOTIFY_SOCKET`, as sd_notify(3) does. Returns true if and only if it was sent; false when
 /// not run by systemd (no socket, or one of a kind this does not speak, such as vsock).
@@ -263,6 +296,17 @@ fn send_to(addr: &SocketAddr, state: &str) -> std::io::Result<bool> {
         )));
     }
     Ok(true)
+}
+
+/// Returns true if and only if this process runs as a command of machine `m`'s own unit
+/// while its monitor is the unit's main process (`$MAINPID`, which systemd sets for
+/// `ExecStop=`): then `stamp stop` must stop the machine itself ([`Local`]), not ask systemd,
+/// which is already stopping the unit.
+pub fn in_own_unit(m: &Machine) -> bool {
+    let main = std::env::var("MAINPID")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    main.is_some() && m.status.monitor.map(|p| p.pid) == main
 }
 
 /// The runtime with systemd owning each machine's monitor (`--systemd`).
@@ -401,6 +445,59 @@ impl Systemd {
             }
             Err(e) => Err(Error::io("create", path, e)),
         }
+    }
+
+    /// `systemctl stop|restart UNIT` with `timeout` as the graceful stop's grace period. The
+    /// unit's own is [`STOP_TIMEOUT`]; another one is given by a runtime drop-in (in /run,
+    /// gone at reboot) that replaces ExecStop= and TimeoutStopSec= for this one job.
+    fn stop_job(&self, m: &Machine, action: &str, timeout: Duration) -> Result<()> {
+        let user = self.user_of(&m.spec);
+        let unit = unit_name(&m.spec.name);
+        if secs(timeout) == secs(STOP_TIMEOUT) {
+            return self
+                .systemctl(user, &[action, "--", &unit], &unit)
+                .map(drop);
+        }
+        let dir = runtime_unit_dir(user)?.join(format!("{unit}.d"));
+        let path = dir.join("stamp-stop-timeout.conf");
+        let text = format!(
+            "# Written by stamp for one `{action}`, removed after it.\n[Service]\nExecStop=\n{}{}",
+            exec_stop(&self.stamp, &m.spec.name, timeout),
+            timeout_stop(timeout)
+        );
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+        let result = self
+            .systemctl(user, &["daemon-reload"], &unit)
+            .and_then(|_| self.systemctl(user, &[action, "--", &unit], &unit));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
+        let reloaded = self.systemctl(user, &["daemon-reload"], &unit);
+        result?;
+        reloaded.map(drop)
+    }
+
+    /// Stops, disables and removes machine `name`'s unit, whatever state it is in.
+    fn remove_unit(&self, name: &str, user: bool) -> Result<()> {
+        let unit = unit_name(name);
+        let path = unit_dir(user).join(&unit);
+        let status = self.unit_statuses(user, std::slice::from_ref(&unit))?.pop();
+        let loaded = status.as_ref().is_some_and(|u| u.enabled != "not-found");
+        if loaded && status.as_ref().is_some_and(|u| u.active != "inactive") {
+            self.systemctl(user, &["stop", "--", &unit], &unit)?;
+        }
+        if loaded {
+            self.systemctl(user, &["disable", "--", &unit], &unit)?;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &path, e)),
+        }
+        self.systemctl(user, &["daemon-reload"], &unit)?;
+        // A unit that failed stays listed as failed until this.
+        let _ = self.systemctl(user, &["reset-failed", "--", &unit], &unit);
+        Ok(())
     }
 
     /// The unit's error with where to look: the machine's recorded reason and the journal.
@@ -566,18 +663,8 @@ impl MachineService for Systemd {
 
     fn stop(&self, name: &str, timeout: Duration) -> Result<Machine> {
         let m = self.systemd_machine(name)?;
-        if timeout > STOP_TIMEOUT {
-            tracing::warn!(
-                machine = name,
-                "under systemd the grace period is the unit's ({}s), not {}s",
-                STOP_TIMEOUT.as_secs(),
-                timeout.as_secs()
-            );
-        }
-        let user = self.user_of(&m.spec);
-        let unit = unit_name(name);
         // ExecStop= stops the machine gracefully; systemd waits for the monitor to end.
-        self.systemctl(user, &["stop", "--", &unit], &unit)?;
+        self.stop_job(&m, "stop", timeout)?;
         match self.local.get(name) {
             Ok(m) => self.with_unit(m),
             // --rm machines are removed when they stop.
@@ -586,17 +673,23 @@ impl MachineService for Systemd {
         }
     }
 
-    fn restart(&self, name: &str, _timeout: Duration) -> Result<Machine> {
+    fn restart(&self, name: &str, timeout: Duration) -> Result<Machine> {
         let m = self.systemd_machine(name)?;
         let user = self.user_of(&m.spec);
-        let unit = unit_name(name);
-        self.systemctl(user, &["restart", "--", &unit], &unit)
+        self.stop_job(&m, "restart", timeout)
             .map_err(|e| self.start_error(name, user, e))?;
         self.with_unit(self.local.get(name)?)
     }
 
     fn delete(&self, name: &str, force: bool) -> Result<()> {
-        let m = self.local.get(name)?;
+        let m = match self.local.get(name) {
+            Ok(m) => m,
+            Err(Error::NotFound(_)) if unit_dir(self.user).join(unit_name(name)).exists() => {
+                // A unit left without its machine (removed by hand): remove the unit.
+                return self.remove_unit(name, self.user);
+            }
+            Err(e) => return Err(e),
+        };
         let user = self.user_of(&m.spec);
         let unit = unit_name(name);
         let path = unit_dir(user).join(&unit);
@@ -619,20 +712,7 @@ impl MachineService for Systemd {
                     ),
                 });
             }
-            if active {
-                self.systemctl(user, &["stop", "--", &unit], &unit)?;
-            }
-            if status.as_ref().is_some_and(|u| u.enabled != "not-found") {
-                self.systemctl(user, &["disable", "--", &unit], &unit)?;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", &path, e)),
-            }
-            self.systemctl(user, &["daemon-reload"], &unit)?;
-            // A unit that failed stays listed as failed until this.
-            let _ = self.systemctl(user, &["reset-failed", "--", &unit], &unit);
+            self.remove_unit(name, user)?;
         }
         match self.local.delete(name, true) {
             Ok(()) | Err(Error::NotFound(_)) => Ok(()),

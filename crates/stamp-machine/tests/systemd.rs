@@ -173,7 +173,10 @@ fn role_entry() {
         }
         "stop" => {
             // ExecStop=: the local stop (the monitor is the unit's main process).
-            let r = local().stop(&name, Duration::from_secs(10));
+            let l = local();
+            let own = l.get(&name).is_ok_and(|m| systemd::in_own_unit(&m));
+            eprintln!("stop: in its own unit: {own}");
+            let r = l.stop(&name, Duration::from_secs(10));
             eprintln!("stop: {r:?}");
             std::process::exit(i32::from(r.is_err()));
         }
@@ -210,6 +213,7 @@ fn inner() {
         &bin,
         format!(
             "#!/bin/sh\n\
+             echo \"stand-in stamp $*\" >&2\n\
              case \"$1\" in\n\
              start) STAMP_TEST_ROLE=monitor STAMP_TEST_MACHINE=\"$3\" exec {SELF} --exact role_entry --nocapture --test-threads=1 ;;\n\
              stop) STAMP_TEST_ROLE=stop STAMP_TEST_MACHINE=\"$4\" exec {SELF} --exact role_entry --nocapture --test-threads=1 ;;\n\
@@ -294,8 +298,9 @@ fn inner() {
     });
     assert!(back, "not restarted: {:?}", sd.get("m1").unwrap());
 
-    // stop: ExecStop= stops the machine gracefully; the unit is inactive, not failed.
-    let m = sd.stop("m1", Duration::from_secs(10)).unwrap();
+    // stop: ExecStop= stops the machine gracefully; the unit is inactive, not failed. A
+    // grace period other than the unit's goes through a runtime drop-in, removed after.
+    let m = sd.stop("m1", Duration::from_secs(3)).unwrap();
     assert_eq!(m.state(), State::Stopped, "{m:?}");
     assert_eq!(m.status.reason.as_deref(), Some("stopped on request"));
     assert_eq!(m.unit.as_ref().unwrap().active, "inactive");
@@ -307,6 +312,19 @@ fn inner() {
     assert!(
         logs.matches("machine m1 is up").count() >= 3,
         "journal: {logs}"
+    );
+    assert!(
+        logs.contains("stand-in stamp stop -t 3 m1"),
+        "journal: {logs}"
+    );
+    assert!(
+        logs.contains("stop: in its own unit: true"),
+        "journal: {logs}"
+    );
+    assert!(
+        !Path::new("/run/systemd/system")
+            .join(format!("{unit}.d"))
+            .exists()
     );
     // Following a stopped machine ends by itself.
     let mut out = Vec::new();
@@ -333,6 +351,17 @@ fn inner() {
     sd.delete("m2", true).unwrap();
     assert!(sd.list().unwrap().is_empty());
     assert_eq!(show(&unit_name("m2"), "LoadState"), "not-found");
+
+    // A unit whose machine is gone (removed by hand) is removed by delete.
+    sd.create(&spec("m4", Restart::No, true)).unwrap();
+    sd.local().delete("m4", true).unwrap();
+    sd.delete("m4", false).unwrap();
+    assert!(
+        !Path::new("/etc/systemd/system")
+            .join(unit_name("m4"))
+            .exists()
+    );
+    assert_eq!(show(&unit_name("m4"), "LoadState"), "not-found");
 
     // A failing create (systemctl enable fails: the .wants directory is a file) leaves no
     // machine and no unit behind.
