@@ -30,7 +30,8 @@ pub const STOP_MARGIN: Duration = Duration::from_secs(30);
 
 /// Environment variables the service gets from the user who created it, so that the monitor
 /// sees the same machines and the same tools' configuration.
-const PASSED_ENV: [&str; 1] = ["CONTAINERS_CONF"];
+/// (`PATH`: the same qemu, firecracker and podman as the command that created it.)
+const PASSED_ENV: [&str; 2] = ["PATH", "CONTAINERS_CONF"];
 
 /// The unit of machine `machine`: `stamp-NAME.service`.
 pub fn unit_name(machine: &str) -> String {
@@ -405,18 +406,19 @@ impl Systemd {
         Ok(m)
     }
 
-    /// Writes the unit file of `spec` (temporary file, then rename); fails if one exists.
+    /// Writes the unit file of `spec` (a temporary file, then a hard link to its name, which
+    /// fails if one exists: the file appears complete or not at all, never over another).
     fn write_unit(&self, spec: &MachineSpec, path: &Path) -> Result<()> {
         let dir = path
             .parent()
             .ok_or_else(|| Error::Invalid(format!("bad unit path {}", path.display())))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-        let state = self.local.store().root().parent().and_then(|p| {
-            // The store is STATE/stamp/machines: give the service the same STATE.
-            (self.local.store().root().ends_with("stamp/machines"))
-                .then(|| p.parent().map(Path::to_path_buf))
-                .flatten()
-        });
+        // The store is STATE/stamp/machines: give the service the same STATE.
+        let root = self.local.store().root();
+        let state = (root.is_absolute() && root.ends_with("stamp/machines"))
+            .then(|| root.parent().and_then(Path::parent))
+            .flatten()
+            .map(Path::to_path_buf);
         let text = render(spec, &self.stamp, state.or_else(state_home).as_deref());
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
@@ -599,6 +601,11 @@ impl MachineService for Systemd {
         let unit = unit_name(&spec.name);
         let path = unit_dir(sd.user).join(&unit);
         crate::spec::check_name(&spec.name)?;
+        if spec.remove {
+            return Err(Error::Invalid(
+                "--rm cannot be used with --systemd: the unit restarts and outlives the machine (`stamp rm --systemd NAME` removes both)".into(),
+            ));
+        }
         if path.exists() {
             return Err(Error::Invalid(format!(
                 "the unit {} exists already: `stamp rm --systemd {}` removes it with its machine, or choose another --name",
@@ -959,6 +966,14 @@ mod tests {
             "{u}"
         );
         assert_eq!(one(&u, "[Install]", "WantedBy"), "multi-user.target");
+        // The creator's PATH: the service finds the same qemu.
+        if let Ok(path) = std::env::var("PATH") {
+            let want = format!("{}", env_assignment("PATH", &path));
+            assert!(
+                directive(&u, "[Service]", "Environment").contains(&want),
+                "{u}"
+            );
+        }
     }
 
     #[test]

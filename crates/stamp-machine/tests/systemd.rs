@@ -238,6 +238,7 @@ fn inner() {
     );
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"XDG_STATE_HOME=/tmp/st\""), "{text}");
+    assert!(text.contains("Environment=\"PATH=/"), "{text}");
     let r = Command::new("systemd-analyze")
         .args(["verify"])
         .arg(&path)
@@ -362,6 +363,13 @@ fn inner() {
             .exists()
     );
     assert_eq!(show(&unit_name("m4"), "LoadState"), "not-found");
+
+    // --rm and --systemd do not mix (the unit would outlive its machine).
+    let mut s5 = spec("m5", Restart::No, false);
+    s5.remove = true;
+    let e = sd.create(&s5).unwrap_err().to_string();
+    assert!(e.contains("--rm"), "{e}");
+    assert!(sd.list().unwrap().is_empty());
 
     // A failing create (systemctl enable fails: the .wants directory is a file) leaves no
     // machine and no unit behind.
