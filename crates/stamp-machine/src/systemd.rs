@@ -968,7 +968,7 @@ mod tests {
         assert_eq!(one(&u, "[Install]", "WantedBy"), "multi-user.target");
         // The creator's PATH: the service finds the same qemu.
         if let Ok(path) = std::env::var("PATH") {
-            let want = format!("{}", env_assignment("PATH", &path));
+            let want = env_assignment("PATH", &path);
             assert!(
                 directive(&u, "[Service]", "Environment").contains(&want),
                 "{u}"
