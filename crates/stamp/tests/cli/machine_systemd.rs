@@ -197,6 +197,10 @@ fn machine_systemd_run_restart_recover_stop_rm() {
     let r = c.exec(&["test", "-e", &format!("/proc/{qemu3}")]);
     assert_ne!(r.code, 0, "qemu {qemu3} still runs after stop");
 
+    // logs of a systemd machine read the unit's journal.
+    let r = c.exec(&[STAMP, "logs", "m1"]);
+    assert_eq!(r.code, 0, "stamp logs: {}", r.stderr);
+
     // rm --systemd: no unit file, no enablement link, no unit loaded, no machine directory.
     let r = c.exec(&[STAMP, "rm", "--systemd", "m1"]);
     assert_eq!(r.code, 0, "stamp rm --systemd: {}", r.stderr);
