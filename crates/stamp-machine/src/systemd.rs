@@ -513,8 +513,8 @@ impl Systemd {
             .map(|r| format!("; the machine says: {r}"))
             .unwrap_or_default();
         Error::Driver(format!(
-            "{e}{reason} (`journalctl {}-u {unit}` has the details)",
-            if user { "--user " } else { "" }
+            "{e}{reason} (`journalctl {} {unit}` has the details)",
+            if user { "--user-unit" } else { "-u" }
         ))
     }
 }
@@ -769,10 +769,12 @@ impl MachineService for Systemd {
         let user = self.user_of(&m.spec);
         let unit = unit_name(name);
         let mut cmd = Command::new("journalctl");
-        if user {
-            cmd.arg("--user");
-        }
-        cmd.args(["-u", &unit, "-o", "cat", "--no-pager"]);
+        // A user unit's messages are in the user's journal, or in the system journal for
+        // root and users without one: `--user-unit` without `--user` reads every journal the
+        // caller may read (`journalctl --user -u` finds nothing for root).
+        cmd.arg(if user { "--user-unit" } else { "--unit" })
+            .arg(&unit)
+            .args(["-o", "cat", "--no-pager"]);
         if follow {
             cmd.arg("-f");
         }

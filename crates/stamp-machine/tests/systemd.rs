@@ -394,7 +394,49 @@ fn inner() {
             .exists()
     );
     assert!(!Path::new(STATE).join("stamp/machines/m3").exists());
+    user_units();
     println!("inner flow passed");
+}
+
+/// The same with a user unit (`--user`), in root's user manager.
+fn user_units() {
+    let sd = Systemd::new(local(), true, PathBuf::from(STAMP));
+    let unit = unit_name("u1");
+    let path = Path::new("/root/.config/systemd/user").join(&unit);
+    let user_show = |prop: &str| {
+        let out = Command::new("systemctl")
+            .args(["--user", "show", "-p", prop, "--value", &unit])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut s = spec("u1", Restart::OnFailure, true);
+    s.systemd.as_mut().unwrap().user = true;
+    let m = sd.create(&s).unwrap();
+    assert!(m.spec.systemd.as_ref().unwrap().user);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("WantedBy=default.target"), "{text}");
+    assert_eq!(user_show("UnitFileState"), "enabled");
+    let m = sd.start("u1").unwrap();
+    assert_eq!(m.state(), State::Running);
+    assert_eq!(m.unit.as_ref().unwrap().active, "active");
+    assert_eq!(
+        user_show("MainPID"),
+        m.status.monitor.unwrap().pid.to_string()
+    );
+    // A system service of the same name does not exist: the machine's spec picks the manager.
+    assert_eq!(show(&unit, "LoadState"), "not-found");
+    let m = sd.stop("u1", Duration::from_secs(2)).unwrap();
+    assert_eq!(m.state(), State::Stopped);
+    assert_eq!(user_show("ActiveState"), "inactive");
+    let mut out = Vec::new();
+    sd.logs("u1", false, None, &mut out).unwrap();
+    let logs = String::from_utf8_lossy(&out);
+    assert!(logs.contains("machine u1 is up"), "user journal: {logs}");
+    sd.delete("u1", false).unwrap();
+    assert!(!path.exists());
+    assert_eq!(user_show("LoadState"), "not-found");
+    assert!(sd.list().unwrap().is_empty());
 }
 
 /// The test run: boots the container and runs the flow in it.
@@ -408,9 +450,12 @@ fn systemd_wrapper_end_to_end() {
     else {
         return;
     };
+    // Root's user manager, for the user units.
+    c.ok(&["systemctl", "start", "user@0.service"]);
     let r = c.exec(&[
         "env",
         "STAMP_TEST_ROLE=inner",
+        "XDG_RUNTIME_DIR=/run/user/0",
         SELF,
         "--exact",
         "role_entry",
