@@ -231,7 +231,8 @@ impl Drop for SystemdContainer {
         if r.code != 0 {
             eprintln!("cannot remove container {}: {}", self.name, r.stderr);
         }
-        // Unmounts and removes what podman made, so the temporary directory can go.
-        let _ = self.podman(&["system", "reset", "-f"]);
+        // Not `podman system reset`: even on private storage it removes the lock memory that
+        // every podman of the host shares, and other stores' running containers then show
+        // as created with their processes orphaned. `rm` unmounts all this container had.
     }
 }
