@@ -700,27 +700,28 @@ impl MachineService for Systemd {
         let user = self.user_of(&m.spec);
         let unit = unit_name(name);
         let path = unit_dir(user).join(&unit);
-        let known = m.spec.systemd.is_some() || path.exists();
-        if known {
-            let status = self.unit_statuses(user, std::slice::from_ref(&unit))?.pop();
-            let active = status.as_ref().is_some_and(|u| {
-                matches!(
-                    u.active.as_str(),
-                    "active" | "activating" | "reloading" | "deactivating"
-                )
-            });
-            if (active || m.state().is_live()) && !force {
-                return Err(Error::State {
-                    name: name.into(),
-                    state: m.state(),
-                    hint: format!(
-                        "its unit {unit} is {}: stop it first (`stamp stop --systemd {name}`) or use `stamp rm -f --systemd {name}`",
-                        status.map_or_else(|| "active".to_string(), |u| u.active)
-                    ),
-                });
-            }
-            self.remove_unit(name, user)?;
+        if m.spec.systemd.is_none() && !path.exists() {
+            // Not a systemd machine: nothing of systemd's to remove.
+            return self.local.delete(name, force);
         }
+        let status = self.unit_statuses(user, std::slice::from_ref(&unit))?.pop();
+        let active = status.as_ref().is_some_and(|u| {
+            matches!(
+                u.active.as_str(),
+                "active" | "activating" | "reloading" | "deactivating"
+            )
+        });
+        if (active || m.state().is_live()) && !force {
+            return Err(Error::State {
+                name: name.into(),
+                state: m.state(),
+                hint: format!(
+                    "its unit {unit} is {}: stop it first (`stamp stop --systemd {name}`) or use `stamp rm -f --systemd {name}`",
+                    status.map_or_else(|| "active".to_string(), |u| u.active)
+                ),
+            });
+        }
+        self.remove_unit(name, user)?;
         match self.local.delete(name, true) {
             Ok(()) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
