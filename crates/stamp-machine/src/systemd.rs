@@ -6,6 +6,18 @@
 //!
 //! Everything the machine is (its spec, status, console log) still lives in the machine store:
 //! [`Systemd`] wraps a [`Local`] runtime and adds the unit.
+//!
+//! What the CLI does for it:
+//! - `stamp start --foreground NAME` (the unit's main process) runs
+//!   [`Local::run_foreground`] with `ready` calling `notify("READY=1")`, sets the stop flag on
+//!   SIGTERM, and exits non-zero when the machine ended `failed` (so that
+//!   `Restart=on-failure` restarts it) and 0 when it stopped (on request, or powered off).
+//! - `stamp stop NAME` (the unit's `ExecStop=`, `$MAINPID` set) stops the machine through
+//!   [`Local`] when [`in_own_unit`] says so; otherwise, for a machine whose spec has
+//!   `systemd` set, it must go through [`Systemd`] even without `--systemd`: a machine
+//!   stopped behind systemd's back is restarted by `Restart=always`.
+//! - Logs of a systemd machine are the unit's journal (the monitor's output); the serial
+//!   console stays in the machine's `console.log`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
