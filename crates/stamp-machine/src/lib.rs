@@ -20,6 +20,7 @@ pub mod service;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod systemd;
 
 pub use error::{Error, Result};
 pub use service::MachineService;

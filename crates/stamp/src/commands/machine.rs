@@ -24,10 +24,15 @@ use crate::cli::{
 use crate::dirs::xdg;
 use crate::progress::CancelFlag;
 
+/// This stamp binary (absolute: units and monitors run it).
+fn stamp_exe() -> Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the stamp binary")
+}
+
 /// The runtime on this user's machines directory.
 fn runtime() -> Result<Local> {
     let state = xdg("XDG_STATE_HOME", ".local/state")?;
-    let exe = std::env::current_exe().context("cannot find the stamp binary")?;
+    let exe = stamp_exe()?;
     let drivers = Drivers {
         qemu: Box::new(Qemu::new(QemuOptions::from_env(state.clone()))),
         firecracker: Box::new(stamp_machine::firecracker::Firecracker::new()),
@@ -53,27 +58,28 @@ fn runtime() -> Result<Local> {
 fn service_for(local: Local, name: Option<&str>, systemd: bool) -> Result<Box<dyn MachineService>> {
     let unit = match name {
         Some(n) => match local.get(n) {
-            Ok(m) => m.spec.systemd.clone().filter(|_| !inside_own_unit(&m)),
+            Ok(m) => m
+                .spec
+                .systemd
+                .clone()
+                .filter(|_| !stamp_machine::systemd::in_own_unit(&m)),
             Err(_) => None,
         },
         None => None,
     };
     match (unit, systemd) {
         (Some(u), _) => Ok(Box::new(stamp_machine::systemd::Systemd::new(
-            local, u.user,
+            local,
+            u.user,
+            stamp_exe()?,
         ))),
-        (None, true) => Ok(Box::new(stamp_machine::systemd::Systemd::new(local, false))),
+        (None, true) => Ok(Box::new(stamp_machine::systemd::Systemd::new(
+            local,
+            false,
+            stamp_exe()?,
+        ))),
         (None, false) => Ok(Box::new(local)),
     }
-}
-
-/// Whether this process runs inside the machine's own unit (its `ExecStop`): systemd sets
-/// `$MAINPID` to the unit's main process, the machine's monitor.
-fn inside_own_unit(m: &Machine) -> bool {
-    let main = std::env::var("MAINPID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok());
-    main.is_some() && main == m.status.monitor.map(|p| p.pid)
 }
 
 pub fn run_run(a: RunArgs, cancel: &CancelFlag) -> Result<u8> {
@@ -138,8 +144,8 @@ pub fn run_run(a: RunArgs, cancel: &CancelFlag) -> Result<u8> {
         systemd,
         created: stamp_machine::now_rfc3339(),
     };
-    if spec.systemd.is_some() {
-        let service = service_for(local, None, true)?;
+    if let Some(unit) = &spec.systemd {
+        let service = stamp_machine::systemd::Systemd::new(local, unit.user, stamp_exe()?);
         service.create(&spec)?;
         let m = service.start(&name)?;
         println!("{}", m.spec.name);
@@ -505,7 +511,7 @@ fn with_units(machines: Vec<Machine>) -> Result<Vec<Machine>> {
         match &m.spec.systemd {
             Some(s) => {
                 let local = runtime()?;
-                let sys = stamp_machine::systemd::Systemd::new(local, s.user);
+                let sys = stamp_machine::systemd::Systemd::new(local, s.user, stamp_exe()?);
                 out.push(sys.get(&m.spec.name).unwrap_or(m));
             }
             None => out.push(m),

@@ -8,6 +8,8 @@ mod aws_support;
 #[path = "../../../stamp-machine/tests/support/busybox.rs"]
 mod busybox;
 mod common;
+#[path = "../../../stamp-machine/tests/support/container.rs"]
+mod container_support;
 #[path = "../../../stamp-serve/tests/support/http.rs"]
 mod http_support;
 #[path = "../../../stamp-serve/tests/support/pg.rs"]
@@ -24,6 +26,7 @@ mod convert;
 mod debian;
 mod fixtures;
 mod machine;
+mod machine_systemd;
 mod mkfs;
 mod oci;
 mod qemu;
