@@ -25,6 +25,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 command -v skopeo >/dev/null || need+=(skopeo)
+# stamp run --systemd: systemd-analyze verifies the units; systemd runs as PID 1 in a container.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 # stamp build: boot the disks it makes (QEMU with UEFI firmware, TCG), a static busybox for the
 # application image, objcopy for the benchmark's UKI, /usr/bin/time for its peak memory.
 qemu_system=0

@@ -13,6 +13,6 @@ grub_tar=$(scripts/debian-image.sh --grub)
 export STAMP_DEBIAN_GRUB_TAR=$grub_tar
 app_oci=$(scripts/debian-image.sh --app)
 export STAMP_APP_OCI=$app_oci
-# The boot tests fail instead of skipping when qemu-system-x86_64 or OVMF is missing.
-export STAMP_REQUIRE_QEMU=1
+# The boot, podman and systemd tests fail instead of skipping when their tools are missing.
+export STAMP_REQUIRE_QEMU=1 STAMP_REQUIRE_PODMAN=1 STAMP_REQUIRE_SYSTEMD=1
 cargo test --workspace --locked
