@@ -228,6 +228,33 @@ fn a_killed_qemu_or_monitor_is_reported_never_running() {
     );
     assert_eq!(m["pid"], Value::Null);
 
+    // Only the monitor killed: QEMU runs on, `ps` says so, and `stop` still ends it (QMP).
+    env.ok(&["start", "k"]);
+    let status = |env: &Env| -> Value {
+        serde_json::from_slice(&std::fs::read(env.machines_dir().join("k/status.json")).unwrap())
+            .unwrap()
+    };
+    let s1 = status(&env);
+    let monitor = s1["monitor"]["pid"].as_u64().unwrap().to_string();
+    let qemu = s1["vmm"]["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &monitor])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let m = env.machine("k");
+    assert_eq!(m["state"], "running", "{m}");
+    assert_eq!(m["pid"], qemu);
+    env.ok(&["stop", "-t", "1", "k"]);
+    assert_eq!(env.machine("k")["state"], "stopped");
+    let stat = std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default();
+    let zombie_or_gone = stat.is_empty()
+        || stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+    assert!(zombie_or_gone, "qemu {qemu} survived stop: {stat}");
+
     // Monitor and QEMU both killed (as a host crash would): the dead pids are noticed.
     env.ok(&["start", "k"]);
     let status: Value =
