@@ -370,9 +370,10 @@ fn resolve(
                     },
                 ))
             }
-            Some(Platform::Firecracker) => bail!(
-                "--platform firecracker needs a kernel and an ext4 root filesystem; building them from a container image is not supported yet: use --platform qemu (a disk is built with `stamp build`) or podman"
-            ),
+            Some(Platform::Firecracker) => Ok((
+                Platform::Firecracker,
+                kernel_source(&store, &img, image, &cache, &key)?,
+            )),
         },
     }
 }
@@ -429,7 +430,11 @@ fn build_disk(image: &str, out: &Path, store_args: &crate::cli::StoreArgs) -> Re
     let exe = std::env::current_exe()?;
     let tmp = out.with_extension("qcow2.tmp");
     let mut c = std::process::Command::new(exe);
-    c.arg("build").arg(image).arg("-o").arg(&tmp);
+    c.arg("build")
+        .arg(image)
+        .arg("-o")
+        .arg(&tmp)
+        .args(["-O", "qcow2"]);
     if let Some(s) = &store_args.store {
         c.arg("--store").arg(s);
     }
@@ -709,4 +714,74 @@ pub fn run_inspect(a: &InspectArgs) -> Result<Option<u8>> {
         );
     }
     Ok(Some(0))
+}
+
+/// Firecracker's inputs made from a container image in the store: the image's kernel and
+/// initrd, and its root filesystem as a raw ext4 image (`root=/dev/vda`); made once per image
+/// digest in the cache (`KEY.kernel/`).
+fn kernel_source(
+    store: &stamp_oci::Store,
+    img: &stamp_oci::Image,
+    image: &str,
+    cache: &Path,
+    key: &str,
+) -> Result<Source> {
+    let dir = cache.join(format!("{key}.kernel"));
+    if !dir.join("root.ext4").is_file() {
+        let tmp = tempfile::Builder::new()
+            .prefix(".kernel")
+            .tempdir_in(cache)
+            .with_context(|| format!("cannot create a directory in {}", cache.display()))?;
+        let tree = stamp_oci::flatten(store, img, &Default::default())
+            .with_context(|| format!("cannot read the layers of {image}"))?;
+        let kernel = stamp_build::boot::find_kernel(&tree)?.with_context(|| {
+            format!("{image} has no kernel in /boot (apt install linux-image-cloud-amd64 in it)")
+        })?;
+        copy_out(&tree, &kernel.vmlinuz, &tmp.path().join("kernel"))?;
+        if let Some(initrd) = &kernel.initrd {
+            copy_out(&tree, initrd, &tmp.path().join("initrd"))?;
+        }
+        let root = stamp_fs::ext4::ext4(&tree, &stamp_fs::ext4::Ext4Options::default())
+            .with_context(|| format!("cannot lay out the root filesystem of {image}"))?;
+        let never = std::sync::Arc::new(AtomicBool::new(false));
+        super::mkfs::write_image(
+            root,
+            &tmp.path().join("root.ext4"),
+            stamp_disk::Format::Raw,
+            false,
+            &never,
+        )?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(tmp.keep(), &dir)
+            .with_context(|| format!("cannot write {}", dir.display()))?;
+    }
+    let initrd = dir.join("initrd");
+    Ok(Source::Kernel {
+        kernel: dir.join("kernel"),
+        initrd: initrd.is_file().then_some(initrd),
+        root: Some(dir.join("root.ext4")),
+        cmdline: "root=/dev/vda rw".into(),
+    })
+}
+
+/// Copies the regular file at `path` of `tree` to the host file `to`.
+fn copy_out(tree: &stamp_fs::Tree, path: &str, to: &Path) -> Result<()> {
+    let (_, id) = tree
+        .resolve(path.as_bytes(), true)
+        .with_context(|| format!("{path} is not in the image"))?;
+    let stamp_fs::Kind::File(content) = &tree.entry(id).kind else {
+        bail!("{path} in the image is not a regular file");
+    };
+    let mut out =
+        std::fs::File::create(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < content.len() {
+        let n = buf.len().min((content.len() - at) as usize);
+        content.read_at(&mut buf[..n], at)?;
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", to.display()))?;
+        at += n as u64;
+    }
+    Ok(())
 }

@@ -32,8 +32,13 @@ impl Env {
     }
 
     fn stamp(&self, args: &[&str]) -> Run {
+        self.stamp_with(args, &[])
+    }
+
+    fn stamp_with(&self, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> Run {
         Command::new(env!("CARGO_BIN_EXE_stamp"))
             .args(args)
+            .envs(vars.iter().copied())
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
             .env("XDG_DATA_HOME", self.dir.path().join("data"))
@@ -398,4 +403,150 @@ fn a_container_runs_with_podman_with_its_exit_code_and_logs() {
         !left.contains("stamp-c1") && !left.contains("stamp-c2"),
         "{left}"
     );
+}
+
+#[test]
+fn a_container_image_becomes_firecrackers_kernel_and_ext4_root() {
+    // No firecracker and no usable KVM here: a fake firecracker (the API as Firecracker
+    // serves it) checks what stamp makes of a container image and sends it.
+    let env = Env::new();
+    let Some(_) = crate::fake_firecracker::fake_firecracker(env.dir.path()) else {
+        eprintln!("skipped: no python3 for the fake firecracker");
+        return;
+    };
+    let root = env.dir.path().join("rootfs");
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    // Firecracker boots an ELF vmlinux: any ELF file stands in for it.
+    std::fs::copy("/bin/true", root.join("boot/vmlinuz-6.1.0-test")).unwrap();
+    std::fs::write(root.join("boot/initrd.img-6.1.0-test"), b"initrd bytes").unwrap();
+    std::fs::write(root.join("etc/hello"), b"hello from the image\n").unwrap();
+    let tar = env.dir.path().join("rootfs.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    env.ok(&["import", "--name", "localhost/fc-test:1", s(&tar)]);
+    let path = format!(
+        "{}:{}",
+        env.dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let path = std::ffi::OsString::from(path);
+    let vars = [("PATH", path.as_os_str())];
+    let r = env.stamp_with(
+        &[
+            "run",
+            "-d",
+            "--platform",
+            "firecracker",
+            "--name",
+            "f1",
+            "--memory",
+            "256M",
+            "localhost/fc-test:1",
+        ],
+        &vars,
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(env.machine("f1")["state"], "running");
+    let logs = env.ok(&["logs", "f1"]);
+    assert!(logs.contains("fake login:"), "{logs}");
+
+    let dir = env.machines_dir().join("f1");
+    let requests: Vec<Value> = std::fs::read_to_string(dir.join("requests.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let body = |path: &str| {
+        requests
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no {path} in {requests:?}"))["body"]
+            .clone()
+    };
+    let boot = body("/boot-source");
+    let kernel = boot["kernel_image_path"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(kernel).unwrap(),
+        std::fs::read("/bin/true").unwrap()
+    );
+    let initrd = boot["initrd_path"].as_str().unwrap();
+    assert_eq!(std::fs::read(initrd).unwrap(), b"initrd bytes");
+    assert!(
+        boot["boot_args"]
+            .as_str()
+            .unwrap()
+            .contains("root=/dev/vda"),
+        "{boot}"
+    );
+    let drive = body("/drives/rootfs");
+    assert_eq!(drive["is_root_device"], true);
+    let disk = drive["path_on_host"].as_str().unwrap().to_string();
+    // The root is a clean ext4 with the image's files.
+    let fsck = Command::new("e2fsck")
+        .args(["-fn", &disk])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let cat = Command::new("debugfs")
+        .args(["-R", "cat /etc/hello", &disk])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cat.stdout),
+        "hello from the image\n"
+    );
+
+    env.stamp_with(&["stop", "f1"], &vars);
+    let m = env.machine("f1");
+    assert_eq!(m["state"], "stopped", "{m}");
+    env.ok(&["rm", "f1"]);
+}
+
+#[test]
+fn a_container_image_runs_under_qemu_as_a_disk_built_on_the_fly() {
+    let Some(tar) = debian_tar() else {
+        eprintln!("skipped: no Debian rootfs tar; run scripts/debian-image.sh --tar");
+        return;
+    };
+    if !crate::qemu::available() {
+        eprintln!("skipped: qemu-system-x86_64 or OVMF missing");
+        return;
+    }
+    let env = Env::new();
+    env.ok(&["import", "--name", "localhost/debian:12", s(&tar)]);
+    // A container image defaults to podman; --platform qemu builds a disk (cached) and boots it.
+    env.ok(&[
+        "run",
+        "-d",
+        "--platform",
+        "qemu",
+        "--name",
+        "d1",
+        "localhost/debian:12",
+    ]);
+    let m = env.machine("d1");
+    assert_eq!(m["state"], "running", "{m}");
+    assert_eq!(m["platform"], "qemu");
+    wait(Duration::from_secs(400), "the login prompt", || {
+        env.ok(&["logs", "d1"]).contains("login:").then_some(())
+    });
+    env.ok(&["rm", "-f", "d1"]);
+    let cached: Vec<_> = std::fs::read_dir(env.dir.path().join("cache/stamp/machines"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "qcow2"))
+        .collect();
+    assert_eq!(cached.len(), 1, "one cached disk for the image");
 }

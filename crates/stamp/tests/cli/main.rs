@@ -10,6 +10,8 @@ mod busybox;
 mod common;
 #[path = "../../../stamp-machine/tests/support/container.rs"]
 mod container_support;
+#[path = "../../../stamp-machine/tests/support/fake_firecracker.rs"]
+mod fake_firecracker;
 #[path = "../../../stamp-serve/tests/support/http.rs"]
 mod http_support;
 #[path = "../../../stamp-serve/tests/support/pg.rs"]
