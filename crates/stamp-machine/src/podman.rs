@@ -634,19 +634,9 @@ mod tests {
 
     fn spec(name: &str, source: Source) -> MachineSpec {
         MachineSpec {
-            name: name.into(),
-            image: "img".into(),
-            platform: Platform::Podman,
-            source,
             cpus: 2,
             memory: 256 << 20,
-            disk_size: None,
-            ports: vec![],
-            env: vec![],
-            cmd: vec![],
-            remove: false,
-            systemd: None,
-            created: "2026-01-01T00:00:00Z".into(),
+            ..MachineSpec::new(name, "img", Platform::Podman, source)
         }
     }
 

@@ -385,22 +385,19 @@ mod tests {
 
     fn spec(name: &str, disk: &Path) -> MachineSpec {
         MachineSpec {
-            name: name.into(),
-            image: disk.display().to_string(),
-            platform: Platform::Qemu,
-            source: Source::Disk {
-                path: disk.to_path_buf(),
-                format: "raw".into(),
-            },
             cpus: 2,
             memory: 512 << 20,
             disk_size: Some(64 << 20),
             ports: vec!["127.0.0.1:8080:80".parse::<PortForward>().unwrap()],
-            env: vec![],
-            cmd: vec![],
-            remove: false,
-            systemd: None,
-            created: crate::now_rfc3339(),
+            ..MachineSpec::new(
+                name,
+                disk.display().to_string(),
+                Platform::Qemu,
+                Source::Disk {
+                    path: disk.to_path_buf(),
+                    format: "raw".into(),
+                },
+            )
         }
     }
 

@@ -231,6 +231,33 @@ pub struct MachineSpec {
     pub created: String,
 }
 
+impl MachineSpec {
+    /// A spec with the defaults for the rest: one CPU, [`DEFAULT_MEMORY`], no ports,
+    /// environment or command, kept when stopped, not under systemd, created now.
+    pub fn new(
+        name: impl Into<String>,
+        image: impl Into<String>,
+        platform: Platform,
+        source: Source,
+    ) -> MachineSpec {
+        MachineSpec {
+            name: name.into(),
+            image: image.into(),
+            platform,
+            source,
+            cpus: 1,
+            memory: DEFAULT_MEMORY,
+            disk_size: None,
+            ports: Vec::new(),
+            env: Vec::new(),
+            cmd: Vec::new(),
+            remove: false,
+            systemd: None,
+            created: crate::now_rfc3339(),
+        }
+    }
+}
+
 /// Default guest memory: 1 GiB.
 pub const DEFAULT_MEMORY: u64 = 1 << 30;
 

@@ -267,22 +267,16 @@ mod tests {
 
     fn spec(name: &str) -> MachineSpec {
         MachineSpec {
-            name: name.into(),
-            image: "disk.qcow2".into(),
-            platform: Platform::Qemu,
-            source: Source::Disk {
-                path: "/nonexistent".into(),
-                format: "qcow2".into(),
-            },
-            cpus: 1,
             memory: 256 << 20,
-            disk_size: None,
-            ports: vec![],
-            env: vec![],
-            cmd: vec![],
-            remove: false,
-            systemd: None,
-            created: "2026-01-01T00:00:00Z".into(),
+            ..MachineSpec::new(
+                name,
+                "disk.qcow2",
+                Platform::Qemu,
+                Source::Disk {
+                    path: "/nonexistent".into(),
+                    format: "qcow2".into(),
+                },
+            )
         }
     }
 

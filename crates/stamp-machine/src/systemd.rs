@@ -891,22 +891,17 @@ mod tests {
 
     fn spec(name: &str, image: &str, sd: Option<SystemdSpec>) -> MachineSpec {
         MachineSpec {
-            name: name.into(),
-            image: image.into(),
-            platform: Platform::Qemu,
-            source: Source::Disk {
-                path: "/nonexistent".into(),
-                format: "qcow2".into(),
-            },
-            cpus: 1,
             memory: 256 << 20,
-            disk_size: None,
-            ports: vec![],
-            env: vec![],
-            cmd: vec![],
-            remove: false,
             systemd: sd,
-            created: "2026-01-01T00:00:00Z".into(),
+            ..MachineSpec::new(
+                name,
+                image,
+                Platform::Qemu,
+                Source::Disk {
+                    path: "/nonexistent".into(),
+                    format: "qcow2".into(),
+                },
+            )
         }
     }
 

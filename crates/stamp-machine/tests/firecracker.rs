@@ -52,24 +52,18 @@ fn a_machine_runs_pauses_and_stops_through_the_api() {
         vec!["unused".into()],
     ));
     let spec = MachineSpec {
-        name: "fc1".into(),
-        image: "vmlinux".into(),
-        platform: Platform::Firecracker,
-        source: Source::Kernel {
-            kernel: images.join("vmlinux"),
-            initrd: None,
-            root: Some(images.join("rootfs.ext4")),
-            cmdline: "ro".into(),
-        },
-        cpus: 1,
         memory: 128 << 20,
-        disk_size: None,
-        ports: vec![],
-        env: vec![],
-        cmd: vec![],
-        remove: false,
-        systemd: None,
-        created: "2026-01-01T00:00:00Z".into(),
+        ..MachineSpec::new(
+            "fc1",
+            "vmlinux",
+            Platform::Firecracker,
+            Source::Kernel {
+                kernel: images.join("vmlinux"),
+                initrd: None,
+                root: Some(images.join("rootfs.ext4")),
+                cmdline: "ro".into(),
+            },
+        )
     };
     assert_eq!(local.create(&spec).unwrap().state(), State::Created);
 
@@ -154,24 +148,18 @@ fn a_rejected_configuration_fails_the_machine_with_firecrackers_reason() {
         vec!["unused".into()],
     );
     let spec = MachineSpec {
-        name: "fc2".into(),
-        image: "vmlinux".into(),
-        platform: Platform::Firecracker,
-        source: Source::Kernel {
-            kernel: kernel.clone(),
-            initrd: Some(tmp.path().join("initrd")),
-            root: None,
-            cmdline: String::new(),
-        },
-        cpus: 1,
         memory: 128 << 20,
-        disk_size: None,
-        ports: vec![],
-        env: vec![],
-        cmd: vec![],
-        remove: false,
-        systemd: None,
-        created: "2026-01-01T00:00:00Z".into(),
+        ..MachineSpec::new(
+            "fc2",
+            "vmlinux",
+            Platform::Firecracker,
+            Source::Kernel {
+                kernel: kernel.clone(),
+                initrd: Some(tmp.path().join("initrd")),
+                root: None,
+                cmdline: String::new(),
+            },
+        )
     };
     local.create(&spec).unwrap();
     // The kernel disappears after the machine was created: Firecracker refuses the boot source.

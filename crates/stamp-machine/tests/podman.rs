@@ -117,7 +117,6 @@ fn monitor_entry() {
     }
 }
 
-/// Whether podman is here (the test image made once); `false` after saying why.
 /// Runs a command that must succeed; returns its stdout.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -152,21 +151,16 @@ impl Env {
     /// A machine spec running `cmd` in the test image; the name is unique to this process.
     fn spec(&self, name: &str, cmd: &[&str]) -> MachineSpec {
         MachineSpec {
-            name: format!("{name}-{}", std::process::id()),
-            image: IMAGE.into(),
-            platform: Platform::Podman,
-            source: Source::Container {
-                reference: IMAGE.into(),
-            },
-            cpus: 1,
             memory: DEFAULT_MEMORY,
-            disk_size: None,
-            ports: vec![],
-            env: vec![],
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            remove: false,
-            systemd: None,
-            created: stamp_machine::now_rfc3339(),
+            ..MachineSpec::new(
+                format!("{name}-{}", std::process::id()),
+                IMAGE,
+                Platform::Podman,
+                Source::Container {
+                    reference: IMAGE.into(),
+                },
+            )
         }
     }
 

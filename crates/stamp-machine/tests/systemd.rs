@@ -118,26 +118,21 @@ fn local() -> Local {
 
 fn spec(name: &str, restart: Restart, enable: bool) -> MachineSpec {
     MachineSpec {
-        name: name.into(),
-        image: "blank 100%.qcow2".into(),
-        platform: Platform::Qemu,
-        source: Source::Disk {
-            path: "/nonexistent".into(),
-            format: "qcow2".into(),
-        },
-        cpus: 1,
         memory: 64 << 20,
-        disk_size: None,
-        ports: vec![],
-        env: vec![],
-        cmd: vec![],
-        remove: false,
         systemd: Some(SystemdSpec {
             user: false,
             restart,
             enable,
         }),
-        created: stamp_machine::now_rfc3339(),
+        ..MachineSpec::new(
+            name,
+            "blank 100%.qcow2",
+            Platform::Qemu,
+            Source::Disk {
+                path: "/nonexistent".into(),
+                format: "qcow2".into(),
+            },
+        )
     }
 }
 

@@ -545,19 +545,9 @@ mod tests {
 
     fn spec(source: Source) -> MachineSpec {
         MachineSpec {
-            name: "fc".into(),
-            image: "vmlinux".into(),
-            platform: Platform::Firecracker,
-            source,
             cpus: 2,
             memory: 512 << 20,
-            disk_size: None,
-            ports: vec![],
-            env: vec![],
-            cmd: vec![],
-            remove: false,
-            systemd: None,
-            created: "2026-01-01T00:00:00Z".into(),
+            ..MachineSpec::new("fc", "vmlinux", Platform::Firecracker, source)
         }
     }
 

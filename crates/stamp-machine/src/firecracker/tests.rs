@@ -125,24 +125,19 @@ impl Fixture {
 
     fn spec(&self, name: &str) -> MachineSpec {
         MachineSpec {
-            name: name.into(),
-            image: self.images.join("vmlinux").display().to_string(),
-            platform: Platform::Firecracker,
-            source: Source::Kernel {
-                kernel: self.images.join("vmlinux"),
-                initrd: Some(self.images.join("initrd.img")),
-                root: Some(self.images.join("rootfs.ext4")),
-                cmdline: "quiet".into(),
-            },
             cpus: 2,
             memory: 256 << 20,
-            disk_size: None,
-            ports: vec![],
-            env: vec![],
-            cmd: vec![],
-            remove: false,
-            systemd: None,
-            created: "2026-01-01T00:00:00Z".into(),
+            ..MachineSpec::new(
+                name,
+                self.images.join("vmlinux").display().to_string(),
+                Platform::Firecracker,
+                Source::Kernel {
+                    kernel: self.images.join("vmlinux"),
+                    initrd: Some(self.images.join("initrd.img")),
+                    root: Some(self.images.join("rootfs.ext4")),
+                    cmdline: "quiet".into(),
+                },
+            )
         }
     }
 
