@@ -31,20 +31,22 @@ trap cleanup EXIT
 echo "== building the disk"
 "$stamp" build --store "$work/store" "rootfs:$tar" -o "$work/disk.qcow2" >/dev/null
 
-now() { date +%s.%N; }
+# Times are seconds since boot (/proc/uptime, CLOCK_BOOTTIME), the clock of process start times.
+now() { local up _; read -r up _ </proc/uptime; echo "$up"; }
 # wait_for FILE TEXT START: seconds from START until FILE contains TEXT (empty TEXT: any byte).
 wait_for() {
   python3 - "$1" "$2" "$3" <<'PY'
 import os, sys, time
 path, text, start = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3])
-end = time.time() + 600
-while time.time() < end:
+clock = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)
+end = clock() + 600
+while clock() < end:
     try:
         data = open(path, "rb").read()
     except FileNotFoundError:
         data = b""
     if (text and text in data) or (not text and data):
-        print("%.3f" % (time.time() - start)); sys.exit(0)
+        print("%.3f" % (clock() - start)); sys.exit(0)
     time.sleep(0.01)
 sys.exit("timed out waiting for %r in %s" % (text, path))
 PY
@@ -55,9 +57,8 @@ started() {
 import os, sys
 pid, start = sys.argv[1], float(sys.argv[2])
 ticks = os.sysconf("SC_CLK_TCK")
-boot = float([l.split()[1] for l in open("/proc/stat") if l.startswith("btime")][0])
 stat = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()
-print("%.3f" % (boot + int(stat[19]) / ticks - start))
+print("%.3f" % (int(stat[19]) / ticks - start))
 PY
 }
 

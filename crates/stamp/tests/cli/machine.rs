@@ -550,3 +550,62 @@ fn a_container_image_runs_under_qemu_as_a_disk_built_on_the_fly() {
         .collect();
     assert_eq!(cached.len(), 1, "one cached disk for the image");
 }
+
+#[test]
+fn store_images_run_a_disk_under_qemu_and_a_container_under_podman() {
+    let env = Env::new();
+    // A disk image in the store (a disk artifact) runs under qemu from its reassembled file.
+    if crate::qemu::available() {
+        let disk = env.dir.path().join("blank.qcow2");
+        env.ok(&["create", "-f", "qcow2", s(&disk), "64M"]);
+        env.ok(&["import", "--name", "localhost/blank-disk:1", s(&disk)]);
+        std::fs::remove_file(&disk).unwrap();
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "sd",
+            "--memory",
+            "256M",
+            "localhost/blank-disk:1",
+        ]);
+        let m = env.machine("sd");
+        assert_eq!(
+            (m["state"].as_str(), m["platform"].as_str()),
+            (Some("running"), Some("qemu")),
+            "{m}"
+        );
+        env.ok(&["rm", "-f", "sd"]);
+    }
+    // A container image in the store runs under podman (exported once as an OCI archive).
+    if crate::busybox::podman_ready() {
+        let root = env.dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+        let tar = env.dir.path().join("rootfs.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        env.ok(&["import", "--name", "localhost/store-busybox:1", s(&tar)]);
+        let r = env.stamp(&[
+            "run",
+            "--name",
+            "sc",
+            "localhost/store-busybox:1",
+            "sh",
+            "-c",
+            "echo from-the-store; exit 4",
+        ]);
+        assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("from-the-store"), "{}", r.stdout);
+        assert_eq!(env.machine("sc")["platform"], "podman");
+        env.ok(&["rm", "sc"]);
+    }
+}
