@@ -446,6 +446,51 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_boots_directly_with_its_root_on_an_overlay() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root.ext4");
+        std::fs::write(&root, vec![0u8; 1 << 20]).unwrap();
+        let q = Qemu::new(QemuOptions {
+            binary: "/usr/bin/qemu-system-x86_64".into(),
+            accel: Some(Accel::Tcg),
+            cache_dir: d.path().into(),
+        });
+        let mut s = MachineSpec::new(
+            "k1",
+            "app",
+            Platform::Qemu,
+            Source::Kernel {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: Some("/boot/initrd.img".into()),
+                root: Some(root.clone()),
+                cmdline: "quiet".into(),
+            },
+        );
+        s.cmd = vec!["init=/bin/sh".into()];
+        let store = MachineStore::new(d.path().join("m"));
+        let dir = store.create(&s, |dir| q.prepare(&s, dir)).unwrap();
+        assert!(dir.overlay().is_file(), "the root gets an overlay too");
+        assert!(
+            !dir.path().join("vars.fd").exists(),
+            "no firmware for a direct boot"
+        );
+        let args: Vec<String> = q
+            .command(&s, &dir, Accel::Tcg)
+            .unwrap()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+        assert_eq!(at("-kernel"), "/boot/vmlinuz");
+        assert_eq!(at("-initrd"), "/boot/initrd.img");
+        assert_eq!(
+            at("-append"),
+            "console=ttyS0 quiet root=/dev/vda rw init=/bin/sh"
+        );
+        assert!(!args.iter().any(|a| a.contains("pflash")));
+    }
+
+    #[test]
     fn commas_are_escaped() {
         assert_eq!(comma_escaped(Path::new("/a,b/c")), "/a,,b/c");
     }
