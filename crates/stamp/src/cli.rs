@@ -79,6 +79,9 @@ pub enum Command {
     Rm(RmArgs),
     /// Print a machine's console (or container output); -f follows it.
     Logs(LogsArgs),
+    /// Register host commands that run inside a container (flake-pilot compatible).
+    #[command(subcommand)]
+    App(AppCommand),
 }
 
 impl Command {
@@ -879,4 +882,97 @@ pub struct LogsArgs {
     pub since: Option<String>,
     /// The machine.
     pub name: String,
+}
+
+/// `stamp app`.
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Register a host command that runs in a container: --app /usr/bin/NAME --image REF.
+    Register(Box<AppRegisterArgs>),
+    /// List the registered apps.
+    List(AppListArgs),
+    /// Show an app's registration.
+    Show(AppNameArgs),
+    /// Remove an app (its registration and its host command).
+    Remove(AppNameArgs),
+}
+
+/// `stamp app register`.
+#[derive(Debug, Args)]
+pub struct AppRegisterArgs {
+    /// The command on the host (absolute path); its file name is the app's name.
+    #[arg(long)]
+    pub app: std::path::PathBuf,
+    /// The image the app runs in (a name podman knows).
+    #[arg(long)]
+    pub image: String,
+    /// The program inside the image (default: the --app path; `/` says the same).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// podman (a container) or vm (a microVM).
+    #[arg(long, default_value = "podman")]
+    pub engine: String,
+    /// A base image the app image is a delta on.
+    #[arg(long)]
+    pub base: Option<String>,
+    /// A layer on top of the base (repeatable).
+    #[arg(long = "layer", value_name = "REF")]
+    pub layers: Vec<String>,
+    /// A tar unpacked over the app's root (repeatable).
+    #[arg(long = "include-tar", value_name = "FILE")]
+    pub include_tar: Vec<String>,
+    /// A host file or directory brought in at the same path (repeatable).
+    #[arg(long = "include-path", value_name = "PATH")]
+    pub include_path: Vec<String>,
+    /// Keep the instance running and run each call inside it.
+    #[arg(long, conflicts_with = "attach")]
+    pub resume: bool,
+    /// Attach to the running instance instead of running the app again.
+    #[arg(long)]
+    pub attach: bool,
+    /// The user the app runs as inside.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
+    /// An option for podman, with its value: --opt '--memory 1g' (repeatable).
+    #[arg(long = "opt", value_name = "OPTION", allow_hyphen_values = true)]
+    pub opts: Vec<String>,
+    /// The instance's writable overlay size (vm).
+    #[arg(long, value_name = "SIZE")]
+    pub overlay_size: Option<String>,
+    /// Memory (vm).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPUs (vm).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// No network inside.
+    #[arg(long)]
+    pub no_net: bool,
+    /// Register for this user ($XDG_DATA_HOME/flakes) rather than system-wide (/usr/share/flakes).
+    #[arg(long)]
+    pub user: bool,
+    /// Replace an existing registration of the same name.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `stamp app list`.
+#[derive(Debug, Args)]
+pub struct AppListArgs {
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `stamp app show` and `remove`.
+#[derive(Debug, Args)]
+pub struct AppNameArgs {
+    /// The app's name.
+    pub name: String,
+    /// Print JSON (show).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the image (remove; images are never removed by stamp app).
+    #[arg(long)]
+    pub keep_image: bool,
 }

@@ -1,5 +1,6 @@
 //! One module per verb; each turns parsed arguments into library calls and prints the result.
 
+mod app;
 mod archive;
 mod aws;
 mod build;
@@ -24,7 +25,9 @@ use anyhow::{Context, Result};
 use stamp_disk::Format;
 
 use crate::cli::Command;
+
 use crate::progress::CancelFlag;
+pub use app::dispatch_argv0;
 
 /// Runs a command; returns the process exit code for outcomes that are not errors (check, compare).
 pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
@@ -61,6 +64,7 @@ pub fn run(command: Command, cancel: &CancelFlag) -> Result<u8> {
         Command::Unpause(a) => machine::run_pause(a, false),
         Command::Rm(a) => machine::run_rm(a),
         Command::Logs(a) => machine::run_logs(a),
+        Command::App(c) => app::run(c),
     }
 }
 

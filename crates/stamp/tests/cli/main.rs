@@ -19,6 +19,7 @@ mod pg_support;
 #[path = "../../../stamp-oci/tests/support/mod.rs"]
 mod support;
 
+mod app;
 mod aws;
 mod aws_push;
 mod aws_via;

@@ -1,0 +1,233 @@
+//! `stamp app`: host commands that run inside a container, against real podman (runc) and a
+//! busybox image made here. The registered command is a symlink to the stamp binary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::common::*;
+
+/// A private flakes directory ($XDG_DATA_HOME/flakes) and bin directory.
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tmp();
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            "[containers]\ndefault_ulimits = []\n",
+        )
+        .unwrap();
+        Env { dir }
+    }
+
+    fn vars(&self, c: &mut Command) {
+        c.env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .env("STAMP_PODMAN_RUNTIME", "runc")
+            .env_remove("STAMP_DEBUG")
+            .env_remove("PILOT_DEBUG");
+    }
+
+    fn stamp(&self, args: &[&str]) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
+        c.args(args);
+        self.vars(&mut c);
+        c.output().unwrap().into()
+    }
+
+    fn app(&self, name: &str) -> PathBuf {
+        self.dir.path().join("bin").join(name)
+    }
+
+    /// Runs the registered command `name` with `args` (and `stdin`).
+    fn call(&self, name: &str, args: &[&str], stdin: &[u8]) -> Run {
+        let mut c = Command::new(self.app(name));
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.vars(&mut c);
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap().into()
+    }
+
+    fn register(&self, name: &str, target: &str) {
+        let app = self.app(name);
+        let r = self.stamp(&[
+            "app",
+            "register",
+            "--user",
+            "--app",
+            s(&app),
+            "--image",
+            crate::busybox::IMAGE,
+            "--target",
+            target,
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_busybox_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
+    if !crate::busybox::podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    env.register("bsh", "/bin/sh");
+
+    // stdout and stderr through two pipes, the app's exit status.
+    let r = env.call("bsh", &["-c", "echo to-out; echo to-err >&2; exit 3"], b"");
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stdout, "to-out\n");
+    assert_eq!(r.stderr, "to-err\n");
+    let r = env.call("bsh", &["-c", "true"], b"");
+    assert_eq!((r.code, r.stdout.as_str(), r.stderr.as_str()), (0, "", ""));
+
+    // stdin passes through; arguments arrive unchanged.
+    let r = env.call(
+        "bsh",
+        &["-c", "cat; echo \"[$1]\"", "sh", "two words"],
+        b"x\n",
+    );
+    assert_eq!(r.stdout, "x\n[two words]\n", "{}", r.stderr);
+
+    // Output streams while the app runs; Ctrl-C (SIGINT) ends it with 130.
+    let mut c = Command::new(env.app("bsh"));
+    c.args(["-c", "echo started; exec sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    env.vars(&mut c);
+    let started = Instant::now();
+    let mut child = c.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first line came only at the end"
+    );
+    eprintln!("first line after {:?}", started.elapsed());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+
+    // list and remove.
+    let list: serde_json::Value =
+        serde_json::from_str(&env.stamp(&["app", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["name"], "bsh");
+    assert_eq!(list[0]["engine"], "podman");
+    assert_eq!(env.stamp(&["app", "remove", "bsh"]).code, 0);
+    assert!(std::fs::symlink_metadata(env.app("bsh")).is_err());
+    assert_eq!(env.stamp(&["app", "list", "--json"]).stdout.trim(), "[]");
+}
+
+#[test]
+fn a_flake_pilot_yaml_written_by_hand_is_launched() {
+    if !crate::busybox::podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let flakes = env.dir.path().join("data/flakes");
+    std::fs::create_dir_all(flakes.join("hello.d")).unwrap();
+    let app = env.app("hello");
+    // As flake-pilot's podman-pilot(8) documents it.
+    std::fs::write(
+        flakes.join("hello.yaml"),
+        format!(
+            "container:\n  name: {}\n  target_app_path: /bin/echo\n  host_app_path: {}\n  runtime:\n    runas: root\n    resume: false\n    attach: false\n    podman:\n      - --rm\n      - -ti\n",
+            crate::busybox::IMAGE,
+            app.display()
+        ),
+    )
+    .unwrap();
+    // A part in hello.d overrides a key.
+    std::fs::write(
+        flakes.join("hello.d/extra.yaml"),
+        "container:\n  runtime:\n    podman:\n      - --env GREETING=hi\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(app.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stamp"), &app).unwrap();
+    let r = env.call("hello", &["from", "flake-pilot"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "from flake-pilot\n");
+}
+
+#[test]
+fn bad_registrations_and_flakes_are_refused_clearly() {
+    let env = Env::new();
+    // An app path that is another program is never overwritten.
+    let foreign = env.dir.path().join("ls");
+    std::fs::write(&foreign, "a real program").unwrap();
+    if crate::busybox::podman_ready() {
+        let r = env.stamp(&[
+            "app",
+            "register",
+            "--user",
+            "--app",
+            s(&foreign),
+            "--image",
+            crate::busybox::IMAGE,
+        ]);
+        assert_eq!(r.code, 1);
+        assert!(r.stderr.contains("not a stamp launcher"), "{}", r.stderr);
+        assert_eq!(std::fs::read_to_string(&foreign).unwrap(), "a real program");
+
+        // An unknown image.
+        let r = env.stamp(&[
+            "app",
+            "register",
+            "--user",
+            "--app",
+            s(&env.app("x")),
+            "--image",
+            "localhost/no-such-image:1",
+        ]);
+        assert_eq!(r.code, 1);
+        assert!(
+            r.stderr.contains("unknown image localhost/no-such-image:1"),
+            "{}",
+            r.stderr
+        );
+        assert!(std::fs::symlink_metadata(env.app("x")).is_err());
+    }
+
+    // A malformed flake file: the launcher names the file and the line.
+    let flakes = env.dir.path().join("data/flakes");
+    std::fs::create_dir_all(&flakes).unwrap();
+    std::fs::write(
+        flakes.join("broken.yaml"),
+        "container:\n  name: x\n  host_app_path: /usr/bin/broken\n  runtime: [oops\n",
+    )
+    .unwrap();
+    let app = env.app("broken");
+    std::fs::create_dir_all(app.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stamp"), &app).unwrap();
+    let r = env.call("broken", &[], b"");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains(&format!("{}", flakes.join("broken.yaml").display()))
+            && r.stderr.contains("line"),
+        "{}",
+        r.stderr
+    );
+    // A command of that name with no registration.
+    let stray = env.app("stray");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stamp"), &stray).unwrap();
+    let r = env.call("stray", &[], b"");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no app named stray"), "{}", r.stderr);
+}
