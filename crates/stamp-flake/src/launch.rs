@@ -106,61 +106,219 @@ impl PodmanEnv {
     }
 }
 
-/// The `podman run` that runs `flake`'s app for `call`. A terminal is given to the app only
-/// when the caller's stdin and stdout both are terminals (a pipe keeps stdout and stderr
-/// apart, whatever the flake's options say).
-pub fn podman_command(
-    flake: &Flake,
-    call: &Call,
-    term: Terminal,
-    podman: &PodmanEnv,
-) -> Result<Command> {
-    unsupported(flake, call)?;
-    let tty = term.stdin && term.stdout;
-    let mut c = Command::new(&podman.program);
-    if let Some(r) = &podman.runtime {
+/// `podman [--runtime R]`.
+fn podman(env: &PodmanEnv) -> Command {
+    let mut c = Command::new(&env.program);
+    if let Some(r) = &env.runtime {
         c.args(["--runtime", r]);
     }
-    c.args(["run", "--rm", "-i", "--init"]);
-    if tty {
-        c.arg("-t");
-    }
+    c
+}
+
+/// The options every instance of `flake` gets: its user, network and own podman options
+/// (without the terminal and removal options: stamp decides those).
+fn instance_options(flake: &Flake, c: &mut Command) {
     // podman runs as the caller (rootless when that is not root); `runas` is the user the
     // app runs as inside. root is the image's default user already (and images without
     // /etc/passwd cannot name it).
-    if let Some(user) = flake.runas.as_deref().map(|u| u.trim_start_matches('#')) {
-        if !matches!(user, "root" | "0") {
-            c.args(["--user", user]);
-        }
+    if let Some(user) = user(flake) {
+        c.args(["--user", user]);
     }
     if flake.runtime.no_net == Some(true) {
         c.args(["--network", "none"]);
     }
     for o in &flake.options {
         match o.as_str() {
-            // stamp decides about the terminal (above) and always removes the instance.
             "-t" | "--tty" | "-ti" | "-it" | "-i" | "--interactive" | "--rm" => {}
             _ => {
                 c.arg(o);
             }
         }
     }
+}
+
+/// The user the app runs as inside, unless root.
+fn user(flake: &Flake) -> Option<&str> {
+    flake
+        .runas
+        .as_deref()
+        .map(|u| u.trim_start_matches('#'))
+        .filter(|u| !matches!(*u, "root" | "0"))
+}
+
+/// The container name of `flake`'s persistent instance for `call` (`stamp-app-NAME[-INSTANCE]`).
+pub fn instance_name(flake: &Flake, call: &Call) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    };
+    match &call.instance {
+        Some(i) => format!("stamp-app-{}-{}", clean(&flake.name), clean(i)),
+        None => format!("stamp-app-{}", clean(&flake.name)),
+    }
+}
+
+/// The label that marks a flake's instances (`stamp.app=NAME`).
+pub const LABEL: &str = "stamp.app";
+
+/// The `podman run` that runs `flake`'s app for `call`. A terminal is given to the app only
+/// when the caller's stdin and stdout both are terminals (a pipe keeps stdout and stderr
+/// apart, whatever the flake's options say). An attach flake's instance is named, so that
+/// later calls attach to it.
+pub fn podman_command(
+    flake: &Flake,
+    call: &Call,
+    term: Terminal,
+    env: &PodmanEnv,
+) -> Result<Command> {
+    unsupported(flake)?;
+    let mut c = podman(env);
+    c.args(["run", "--rm", "-i", "--init"]);
+    if term.stdin && term.stdout {
+        c.arg("-t");
+    }
+    if flake.attach {
+        c.arg("--name").arg(instance_name(flake, call));
+        c.arg("--label").arg(format!("{LABEL}={}", flake.name));
+    }
+    instance_options(flake, &mut c);
     c.arg("--").arg(&flake.image).arg(&flake.target);
     c.args(&call.args);
     Ok(c)
 }
 
+/// The state of container `name` (`running`, `exited`, `paused`...), `None` if there is none.
+fn container_state(env: &PodmanEnv, name: &str) -> Result<Option<String>> {
+    let out = podman(env)
+        .args([
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            name,
+        ])
+        .output()
+        .map_err(|e| Error::Engine(format!("cannot run podman: {e} (apt-get install podman)")))?;
+    if out.status.success() {
+        Ok(Some(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Runs a podman command that must succeed.
+fn must(c: &mut Command, what: &str) -> Result<()> {
+    let out = c
+        .output()
+        .map_err(|e| Error::Engine(format!("cannot run podman to {what}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::Engine(format!(
+            "cannot {what}: podman: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Makes sure `flake`'s persistent instance for `call` runs (`sleep infinity` under podman's
+/// init, so that each call is a `podman exec` in it); returns its name.
+pub fn ensure_instance(flake: &Flake, call: &Call, env: &PodmanEnv) -> Result<String> {
+    unsupported(flake)?;
+    let name = instance_name(flake, call);
+    match container_state(env, &name)?.as_deref() {
+        Some("running") => {}
+        Some("paused") => must(
+            podman(env).args(["unpause", &name]),
+            &format!("unpause {name}"),
+        )?,
+        Some(_) => must(podman(env).args(["start", &name]), &format!("start {name}"))?,
+        None => {
+            let mut c = podman(env);
+            c.args(["run", "-d", "--init", "--name", &name]);
+            c.arg("--label").arg(format!("{LABEL}={}", flake.name));
+            if let Some(i) = &call.instance {
+                c.arg("--label").arg(format!("stamp.instance={i}"));
+            }
+            instance_options(flake, &mut c);
+            c.args(["--", &flake.image, "sleep", "infinity"]);
+            must(
+                &mut c,
+                &format!(
+                    "start the instance {name} of {} (its image needs a sleep program)",
+                    flake.image
+                ),
+            )?;
+        }
+    }
+    Ok(name)
+}
+
+/// The `podman exec` that runs the app in instance `name`.
+pub fn exec_command(
+    flake: &Flake,
+    call: &Call,
+    name: &str,
+    term: Terminal,
+    env: &PodmanEnv,
+) -> Command {
+    let mut c = podman(env);
+    c.args(["exec", "-i"]);
+    if term.stdin && term.stdout {
+        c.arg("-t");
+    }
+    if let Some(user) = user(flake) {
+        c.args(["--user", user]);
+    }
+    c.arg(name).arg(&flake.target).args(&call.args);
+    c
+}
+
+/// The names of `flake`'s instances that exist (running or not).
+pub fn instances(flake_name: &str, env: &PodmanEnv) -> Result<Vec<String>> {
+    let out = podman(env)
+        .args(["ps", "-a", "--filter"])
+        .arg(format!("label={LABEL}={flake_name}"))
+        .args(["--format", "{{.Names}}"])
+        .output()
+        .map_err(|e| Error::Engine(format!("cannot run podman: {e}")))?;
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Removes `flake`'s instances.
+pub fn remove_instances(flake_name: &str, env: &PodmanEnv) -> Result<()> {
+    for name in instances(flake_name, env)? {
+        must(
+            podman(env).args(["rm", "-f", "--time", "0", &name]),
+            &format!("remove instance {name}"),
+        )?;
+    }
+    Ok(())
+}
+
 /// The features of a flake this launcher does not provide yet, as a clear error.
-fn unsupported(flake: &Flake, call: &Call) -> Result<()> {
+fn unsupported(flake: &Flake) -> Result<()> {
     let mut missing = Vec::new();
     if flake.base.is_some() || !flake.layers.is_empty() {
         missing.push("base_container/layers");
     }
     if !flake.include_tar.is_empty() || !flake.include_path.is_empty() {
         missing.push("include");
-    }
-    if flake.resume || flake.attach || call.instance.is_some() {
-        missing.push("resume/attach/@instances");
     }
     if missing.is_empty() {
         Ok(())
@@ -180,29 +338,57 @@ pub fn debug() -> bool {
         .any(|v| std::env::var_os(v).is_some_and(|x| x == OsStr::new("1")))
 }
 
-/// Runs `flake`'s app for `call`: for podman, replaces this process with `podman run` (so it
-/// returns only on failure).
-pub fn launch(flake: &Flake, call: &Call) -> Error {
-    match flake.engine {
-        Engine::Podman => {
-            let mut c =
-                match podman_command(flake, call, Terminal::detect(), &PodmanEnv::from_env()) {
-                    Ok(c) => c,
-                    Err(e) => return e,
-                };
-            if debug() {
-                eprintln!("stamp: {}: {:?}", flake.file.display(), c);
-            }
-            let e = c.exec();
-            Error::Engine(format!(
-                "cannot run {}: {e} (apt-get install podman)",
-                c.get_program().to_string_lossy()
-            ))
-        }
-        Engine::Vm => Error::Engine(format!(
+/// Runs `flake`'s app for `call`. For podman this replaces the process with podman (`run`,
+/// or `exec` in the persistent instance of a resume flake, or `attach` to the running
+/// instance of an attach flake), so it returns only on failure, or with the app's status
+/// when the instance is removed afterwards (`%remove`).
+pub fn launch(flake: &Flake, call: &Call) -> Result<i32> {
+    if flake.engine == Engine::Vm {
+        return Err(Error::Engine(format!(
             "{}: the vm engine is not supported by stamp's launcher yet; use a container: section",
             flake.file.display()
-        )),
+        )));
+    }
+    let env = PodmanEnv::from_env();
+    let term = Terminal::detect();
+    let (mut c, instance) = if flake.resume {
+        let name = ensure_instance(flake, call, &env)?;
+        (exec_command(flake, call, &name, term, &env), Some(name))
+    } else if flake.attach
+        && container_state(&env, &instance_name(flake, call))?.as_deref() == Some("running")
+    {
+        let name = instance_name(flake, call);
+        let mut c = podman(&env);
+        c.args(["attach", &name]);
+        (c, None)
+    } else {
+        (podman_command(flake, call, term, &env)?, None)
+    };
+    if debug() {
+        eprintln!("stamp: {}: {:?}", flake.file.display(), c);
+    }
+    match (call.remove, instance) {
+        (true, Some(name)) => {
+            let status = c
+                .status()
+                .map_err(|e| Error::Engine(format!("cannot run podman: {e}")))?;
+            must(
+                podman(&env).args(["rm", "-f", "--time", "0", &name]),
+                &format!("remove instance {name}"),
+            )?;
+            use std::os::unix::process::ExitStatusExt;
+            Ok(status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1))
+        }
+        _ => {
+            let e = c.exec();
+            Err(Error::Engine(format!(
+                "cannot run {}: {e} (apt-get install podman)",
+                c.get_program().to_string_lossy()
+            )))
+        }
     }
 }
 

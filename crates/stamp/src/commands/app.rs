@@ -80,10 +80,14 @@ pub fn dispatch_argv0() -> Option<u8> {
             return Some(2);
         }
     };
-    // Returns only if the app could not be started.
-    let e = launch::launch(&flake, &call);
-    eprintln!("{name}: error: {e}");
-    Some(1)
+    // Returns only if the app could not be started, or after `%remove` removed its instance.
+    match launch::launch(&flake, &call) {
+        Ok(code) => Some(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("{name}: error: {e}");
+            Some(1)
+        }
+    }
 }
 
 pub fn run(c: AppCommand) -> Result<u8> {
@@ -191,6 +195,7 @@ fn list(a: AppListArgs) -> Result<u8> {
             .map(|(f, scope)| {
                 let mut v = serde_json::to_value(f).unwrap_or_default();
                 v["scope"] = (*scope).into();
+                v["instances"] = instances(f).into();
                 v
             })
             .collect();
@@ -212,6 +217,14 @@ fn list(a: AppListArgs) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// The persistent instances of a podman flake (none when podman cannot say).
+fn instances(f: &Flake) -> Vec<String> {
+    if f.engine != stamp_flake::Engine::Podman {
+        return Vec::new();
+    }
+    launch::instances(&f.name, &launch::PodmanEnv::from_env()).unwrap_or_default()
 }
 
 fn find(name: &str) -> Result<(Registry, Flake)> {
@@ -240,7 +253,10 @@ fn show(a: AppNameArgs) -> Result<u8> {
 }
 
 fn remove(a: AppNameArgs) -> Result<u8> {
-    let (r, _) = find(&a.name)?;
+    let (r, f) = find(&a.name)?;
+    if f.engine == stamp_flake::Engine::Podman {
+        launch::remove_instances(&f.name, &launch::PodmanEnv::from_env())?;
+    }
     let f = r.remove(&a.name, &launcher()?)?;
     println!("{}", f.name);
     Ok(0)

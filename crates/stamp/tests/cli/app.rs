@@ -231,3 +231,57 @@ fn bad_registrations_and_flakes_are_refused_clearly() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no app named stray"), "{}", r.stderr);
 }
+
+#[test]
+fn a_resume_flake_runs_calls_in_one_instance_per_name() {
+    if !crate::busybox::podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let app = env.app("rsh");
+    let r = env.stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--resume",
+        "--app",
+        s(&app),
+        "--image",
+        crate::busybox::IMAGE,
+        "--target",
+        "/bin/sh",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // State written by the first call is seen by the second, in the same instance.
+    let r = env.call("rsh", &["@a", "-c", "echo kept > /state"], b"");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = env.call("rsh", &["@a", "-c", "cat /state; exit 5"], b"");
+    assert_eq!((r.code, r.stdout.as_str()), (5, "kept\n"), "{}", r.stderr);
+    // @b is another instance.
+    let r = env.call("rsh", &["@b", "-c", "cat /state"], b"");
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("/state"), "{}", r.stderr);
+    let list: serde_json::Value =
+        serde_json::from_str(&env.stamp(&["app", "list", "--json"]).stdout).unwrap();
+    assert_eq!(
+        list[0]["instances"],
+        serde_json::json!(["stamp-app-rsh-a", "stamp-app-rsh-b"])
+    );
+    // %remove ends the instance after the call.
+    let r = env.call("rsh", &["@b", "%remove", "-c", "echo last"], b"");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "last\n"), "{}", r.stderr);
+    // Removing the app removes its instances.
+    assert_eq!(env.stamp(&["app", "remove", "rsh"]).code, 0);
+    let left = Command::new("podman")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=stamp.app=rsh",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
