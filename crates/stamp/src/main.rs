@@ -23,7 +23,8 @@ fn main() -> ExitCode {
         _ => false,
     };
     output::init_logging(cli.verbose, service);
-    let cancel = progress::install_ctrlc();
+    let monitor = matches!(&cli.command, cli::Command::Start(a) if a.foreground);
+    let cancel = progress::install_ctrlc(monitor);
     let error_code = cli.command.error_exit_code();
     match commands::run(cli.command, &cancel) {
         Ok(code) => ExitCode::from(code),

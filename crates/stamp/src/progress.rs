@@ -10,13 +10,15 @@ use stamp_disk::Progress;
 /// Set when the user presses Ctrl-C; long operations see it and stop cleanly.
 pub type CancelFlag = Arc<AtomicBool>;
 
-/// Installs a Ctrl-C handler that sets the returned flag. A second Ctrl-C exits at once.
-pub fn install_ctrlc() -> CancelFlag {
+/// Installs a Ctrl-C (and SIGTERM, SIGHUP) handler that sets the returned flag. A second
+/// signal exits at once with 130, unless `patient`: a machine's monitor finishes its graceful
+/// stop whatever else arrives (systemd signals it again after the unit's ExecStop).
+pub fn install_ctrlc(patient: bool) -> CancelFlag {
     let flag: CancelFlag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     // If a handler cannot be installed, Ctrl-C keeps its default (immediate exit); not fatal.
     let _ = ctrlc::set_handler(move || {
-        if f.swap(true, Ordering::SeqCst) {
+        if f.swap(true, Ordering::SeqCst) && !patient {
             std::process::exit(130);
         }
     });
