@@ -2,8 +2,8 @@
 # Sets everything up and runs stamp's main job on a real input: a Debian 12 root filesystem
 # (made by mmdebstrap with the cloud kernel, systemd and systemd-boot's stub) is stamped into a
 # bootable UEFI disk in several formats at once — no root needed for the build, no VM, no
-# daemon — and the qcow2 is booted under QEMU (software emulation, OVMF firmware) until its
-# serial console shows the login prompt.
+# daemon — and the qcow2 runs as a machine (`stamp run`: QEMU, software emulation here, OVMF
+# firmware) until its serial console shows the login prompt; then it is stopped and removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -25,24 +25,27 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 awk -v a="$start" -v b="$end" 'BEGIN { printf "== built in %.1f s\n", b - a }'
 "$stamp" info "$out/debian.qcow2"
-echo "== booting debian.qcow2 under QEMU (TCG, OVMF): about a minute to the login prompt"
-cp /usr/share/OVMF/OVMF_VARS.fd "$out/vars.fd"
-log=$out/console.log
-: >"$log"
-qemu-system-x86_64 -accel tcg -m 1024 -display none -no-reboot -serial "file:$log" \
-  -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd \
-  -drive if=pflash,format=raw,file="$out/vars.fd" \
-  -drive file="$out/debian.qcow2",if=virtio,format=qcow2 &
-qemu=$!
-trap 'kill $qemu 2>/dev/null || true' EXIT
-tail -n +1 -f --pid=$qemu "$log" &
+echo "== stamp run -d debian.qcow2 (QEMU; TCG here, OVMF): about half a minute to the login prompt"
+export XDG_STATE_HOME=$PWD/$out/state
+"$stamp" rm -f stamp-demo >/dev/null 2>&1 || true
+"$stamp" run -d --name stamp-demo "$out/debian.qcow2"
+trap '"$stamp" rm -f stamp-demo >/dev/null 2>&1 || true' EXIT
+"$stamp" ps
 start=$(date +%s)
-while ! grep -q 'login:' "$log"; do
-  kill -0 $qemu 2>/dev/null || { echo "== QEMU exited before the login prompt" >&2; exit 1; }
+"$stamp" logs -f stamp-demo &
+logs=$!
+while ! "$stamp" logs stamp-demo | grep -q 'login:'; do
+  [[ $("$stamp" inspect --json stamp-demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])') == running ]] ||
+    { echo "== the machine stopped before the login prompt" >&2; exit 1; }
   (( $(date +%s) - start < 300 )) || { echo "== no login prompt after 300 s" >&2; exit 1; }
   sleep 1
 done
 sleep 1
+kill $logs 2>/dev/null || true
 echo
-echo "== reached the login prompt $(( $(date +%s) - start )) s after QEMU started (log: $log)"
-grep -a 'STAMP-DEMO' "$log" | head -1 || true
+echo "== reached the login prompt $(( $(date +%s) - start )) s after stamp run"
+"$stamp" logs stamp-demo | grep -a 'STAMP-DEMO' | head -1 || true
+echo "== stamp stop stamp-demo (the guest shuts itself down)"
+"$stamp" stop -t 120 stamp-demo
+"$stamp" ps -a
+"$stamp" rm stamp-demo
