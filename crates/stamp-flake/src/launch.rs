@@ -311,7 +311,7 @@ pub fn remove_instances(flake_name: &str, env: &PodmanEnv) -> Result<()> {
     Ok(())
 }
 
-/// The features of a flake this launcher does not provide yet, as a clear error.
+/// A flake whose image was not composed yet (see [`crate::provision`]) cannot run as it is.
 fn unsupported(flake: &Flake) -> Result<()> {
     let mut missing = Vec::new();
     if flake.base.is_some() || !flake.layers.is_empty() {
@@ -324,7 +324,7 @@ fn unsupported(flake: &Flake) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Engine(format!(
-            "{}: {} are not supported by stamp's launcher yet",
+            "{}: {} need the composed image (crate::provision) first",
             flake.file.display(),
             missing.join(", ")
         )))
@@ -351,6 +351,22 @@ pub fn launch(flake: &Flake, call: &Call) -> Result<i32> {
     }
     let env = PodmanEnv::from_env();
     let term = Terminal::detect();
+    // A flake with a base, layers or includes runs in the image composed from them.
+    let provisioned;
+    let flake = if crate::provision::needed(flake) {
+        let image = crate::provision::image(flake, &stamp_oci::Store::default_root(), &env)?;
+        provisioned = Flake {
+            image,
+            base: None,
+            layers: Vec::new(),
+            include_tar: Vec::new(),
+            include_path: Vec::new(),
+            ..flake.clone()
+        };
+        &provisioned
+    } else {
+        flake
+    };
     let (mut c, instance) = if flake.resume {
         let name = ensure_instance(flake, call, &env)?;
         (exec_command(flake, call, &name, term, &env), Some(name))

@@ -8,6 +8,7 @@
 pub mod config;
 mod error;
 pub mod launch;
+pub mod provision;
 pub mod registry;
 
 pub use config::{Engine, Flake, FlakeFile};

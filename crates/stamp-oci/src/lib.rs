@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod archive;
+pub mod compose;
 mod digest;
 pub mod disk;
 pub mod distribution;

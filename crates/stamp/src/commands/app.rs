@@ -136,7 +136,27 @@ fn register(a: AppRegisterArgs) -> Result<u8> {
         },
         other => bail!("--engine {other}: use podman or vm"),
     };
-    if a.engine == "podman" {
+    let provisioned = a.base.is_some()
+        || !a.layers.is_empty()
+        || !a.include_tar.is_empty()
+        || !a.include_path.is_empty();
+    if provisioned {
+        // The image is composed from stamp's store at the first launch.
+        let store = stamp_oci::Store::open(&stamp_oci::Store::default_root())
+            .context("cannot open stamp's store")?;
+        let refs = a
+            .base
+            .iter()
+            .chain(&a.layers)
+            .chain(std::iter::once(&a.image));
+        for r in refs {
+            if store.resolve(r).is_err() {
+                bail!(
+                    "unknown image {r}: it is not in stamp's store, which --base, --layer and --include-* compose from (`stamp pull {r}` or `stamp import` adds it)"
+                );
+            }
+        }
+    } else if a.engine == "podman" {
         image_exists(&a.image)?;
     }
     let registry = if a.user {

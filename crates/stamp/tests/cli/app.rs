@@ -285,3 +285,142 @@ fn a_resume_flake_runs_calls_in_one_instance_per_name() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
 }
+
+/// A root filesystem tar with busybox's sh and cat and `files` (path, content).
+fn rootfs_tar(dir: &std::path::Path, name: &str, busybox: bool, files: &[(&str, &str)]) -> PathBuf {
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    if busybox {
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for a in ["sh", "cat"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+        }
+    }
+    for (path, content) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let tar = dir.join(format!("{name}.tar"));
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    tar
+}
+
+/// podman's images of the composed app `name`.
+fn composed_images(name: &str) -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("localhost/stamp-app-{name}:")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_flake_is_provisioned_from_a_base_a_layer_and_a_host_file_and_cached() {
+    if !crate::busybox::podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let d = env.dir.path();
+    let base = rootfs_tar(
+        d,
+        "base",
+        true,
+        &[("etc/base-file", "base\n"), ("etc/override", "from-base\n")],
+    );
+    let layer = rootfs_tar(d, "layer", false, &[("etc/override", "from-layer\n")]);
+    let app = rootfs_tar(d, "app", false, &[("app-file", "app\n")]);
+    for (name, tar) in [("base", &base), ("layer", &layer), ("app", &app)] {
+        let r = env.stamp(&[
+            "import",
+            "--name",
+            &format!("localhost/prov-{name}:1"),
+            s(tar),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    let host_file = d.join("host-file");
+    std::fs::write(&host_file, "host\n").unwrap();
+
+    // A base that is not in the store is refused at registration.
+    let r = env.stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--app",
+        s(&env.app("prov")),
+        "--image",
+        "localhost/prov-app:1",
+        "--base",
+        "localhost/prov-missing:1",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("unknown image localhost/prov-missing:1"),
+        "{}",
+        r.stderr
+    );
+
+    let r = env.stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--app",
+        s(&env.app("prov")),
+        "--image",
+        "localhost/prov-app:1",
+        "--base",
+        "localhost/prov-base:1",
+        "--layer",
+        "localhost/prov-layer:1",
+        "--include-path",
+        s(&host_file),
+        "--target",
+        "/bin/sh",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let script = format!(
+        "cat /etc/base-file /etc/override /app-file {}",
+        host_file.display()
+    );
+    let t = Instant::now();
+    let r = env.call("prov", &["-c", &script], b"");
+    let first = t.elapsed();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "base\nfrom-layer\napp\nhost\n");
+    let made = composed_images("prov");
+    assert_eq!(made.len(), 1, "{made:?}");
+
+    // The second launch finds the composed image: nothing is composed again.
+    let t = Instant::now();
+    let r = env.call("prov", &["-c", &script], b"");
+    let second = t.elapsed();
+    assert_eq!(r.stdout, "base\nfrom-layer\napp\nhost\n", "{}", r.stderr);
+    assert_eq!(composed_images("prov"), made);
+    eprintln!("first launch (composes the image) {first:?}, second launch (cached) {second:?}");
+
+    // A changed host file is a new image with the new content.
+    std::fs::write(&host_file, "host, changed\n").unwrap();
+    let r = env.call(
+        "prov",
+        &["-c", &format!("cat {}", host_file.display())],
+        b"",
+    );
+    assert_eq!(r.stdout, "host, changed\n", "{}", r.stderr);
+    for image in composed_images("prov") {
+        let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
+    }
+}
