@@ -424,3 +424,105 @@ fn a_flake_is_provisioned_from_a_base_a_layer_and_a_host_file_and_cached() {
         let _ = Command::new("podman").args(["rmi", "-f", &image]).output();
     }
 }
+
+#[test]
+fn a_non_root_user_registers_and_runs_a_flake_with_rootless_podman() {
+    if !crate::busybox::podman_ready() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: switching to another user needs root");
+        return;
+    }
+    // A home for nobody (65534), outside the root-only test directory.
+    let home = tempfile::Builder::new()
+        .prefix("stamp-nobody")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let h = home.path();
+    std::fs::create_dir_all(h.join("run")).unwrap();
+    std::fs::create_dir_all(h.join("bin")).unwrap();
+    std::fs::write(
+        h.join("containers.conf"),
+        "[containers]\ndefault_ulimits = []\n",
+    )
+    .unwrap();
+    let image = h.join("busybox.tar");
+    let out = Command::new("podman")
+        .args([
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            s(&image),
+            crate::busybox::IMAGE,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534", s(h)])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(
+        h.join("run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let as_nobody = |program: &str, args: &[&str]| -> Run {
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", h)
+            .env("XDG_RUNTIME_DIR", h.join("run"))
+            .env("XDG_DATA_HOME", h.join("data"))
+            .env("CONTAINERS_CONF", h.join("containers.conf"))
+            .env("STAMP_PODMAN_RUNTIME", "runc")
+            .current_dir(h)
+            .output()
+            .unwrap()
+            .into()
+    };
+    // nobody's own podman storage gets the image (rootless: no sudo anywhere).
+    let r = as_nobody("podman", &["load", "-q", "-i", s(&image)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let app = h.join("bin/nsh");
+    // --no-net: this sandbox gives no /dev/net/tun to rootless podman's slirp4netns.
+    let r = as_nobody(
+        env!("CARGO_BIN_EXE_stamp"),
+        &[
+            "app",
+            "register",
+            "--user",
+            "--no-net",
+            "--app",
+            s(&app),
+            "--image",
+            crate::busybox::IMAGE,
+            "--target",
+            "/bin/sh",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = as_nobody(s(&app), &["-c", "echo out-$(id -u); echo err >&2; exit 4"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert_eq!(r.stdout, "out-0\n", "root inside nobody's user namespace");
+    assert!(r.stderr.ends_with("err\n"), "{}", r.stderr);
+    // nobody's podman storage is removed with the directory (all of it is nobody's).
+    let _ = as_nobody("podman", &["system", "prune", "-a", "-f"]);
+}
