@@ -180,7 +180,13 @@ pub fn podman_command(
 ) -> Result<Command> {
     unsupported(flake)?;
     let mut c = podman(env);
-    c.args(["run", "--rm", "-i", "--init"]);
+    c.arg("run");
+    // An attach flake's instance stays after it ends, so that a call attached to it gets its
+    // exit status; the next call that finds it ended removes it first.
+    if !flake.attach {
+        c.arg("--rm");
+    }
+    c.args(["-i", "--init"]);
     if term.stdin && term.stdout {
         c.arg("-t");
     }
@@ -283,6 +289,31 @@ pub fn exec_command(
     c
 }
 
+/// Attaches to the running instance `name` until it ends, and returns its exit status
+/// (`podman attach` itself exits 0 whatever the app's status was; `podman wait` has it).
+fn attach(env: &PodmanEnv, name: &str) -> Result<i32> {
+    let mut c = podman(env);
+    c.args(["attach", name]);
+    if debug() {
+        eprintln!("stamp: {c:?}");
+    }
+    c.status()
+        .map_err(|e| Error::Engine(format!("cannot run podman: {e}")))?;
+    let out = podman(env)
+        .args(["wait", name])
+        .output()
+        .map_err(|e| Error::Engine(format!("cannot run podman: {e}")))?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| {
+            Error::Engine(format!(
+                "cannot read the exit status of instance {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        })
+}
+
 /// The names of `flake`'s instances that exist (running or not).
 pub fn instances(flake_name: &str, env: &PodmanEnv) -> Result<Vec<String>> {
     let out = podman(env)
@@ -370,13 +401,20 @@ pub fn launch(flake: &Flake, call: &Call) -> Result<i32> {
     let (mut c, instance) = if flake.resume {
         let name = ensure_instance(flake, call, &env)?;
         (exec_command(flake, call, &name, term, &env), Some(name))
-    } else if flake.attach
-        && container_state(&env, &instance_name(flake, call))?.as_deref() == Some("running")
-    {
+    } else if flake.attach {
         let name = instance_name(flake, call);
-        let mut c = podman(&env);
-        c.args(["attach", &name]);
-        (c, None)
+        match container_state(&env, &name)?.as_deref() {
+            Some("running") => return attach(&env, &name),
+            state => {
+                if state.is_some() {
+                    must(
+                        podman(&env).args(["rm", "-f", &name]),
+                        &format!("remove the ended instance {name}"),
+                    )?;
+                }
+                (podman_command(flake, call, term, &env)?, None)
+            }
+        }
     } else {
         (podman_command(flake, call, term, &env)?, None)
     };

@@ -526,3 +526,69 @@ fn a_non_root_user_registers_and_runs_a_flake_with_rootless_podman() {
     // nobody's podman storage is removed with the directory (all of it is nobody's).
     let _ = as_nobody("podman", &["system", "prune", "-a", "-f"]);
 }
+
+#[test]
+fn an_attach_flake_attaches_a_second_call_to_the_running_instance() {
+    if !crate::busybox::podman_ready() {
+        return;
+    }
+    let env = Env::new();
+    let app = env.app("ash");
+    let r = env.stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--attach",
+        "--app",
+        s(&app),
+        "--image",
+        crate::busybox::IMAGE,
+        "--target",
+        "/bin/sh",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // The first call runs the app in the named instance...
+    let mut c = Command::new(&app);
+    c.args(["-c", "echo first; sleep 3; echo done; exit 6"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    env.vars(&mut c);
+    let mut first = c.spawn().unwrap();
+    let mut out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    // ...a second call while it runs attaches to it: it sees the rest and its exit status.
+    let second = env.call("ash", &["-c", "echo never-run"], b"");
+    assert!(
+        second.stdout.contains("done"),
+        "{}{}",
+        second.stdout,
+        second.stderr
+    );
+    assert!(!second.stdout.contains("never-run"));
+    assert_eq!(second.code, 6);
+    assert_eq!(first.wait().unwrap().code(), Some(6));
+    // The ended instance is replaced by the next call, and goes with the app.
+    let third = env.call("ash", &["-c", "echo again"], b"");
+    assert_eq!(
+        (third.code, third.stdout.as_str()),
+        (0, "again\n"),
+        "{}",
+        third.stderr
+    );
+    assert_eq!(env.stamp(&["app", "remove", "ash"]).code, 0);
+    let left = Command::new("podman")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=stamp.app=ash",
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
