@@ -344,10 +344,17 @@ pub fn debug() -> bool {
 /// when the instance is removed afterwards (`%remove`).
 pub fn launch(flake: &Flake, call: &Call) -> Result<i32> {
     if flake.engine == Engine::Vm {
-        return Err(Error::Engine(format!(
-            "{}: the vm engine is not supported by stamp's launcher yet; use a container: section",
-            flake.file.display()
-        )));
+        if flake.resume
+            || flake.attach
+            || call.instance.is_some()
+            || crate::provision::needed(flake)
+        {
+            return Err(Error::Engine(format!(
+                "{}: the vm engine runs one call per microVM of the app image itself (no resume, attach, @instance, base, layers or includes yet)",
+                flake.file.display()
+            )));
+        }
+        return crate::vm::run(flake, &call.args);
     }
     let env = PodmanEnv::from_env();
     let term = Terminal::detect();

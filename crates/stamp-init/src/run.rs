@@ -108,6 +108,34 @@ pub fn spawn(
     cmd.spawn()
 }
 
+/// As [`spawn`], with stdin, stdout and stderr from `stdio` (pipes for the agent).
+pub fn spawn_piped(
+    config: &AppConfig,
+    program: &Path,
+    env: &[(String, String)],
+    ids: &Ids,
+    stdio: fn() -> std::process::Stdio,
+) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    if let Some(a0) = config.argv.first() {
+        cmd.arg0(a0);
+    }
+    cmd.args(config.argv.iter().skip(1))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(if config.workdir.is_empty() {
+            "/"
+        } else {
+            &config.workdir
+        })
+        .stdin(stdio())
+        .stdout(stdio())
+        .stderr(stdio());
+    sys::set_credentials(&mut cmd, ids.uid, ids.gid, ids.groups.clone());
+    cmd.spawn()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
