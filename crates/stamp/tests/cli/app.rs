@@ -526,3 +526,121 @@ fn a_non_root_user_registers_and_runs_a_flake_with_rootless_podman() {
     // nobody's podman storage is removed with the directory (all of it is nobody's).
     let _ = as_nobody("podman", &["system", "prune", "-a", "-f"]);
 }
+
+/// The vm engine under QEMU (TCG here): the busybox application image booted with the Debian
+/// kernel, stamp-init as the guest agent. One boot per call, so the checks are combined into
+/// three calls.
+#[test]
+fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
+    let (Some(app), Some(kernel)) = (crate::qemu::app_oci(), debian_tar()) else {
+        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+        return;
+    };
+    if !crate::qemu::available() {
+        return;
+    }
+    let env = Env::new();
+    let cache = env.dir.path().join("cache");
+    let tmpdir = env.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let vars = |c: &mut Command| {
+        env.vars(c);
+        c.env("XDG_CACHE_HOME", &cache).env("TMPDIR", &tmpdir);
+    };
+    let bin = env.app("vsh");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
+    c.args(["app", "register", "--user", "--engine", "vm", "--no-net"])
+        .args(["--memory", "512M", "--app", s(&bin), "--target", "/bin/sh"])
+        .arg("--image")
+        .arg(format!("oci-archive:{}", s(&app)))
+        .arg("--kernel")
+        .arg(format!("rootfs:{}", s(&kernel)));
+    vars(&mut c);
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let show = env.stamp(&["app", "show", "vsh"]);
+    assert!(show.stdout.contains("kernel: rootfs:"), "{}", show.stdout);
+
+    let spawn = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        vars(&mut c);
+        c.spawn().unwrap()
+    };
+    // 1: the first line comes while the app runs (it waits for stdin), stdin passes through,
+    // stdout and stderr stay two streams, the arguments arrive unchanged, exit status 3.
+    // The first call also builds the disk.
+    let t = Instant::now();
+    let mut child = spawn(&[
+        "-c",
+        "echo first; busybox cat; echo \"[$1]\"; echo to-err >&2; exit 3",
+        "sh",
+        "two words",
+    ]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    eprintln!(
+        "vm engine, first call (disk built): first output after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first line came only at the end"
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"x\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "x\n[two words]\n", "stderr: {err}");
+    assert_eq!(err, "to-err\n");
+    assert_eq!(status.code(), Some(3));
+
+    // 2: exit status 0, no output, and no kernel message in either stream.
+    let t = Instant::now();
+    let out = spawn(&["-c", "true"]).wait_with_output().unwrap();
+    eprintln!("vm engine, cached disk: whole call {:?}", t.elapsed());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b""[..], &b""[..])
+    );
+
+    // 3: Ctrl-C (SIGINT to the launcher) reaches the app, which ends with 130.
+    let t = Instant::now();
+    let mut child = spawn(&["-c", "echo started; exec busybox sleep 600"]);
+    drop(child.stdin.take());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    eprintln!(
+        "vm engine, cached disk: call to first output {:?}",
+        t.elapsed()
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // No temporary directory (QEMU's socket, console log, firmware variables) is left behind.
+    let left: Vec<_> = std::fs::read_dir(&tmpdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
