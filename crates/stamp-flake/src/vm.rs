@@ -213,6 +213,7 @@ pub fn run(flake: &Flake, args: &[std::ffi::OsString]) -> Result<i32> {
     }
     // Signals are blocked before any thread starts, and taken by a thread of ours.
     let signals = sig::block_signals();
+    sig::die_with_parent(&mut c);
     let qemu = Qemu(c.spawn().map_err(|e| {
         Error::Engine(format!(
             "cannot run qemu-system-x86_64: {e} (apt-get install qemu-system-x86)"
@@ -254,6 +255,19 @@ mod sig {
         // SAFETY: `set` is initialised; the old mask is not wanted.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         set
+    }
+
+    /// Makes the command's process get SIGKILL when this process dies (QEMU never outlives
+    /// the launcher, even one killed with SIGKILL).
+    pub fn die_with_parent(c: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing is allocated in the child.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
     }
 
     /// Waits for one of the blocked signals; None on error.

@@ -14,7 +14,10 @@ use crate::wire;
 use crate::{modules, run, say, sys, user};
 
 /// How long the port gets to appear after the modules are loaded.
-const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the output pipes may stay open after the app ended (held by its leftovers).
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// True if the kernel command line asks for agent mode or a virtio console device (id 3) is
 /// present.
@@ -150,14 +153,25 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
         }
     };
     let pid = child.id() as i32;
-    let mut pumps = Vec::new();
+    let (done, pumps_done) = std::sync::mpsc::channel::<()>();
+    let mut pumps = 0;
     if let Some(out) = child.stdout.take() {
         let p = port.clone();
-        pumps.push(std::thread::spawn(move || pump(out, p, wire::STDOUT)));
+        let done = done.clone();
+        pumps += 1;
+        std::thread::spawn(move || {
+            pump(out, p, wire::STDOUT);
+            let _ = done.send(());
+        });
     }
     if let Some(err) = child.stderr.take() {
         let p = port.clone();
-        pumps.push(std::thread::spawn(move || pump(err, p, wire::STDERR)));
+        let done = done.clone();
+        pumps += 1;
+        std::thread::spawn(move || {
+            pump(err, p, wire::STDERR);
+            let _ = done.send(());
+        });
     }
     let mut stdin = child.stdin.take();
     std::thread::spawn(move || {
@@ -186,8 +200,15 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
     // The child is reaped by the supervisor loop (PID 1 reaps everything).
     std::mem::forget(child);
     let exit = crate::supervise(pid);
-    for p in pumps {
-        let _ = p.join();
+    // The output written before the exit is sent first; a process the app left behind that
+    // still holds the pipes open gets a moment, not forever.
+    let deadline = std::time::Instant::now() + DRAIN_WAIT;
+    for _ in 0..pumps {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if pumps_done.recv_timeout(left).is_err() {
+            say!("agent: the app's output is still open after it ended; not waiting for it");
+            break;
+        }
     }
     send_exit(exit);
     (name, exit)

@@ -8,6 +8,10 @@
 //! `killed by signal S`) on the console, syncs and powers the machine off. Any failure before
 //! the app starts is printed and reported as status 127.
 //!
+//! Agent mode (`stamp app`'s vm engine): when the machine has a virtio-serial port named
+//! `stamp.agent`, the command comes from the host over it, and the app's stdin, stdout,
+//! stderr, signals and exit status travel over it as frames (see `agent`).
+//!
 //! std and libc only, built as a static executable so it runs in any image.
 
 mod agent;
@@ -61,8 +65,15 @@ fn main() {
     if let Err(e) = sys::sethostname(&hostname) {
         say!("warning: cannot set the hostname {hostname}: {e}");
     }
-    if agent::wanted() {
-        let (name, exit) = agent_call(&hostname);
+    let port = if agent::wanted() {
+        agent::open_port()
+            .map_err(|e| say!("agent: {e}; running the image's entrypoint on the console"))
+            .ok()
+    } else {
+        None
+    };
+    if let Some(port) = port {
+        let (name, exit) = agent_call(port, &hostname);
         match exit {
             sys::Exit::Code(c) => say!("{name} exited with status {c}"),
             sys::Exit::Signal(s) => say!("{name} killed by signal {s} (status {})", exit.status()),
@@ -85,14 +96,7 @@ fn main() {
 }
 
 /// Agent mode: the network only when the machine has a NIC, then one call from the host.
-fn agent_call(hostname: &str) -> (String, sys::Exit) {
-    let port = match agent::open_port() {
-        Ok(p) => p,
-        Err(e) => {
-            say!("agent: {e}");
-            return ("app".into(), sys::Exit::Code(NOT_STARTED));
-        }
-    };
+fn agent_call(port: std::fs::File, hostname: &str) -> (String, sys::Exit) {
     let _ = modules::load("virtio_net");
     let has_nic = std::fs::read_dir("/sys/class/net").is_ok_and(|d| {
         d.filter_map(|e| e.ok())
