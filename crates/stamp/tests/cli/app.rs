@@ -168,6 +168,25 @@ fn a_flake_pilot_yaml_written_by_hand_is_launched() {
 #[test]
 fn bad_registrations_and_flakes_are_refused_clearly() {
     let env = Env::new();
+    // A vm flake needs the image whose kernel boots it.
+    let r = env.stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--engine",
+        "vm",
+        "--app",
+        s(&env.app("v")),
+        "--image",
+        "oci-archive:/nonexistent.tar",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("--engine vm needs --kernel"),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::symlink_metadata(env.app("v")).is_err());
     // An app path that is another program is never overwritten.
     let foreign = env.dir.path().join("ls");
     std::fs::write(&foreign, "a real program").unwrap();
