@@ -234,7 +234,7 @@ mod sig {
     #![allow(unsafe_code)]
 
     /// The signals forwarded to the app.
-    const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGWINCH];
 
     fn signal_set() -> libc::sigset_t {
         // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -270,6 +270,38 @@ mod sig {
         }
     }
 
+    /// The window size (rows, columns) of terminal `fd`.
+    pub fn winsize(fd: libc::c_int) -> Option<(u16, u16)> {
+        // SAFETY: winsize is plain data, filled by the ioctl.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: `ws` is a valid winsize for TIOCGWINSZ.
+        (unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0)
+            .then_some((ws.ws_row, ws.ws_col))
+    }
+
+    /// Puts terminal `fd` in raw mode; its settings before, to restore.
+    pub fn raw(fd: libc::c_int) -> Option<libc::termios> {
+        // SAFETY: termios is plain data, filled by tcgetattr.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `t` is a valid termios.
+        if unsafe { libc::tcgetattr(fd, &mut t) } != 0 {
+            return None;
+        }
+        let before = t;
+        // SAFETY: `t` is a valid termios.
+        unsafe {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(fd, libc::TCSANOW, &t);
+        }
+        Some(before)
+    }
+
+    /// Restores terminal settings.
+    pub fn restore(fd: libc::c_int, t: &libc::termios) {
+        // SAFETY: `t` is a valid termios.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) };
+    }
+
     /// Waits for one of the blocked signals; None on error.
     pub fn wait(set: &libc::sigset_t) -> Option<libc::c_int> {
         let mut sig: libc::c_int = 0;
@@ -302,6 +334,17 @@ fn connect(sock: &Path, qemu: &mut Qemu) -> std::result::Result<UnixStream, Stri
     }
 }
 
+/// The caller's terminal in raw mode while the app has it; restored when dropped.
+struct RawTerminal(Option<libc::termios>);
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            sig::restore(0, t);
+        }
+    }
+}
+
 /// One call: connect, send the command, pump the streams, return the status.
 fn call(
     flake: &Flake,
@@ -327,7 +370,14 @@ fn call(
             .as_deref()
             .map(|u| u.trim_start_matches('#').to_string())
             .unwrap_or_default(),
+        // A terminal for the app when the caller is on one (as the podman engine's -t).
+        tty: crate::launch::Terminal::detect()
+            .stdin
+            .then(|| sig::winsize(1))
+            .flatten()
+            .filter(|_| crate::launch::Terminal::detect().stdout),
     };
+    let _raw = RawTerminal(if cmd.tty.is_some() { sig::raw(0) } else { None });
     {
         let mut w = writer.lock().map_err(|_| "agent socket lock".to_string())?;
         wire::write_frame(&mut *w, wire::COMMAND, &wire::encode_command(&cmd))
@@ -360,8 +410,16 @@ fn call(
             let Some(sig) = sig::wait(&signals) else {
                 return;
             };
+            let frame = if sig == libc::SIGWINCH {
+                match sig::winsize(1) {
+                    Some((rows, cols)) => (wire::WINSIZE, wire::encode_winsize(rows, cols)),
+                    None => continue,
+                }
+            } else {
+                (wire::SIGNAL, sig.to_be_bytes())
+            };
             let Ok(mut w) = w.lock() else { return };
-            if wire::write_frame(&mut *w, wire::SIGNAL, &sig.to_be_bytes()).is_err() {
+            if wire::write_frame(&mut *w, frame.0, &frame.1).is_err() {
                 return;
             }
         }

@@ -21,6 +21,20 @@ pub const STDIN_EOF: u8 = b'i';
 pub const SIGNAL: u8 = b'S';
 /// Host → guest: the window size (rows, columns: two big-endian u16).
 pub const WINSIZE: u8 = b'W';
+/// Decodes a [`WINSIZE`] payload.
+pub fn decode_winsize(p: &[u8]) -> Option<(u16, u16)> {
+    match p {
+        [a, b, c, d] => Some((u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]))),
+        _ => None,
+    }
+}
+
+/// Encodes a [`WINSIZE`] payload.
+pub fn encode_winsize(rows: u16, cols: u16) -> [u8; 4] {
+    let (r, c) = (rows.to_be_bytes(), cols.to_be_bytes());
+    [r[0], r[1], c[0], c[1]]
+}
+
 /// Guest → host: stdout bytes.
 pub const STDOUT: u8 = b'O';
 /// Guest → host: stderr bytes.
@@ -86,25 +100,32 @@ pub struct Command {
     pub cwd: String,
     /// User (the image's when empty).
     pub user: String,
+    /// A terminal for the app, of this size (rows, columns); pipes when `None`.
+    pub tty: Option<(u16, u16)>,
 }
 
-/// Encodes a command: fields of one tag byte (`a` arg, `e` env, `w` cwd, `u` user), a
-/// big-endian u32 length and the bytes.
+/// Encodes a command: fields of one tag byte (`a` arg, `e` env, `w` cwd, `u` user, `t` a
+/// terminal: rows and columns as big-endian u16), a big-endian u32 length and the bytes.
 pub fn encode_command(c: &Command) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut field = |tag: u8, s: &str| {
+    let mut field = |tag: u8, s: &[u8]| {
         out.push(tag);
         out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
     };
     for a in &c.argv {
-        field(b'a', a);
+        field(b'a', a.as_bytes());
     }
     for e in &c.env {
-        field(b'e', e);
+        field(b'e', e.as_bytes());
     }
-    field(b'w', &c.cwd);
-    field(b'u', &c.user);
+    field(b'w', c.cwd.as_bytes());
+    field(b'u', c.user.as_bytes());
+    if let Some((rows, cols)) = c.tty {
+        let mut size = rows.to_be_bytes().to_vec();
+        size.extend_from_slice(&cols.to_be_bytes());
+        field(b't', &size);
+    }
     out
 }
 
@@ -130,6 +151,16 @@ pub fn decode_command(b: &[u8]) -> Result<Command, String> {
             })?;
         let s = String::from_utf8_lossy(data).into_owned();
         match tag {
+            b't' => match data {
+                [a, b, c0, d] => {
+                    c.tty = Some((u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c0, *d])))
+                }
+                _ => {
+                    return Err(format!(
+                        "command field at offset {i}: a terminal size of {len} bytes, not 4"
+                    ));
+                }
+            },
             b'a' => c.argv.push(s),
             b'e' => c.env.push(s),
             b'w' => c.cwd = s,
@@ -152,6 +183,7 @@ mod tests {
             env: vec!["A=1".into()],
             cwd: "/srv".into(),
             user: "1000".into(),
+            tty: Some((24, 80)),
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, COMMAND, &encode_command(&c)).unwrap();
@@ -169,5 +201,6 @@ mod tests {
         assert!(read_frame(&mut r).is_err());
         assert!(decode_command(&[b'a', 0, 0, 0, 9, b'x']).is_err());
         assert!(decode_command(&[b'z', 0, 0, 0, 0]).is_err());
+        assert!(decode_command(&[b't', 0, 0, 0, 1, 7]).is_err());
     }
 }

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use crate::config::AppConfig;
@@ -140,7 +139,18 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
     if !cmd.user.is_empty() {
         cfg.user = cmd.user.clone();
     }
-    let mut child = match start(&cfg) {
+    let pty = match cmd.tty.map(|(rows, cols)| sys::openpty(rows, cols)) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            say!("agent: no terminal for the app ({e}); it gets pipes");
+            None
+        }
+    };
+    let started = start(&cfg, pty.as_ref().map(|(_, slave)| slave));
+    // The app holds the slave now: the master reads its end when the app's side closes.
+    let master = pty.map(|(master, _)| master);
+    let mut child = match started {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("stamp: {name}: {e}\n");
@@ -155,6 +165,20 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
     let pid = child.id() as i32;
     let (done, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
+    let mut tty_in = None;
+    if let Some(m) = master {
+        match m.try_clone() {
+            Ok(w) => tty_in = Some(w),
+            Err(e) => say!("agent: the terminal: {e}"),
+        }
+        let p = port.clone();
+        let done = done.clone();
+        pumps += 1;
+        std::thread::spawn(move || {
+            pump(m, p, wire::STDOUT);
+            let _ = done.send(());
+        });
+    }
     if let Some(out) = child.stdout.take() {
         let p = port.clone();
         let done = done.clone();
@@ -173,7 +197,14 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
             let _ = done.send(());
         });
     }
-    let mut stdin = child.stdin.take();
+    let mut stdin: Option<Box<dyn Write + Send>> = match child.stdin.take() {
+        Some(s) => Some(Box::new(s)),
+        None => tty_in
+            .as_ref()
+            .and_then(|t| t.try_clone().ok())
+            .map(|t| Box::new(t) as _),
+    };
+    let is_tty = tty_in.is_some();
     std::thread::spawn(move || {
         while let Ok(Some((kind, payload))) = wire::read_frame(&mut reader) {
             match kind {
@@ -184,7 +215,16 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
                         }
                     }
                 }
-                wire::STDIN_EOF => stdin = None,
+                // A terminal has no end of input (its ^D is a byte the app reads).
+                wire::STDIN_EOF if !is_tty => stdin = None,
+                wire::WINSIZE => {
+                    if let (Some(t), Some((rows, cols))) =
+                        (tty_in.as_ref(), wire::decode_winsize(&payload))
+                    {
+                        // The kernel sends SIGWINCH to the terminal's foreground group.
+                        let _ = sys::set_winsize(t, rows, cols);
+                    }
+                }
                 wire::SIGNAL => {
                     if let Ok(b) = <[u8; 4]>::try_from(payload.as_slice()) {
                         let sig = i32::from_be_bytes(b);
@@ -214,8 +254,8 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
     (name, exit)
 }
 
-/// Starts the app of `cfg` with piped stdin, stdout and stderr.
-fn start(cfg: &AppConfig) -> Result<std::process::Child, String> {
+/// Starts the app of `cfg` with piped stdin, stdout and stderr, or on the terminal `tty`.
+fn start(cfg: &AppConfig, tty: Option<&File>) -> Result<std::process::Child, String> {
     let name = cfg.argv.first().cloned().unwrap_or_default();
     let etc = |f: &str| {
         crate::read_bounded(f, user::MAX_FILE)
@@ -230,6 +270,6 @@ fn start(cfg: &AppConfig) -> Result<std::process::Child, String> {
         .find(|(k, _)| k == "PATH")
         .map_or(run::DEFAULT_PATH, |(_, v)| v.as_str());
     let program = run::find_program(&name, path, &cfg.workdir, Path::new("/"))?;
-    run::spawn_piped(cfg, &program, &env, &ids, Stdio::piped)
+    run::spawn_piped(cfg, &program, &env, &ids, tty)
         .map_err(|e| format!("cannot start {}: {e}", program.display()))
 }

@@ -638,7 +638,24 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
         (&b""[..], &b""[..])
     );
 
-    // 3: Ctrl-C (SIGINT to the launcher) reaches the app, which ends with 130.
+    // 3: on a terminal (script(1) gives the launcher one), the app gets a terminal of its own.
+    let mut c = Command::new("script");
+    c.arg("-qec")
+        .arg(format!(
+            "{} -c 'busybox tty; busybox stty size; echo to-err >&2; exit 4'",
+            s(&bin)
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null());
+    vars(&mut c);
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("to-err"), "{text}");
+    assert!(!text.contains("stamp-init"), "{text}");
+    assert_eq!(out.status.code(), Some(4), "{text}");
+
+    // 4: Ctrl-C (SIGINT to the launcher) reaches the app, which ends with 130.
     let t = Instant::now();
     let mut child = spawn(&["-c", "echo started; exec busybox sleep 600"]);
     drop(child.stdin.take());
