@@ -623,9 +623,15 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
     assert_eq!(err, "to-err\n");
     assert_eq!(status.code(), Some(3));
 
-    // 2: exit status 0, no output, and no kernel message in either stream.
+    // 2: exit status 0, no output, and no kernel message in either stream; the app runs with
+    // the image's User, WorkingDir and ENV, and --no-net leaves the guest without a NIC.
     let t = Instant::now();
-    let out = spawn(&["-c", "true"]).wait_with_output().unwrap();
+    let out = spawn(&[
+        "-c",
+        "[ \"$(busybox id -u):$PWD:$GREETING\" = 1000:/srv:hello-from-stamp ] && ! busybox grep -q enp /proc/net/dev",
+    ])
+    .wait_with_output()
+    .unwrap();
     eprintln!("vm engine, cached disk: whole call {:?}", t.elapsed());
     assert_eq!(
         out.status.code(),
