@@ -44,8 +44,9 @@ fn cache_dir() -> Result<PathBuf> {
     Ok(base.join("stamp"))
 }
 
-/// What identifies an image reference's content cheaply: the reference, and for a file
-/// reference (`oci-archive:PATH`, `rootfs:PATH`, a path) the file's size and time.
+/// What identifies an image reference's content cheaply: the reference, for a file
+/// reference (`oci-archive:PATH`, `rootfs:PATH`, a path) the file's size and time, and for a
+/// name in stamp's store the digest it names now (a re-imported image makes a new disk).
 fn ref_key(r: &str) -> String {
     let path = r.split_once(':').map_or(r, |(_, p)| p);
     match std::fs::metadata(path) {
@@ -53,7 +54,14 @@ fn ref_key(r: &str) -> String {
             use std::os::unix::fs::MetadataExt;
             format!("{r}\0{}\0{}\0{}", m.len(), m.mtime(), m.mtime_nsec())
         }
-        Err(_) => r.to_string(),
+        Err(_) => match Some(stamp_oci::Store::default_root())
+            .filter(|root| root.join("oci-layout").is_file())
+            .and_then(|root| stamp_oci::Store::open(&root).ok())
+            .and_then(|s| s.resolve(r).ok())
+        {
+            Some(d) => format!("{r}\0{}", d.digest()),
+            None => r.to_string(),
+        },
     }
 }
 
