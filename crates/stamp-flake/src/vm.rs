@@ -176,18 +176,37 @@ pub fn qemu_command(
     }
     // Its own process group: the terminal's Ctrl-C is the app's (forwarded), not QEMU's.
     std::os::unix::process::CommandExt::process_group(&mut c, 0);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    // QEMU's own messages go to a file (quoted in errors), never into the app's stderr.
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    if let Ok(f) = std::fs::File::create(dir.join("qemu.err")) {
+        c.stderr(f);
+    } else {
+        c.stderr(Stdio::null());
+    }
     c
 }
 
-/// The last `n` lines of the console log.
+/// The last `n` lines of QEMU's messages and of the console log.
 fn console_tail(dir: &Path, n: usize) -> String {
-    let text = std::fs::read(dir.join("console.log")).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let tail = |name: &str| {
+        let mut text = Vec::new();
+        if let Ok(f) = std::fs::File::open(dir.join(name)) {
+            // The end is what matters; a runaway log is not read whole.
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut f = std::io::BufReader::new(f);
+            let _ = std::io::Seek::seek(
+                &mut f,
+                std::io::SeekFrom::Start(len.saturating_sub(64 * 1024)),
+            );
+            let _ = f.take(64 * 1024).read_to_end(&mut text);
+        }
+        let text = String::from_utf8_lossy(&text).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    };
+    format!("{}\n{}", tail("qemu.err"), tail("console.log"))
+        .trim()
+        .to_string()
 }
 
 /// Runs `flake`'s app for `args` in a microVM; returns the app's exit status (128+N for a
@@ -230,7 +249,7 @@ pub fn run(flake: &Flake, args: &[std::ffi::OsString]) -> Result<i32> {
     let result = call(flake, args, dir.path(), qemu, signals);
     result.map_err(|e| {
         Error::Engine(format!(
-            "{}: {e}; the console said:\n{}",
+            "{}: {e}; QEMU and the guest console said:\n{}",
             flake.file.display(),
             console_tail(dir.path(), 20)
         ))
@@ -326,11 +345,7 @@ fn connect(sock: &Path, qemu: &mut Qemu) -> std::result::Result<UnixStream, Stri
             return Ok(s);
         }
         if let Ok(Some(st)) = qemu.0.try_wait() {
-            let mut err = String::new();
-            if let Some(e) = qemu.0.stderr.as_mut() {
-                let _ = e.take(64 * 1024).read_to_string(&mut err);
-            }
-            return Err(format!("QEMU ended ({st}): {}", err.trim()));
+            return Err(format!("QEMU ended ({st})"));
         }
         if start.elapsed() > BOOT_TIMEOUT {
             return Err(format!(
