@@ -6,6 +6,9 @@
 //! signals reach podman, which forwards them to the app (`--init` makes a signal's default
 //! action apply in the container, so Ctrl-C ends the app with status 130), stdout and stderr
 //! stay two streams unless the caller is on a terminal, and podman's exit status is the app's.
+//!
+//! The vm engine ([`crate::vm`]) boots the app image under QEMU for each call and relays the
+//! streams, signals and exit status over a virtio-serial port.
 
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
