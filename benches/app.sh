@@ -3,14 +3,25 @@
 # `podman run --rm` of the same image, N calls each, alternating (the busybox image of the
 # tests, localhost/stamp-test-busybox:1, made here by `podman import` when missing).
 # Prints the mean wall time of a call of each and the ratio flake/podman.
+# Then the vm engine (when the busybox application image and the Debian tar of
+# scripts/debian-image.sh are there): a flake of the app image booted with the Debian kernel
+# under QEMU (TCG without KVM), the time from the call to the app's first output line, mean of
+# M calls (-m, default 3) after a first call that builds the disk.
 #
-# usage: benches/app.sh [-n N]
+# usage: benches/app.sh [-n N] [-m M]
 # env:   STAMP_BIN=path uses that stamp binary instead of building target/release/stamp;
 #        STAMP_PODMAN_RUNTIME (default runc, as crun does not work on these machines)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=20
-[[ ${1:-} == -n ]] && n=$2
+n=20 m=3
+while [[ $# -gt 1 ]]; do
+  case $1 in
+    -n) n=$2 ;;
+    -m) m=$2 ;;
+    *) echo "usage: benches/app.sh [-n N] [-m M]" >&2; exit 2 ;;
+  esac
+  shift 2
+done
 if [[ -n ${STAMP_BIN:-} ]]; then
   stamp=$STAMP_BIN
 else
@@ -38,3 +49,27 @@ done
 printf 'flake (stamp launcher):  %.1f ms a call\n' "$(echo "$flake / $n / 1000000" | bc -l)"
 printf 'podman run --rm:         %.1f ms a call\n' "$(echo "$plain / $n / 1000000" | bc -l)"
 printf 'ratio flake/podman: %.3f\n' "$(echo "$flake / $plain" | bc -l)"
+
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/stamp-dev
+app_oci=${STAMP_APP_OCI:-$cache/app-oci.tar}
+debian=${STAMP_DEBIAN_TAR:-$cache/debian-rootfs.tar}
+if [[ ! -f $app_oci || ! -f $debian ]]; then
+  echo "vm engine: skipped (no $app_oci or $debian: scripts/debian-image.sh and --app make them)"
+  exit 0
+fi
+export XDG_CACHE_HOME=$work/cache
+"$stamp" app register --user --engine vm --no-net --memory 512M --app "$work/bin/vsh" \
+  --image "oci-archive:$app_oci" --kernel "rootfs:$debian" --target /bin/sh >/dev/null
+# Time from the call to the first line the app writes (the disk is built by the first call).
+first_output() {
+  local t0 t1
+  t0=$(date +%s%N)
+  t1=$("$work/bin/vsh" -c 'echo ready' </dev/null | { read -r _; date +%s%N; cat >/dev/null; })
+  echo $((t1 - t0))
+}
+build=$(first_output)
+vm=0
+for _ in $(seq "$m"); do vm=$((vm + $(first_output))); done
+printf 'vm engine, first call (builds the disk): %.1f s to the first output\n' "$(echo "$build / 1000000000" | bc -l)"
+printf 'vm engine (%s): %.1f s from the call to the first output (mean of %s)\n' \
+  "$(sed -n 2p "$work/cache/stamp/kvm-probe" 2>/dev/null | grep -qx ok && echo KVM || echo TCG)" "$(echo "$vm / $m / 1000000000" | bc -l)" "$m"

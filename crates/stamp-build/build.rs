@@ -24,6 +24,10 @@ fn main() {
         "cargo:rerun-if-changed={}",
         init_dir.join("Cargo.toml").display()
     );
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../stamp-flake/src/wire.rs").display()
+    );
     println!("cargo:rerun-if-env-changed=STAMP_INIT");
 
     if let Some(prebuilt) = std::env::var_os("STAMP_INIT") {

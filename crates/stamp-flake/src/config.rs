@@ -65,6 +65,9 @@ pub struct Section {
     /// How to run it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
+    /// The image whose kernel, initrd and modules boot a `vm:` flake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// `runtime:`.
@@ -153,6 +156,8 @@ pub struct Flake {
     pub include_tar: Vec<PathBuf>,
     /// Host paths to bring in.
     pub include_path: Vec<PathBuf>,
+    /// The kernel image (`vm:` flakes).
+    pub kernel: Option<String>,
     /// The raw runtime section (microVM settings).
     #[serde(skip)]
     pub runtime: Runtime,
@@ -291,6 +296,7 @@ pub fn resolve(name: &str, path: &Path, file: FlakeFile) -> Result<Flake> {
             .into_iter()
             .map(PathBuf::from)
             .collect(),
+        kernel: section.kernel.clone(),
         runtime,
     })
 }

@@ -6,6 +6,9 @@
 //! signals reach podman, which forwards them to the app (`--init` makes a signal's default
 //! action apply in the container, so Ctrl-C ends the app with status 130), stdout and stderr
 //! stay two streams unless the caller is on a terminal, and podman's exit status is the app's.
+//!
+//! The vm engine ([`crate::vm`]) boots the app image under QEMU for each call and relays the
+//! streams, signals and exit status over a virtio-serial port.
 
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
@@ -375,10 +378,17 @@ pub fn debug() -> bool {
 /// when the instance is removed afterwards (`%remove`).
 pub fn launch(flake: &Flake, call: &Call) -> Result<i32> {
     if flake.engine == Engine::Vm {
-        return Err(Error::Engine(format!(
-            "{}: the vm engine is not supported by stamp's launcher yet; use a container: section",
-            flake.file.display()
-        )));
+        if flake.resume
+            || flake.attach
+            || call.instance.is_some()
+            || crate::provision::needed(flake)
+        {
+            return Err(Error::Engine(format!(
+                "{}: the vm engine runs one call per microVM of the app image itself (no resume, attach, @instance, base, layers or includes yet)",
+                flake.file.display()
+            )));
+        }
+        return crate::vm::run(flake, &call.args);
     }
     let env = PodmanEnv::from_env();
     let term = Terminal::detect();

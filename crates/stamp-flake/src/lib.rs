@@ -10,6 +10,8 @@ mod error;
 pub mod launch;
 pub mod provision;
 pub mod registry;
+pub mod vm;
+pub mod wire;
 
 pub use config::{Engine, Flake, FlakeFile};
 pub use error::{Error, Result};

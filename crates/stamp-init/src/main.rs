@@ -8,8 +8,13 @@
 //! `killed by signal S`) on the console, syncs and powers the machine off. Any failure before
 //! the app starts is printed and reported as status 127.
 //!
+//! Agent mode (`stamp app`'s vm engine): when the machine has a virtio-serial port named
+//! `stamp.agent`, the command comes from the host over it, and the app's stdin, stdout,
+//! stderr, signals and exit status travel over it as frames (see `agent`).
+//!
 //! std and libc only, built as a static executable so it runs in any image.
 
+mod agent;
 mod config;
 mod modules;
 mod mounts;
@@ -17,6 +22,9 @@ mod net;
 mod run;
 mod sys;
 mod user;
+#[path = "../../stamp-flake/src/wire.rs"]
+#[allow(dead_code)]
+mod wire;
 
 use std::path::Path;
 use std::time::Duration;
@@ -57,6 +65,21 @@ fn main() {
     if let Err(e) = sys::sethostname(&hostname) {
         say!("warning: cannot set the hostname {hostname}: {e}");
     }
+    let port = if agent::wanted() {
+        agent::open_port()
+            .map_err(|e| say!("agent: {e}; running the image's entrypoint on the console"))
+            .ok()
+    } else {
+        None
+    };
+    if let Some(port) = port {
+        let (name, exit) = agent_call(port, &hostname);
+        match exit {
+            sys::Exit::Code(c) => say!("{name} exited with status {c}"),
+            sys::Exit::Signal(s) => say!("{name} killed by signal {s} (status {})", exit.status()),
+        }
+        power_off();
+    }
     net::setup(&hostname);
     let (name, exit) = match start() {
         Ok((name, pid)) => (name.clone(), supervise(pid)),
@@ -70,6 +93,24 @@ fn main() {
         sys::Exit::Signal(s) => say!("{name} killed by signal {s} (status {})", exit.status()),
     }
     power_off();
+}
+
+/// Agent mode: the network only when the machine has a NIC, then one call from the host.
+fn agent_call(port: std::fs::File, hostname: &str) -> (String, sys::Exit) {
+    let _ = modules::load("virtio_net");
+    let has_nic = std::fs::read_dir("/sys/class/net").is_ok_and(|d| {
+        d.filter_map(|e| e.ok())
+            .take(64)
+            .any(|e| e.file_name() != "lo")
+    });
+    if has_nic {
+        net::setup(hostname);
+    }
+    let image = read_bounded(CONFIG, config::MAX_CONFIG as u64)
+        .ok()
+        .and_then(|t| config::parse(&t).ok())
+        .unwrap_or_default();
+    agent::serve(port, &image)
 }
 
 /// Makes sure stdin, stdout and stderr are open, on `/dev/console`.
@@ -101,7 +142,7 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn read_bounded(path: &str, max: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn read_bounded(path: &str, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
     let mut buf = Vec::new();
@@ -146,7 +187,7 @@ fn start() -> Result<(String, i32), (String, String)> {
 }
 
 /// Reaps every child, forwards signals to the app, and returns how the app ended.
-fn supervise(app: i32) -> sys::Exit {
+pub(crate) fn supervise(app: i32) -> sys::Exit {
     loop {
         while let Some((pid, exit)) = sys::reap_one() {
             if pid == app {

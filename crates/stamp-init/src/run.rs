@@ -108,6 +108,45 @@ pub fn spawn(
     cmd.spawn()
 }
 
+/// As [`spawn`], for the agent: stdin, stdout and stderr are pipes, or `tty` (a terminal's
+/// slave side, which becomes the app's controlling terminal).
+pub fn spawn_piped(
+    config: &AppConfig,
+    program: &Path,
+    env: &[(String, String)],
+    ids: &Ids,
+    tty: Option<&std::fs::File>,
+) -> std::io::Result<Child> {
+    use std::process::Stdio;
+    let stdio = || -> std::io::Result<Stdio> {
+        Ok(match tty {
+            Some(t) => Stdio::from(t.try_clone()?),
+            None => Stdio::piped(),
+        })
+    };
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    if let Some(a0) = config.argv.first() {
+        cmd.arg0(a0);
+    }
+    cmd.args(config.argv.iter().skip(1))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(if config.workdir.is_empty() {
+            "/"
+        } else {
+            &config.workdir
+        })
+        .stdin(stdio()?)
+        .stdout(stdio()?)
+        .stderr(stdio()?);
+    if tty.is_some() {
+        sys::controlling_terminal(&mut cmd);
+    }
+    sys::set_credentials(&mut cmd, ids.uid, ids.gid, ids.groups.clone());
+    cmd.spawn()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -939,6 +939,9 @@ pub struct AppRegisterArgs {
     /// The instance's writable overlay size (vm).
     #[arg(long, value_name = "SIZE")]
     pub overlay_size: Option<String>,
+    /// The image whose kernel, initrd and modules boot the app (vm).
+    #[arg(long, value_name = "REF")]
+    pub kernel: Option<String>,
     /// Memory (vm).
     #[arg(long)]
     pub memory: Option<String>,

@@ -118,6 +118,7 @@ fn register(a: AppRegisterArgs) -> Result<u8> {
         base_container: a.base.clone(),
         layers: (!a.layers.is_empty()).then(|| a.layers.clone()),
         runtime: (runtime != Runtime::default()).then_some(runtime),
+        kernel: a.kernel.clone(),
     };
     let include = (!a.include_tar.is_empty() || !a.include_path.is_empty()).then(|| Include {
         tar: (!a.include_tar.is_empty()).then(|| a.include_tar.clone()),
@@ -136,6 +137,11 @@ fn register(a: AppRegisterArgs) -> Result<u8> {
         },
         other => bail!("--engine {other}: use podman or vm"),
     };
+    if a.engine == "vm" && a.kernel.is_none() {
+        bail!(
+            "--engine vm needs --kernel REF: the image whose kernel, initrd and modules boot the app"
+        );
+    }
     let provisioned = a.base.is_some()
         || !a.layers.is_empty()
         || !a.include_tar.is_empty()

@@ -168,6 +168,25 @@ fn a_flake_pilot_yaml_written_by_hand_is_launched() {
 #[test]
 fn bad_registrations_and_flakes_are_refused_clearly() {
     let env = Env::new();
+    // A vm flake needs the image whose kernel boots it.
+    let r = env.stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--engine",
+        "vm",
+        "--app",
+        s(&env.app("v")),
+        "--image",
+        "oci-archive:/nonexistent.tar",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("--engine vm needs --kernel"),
+        "{}",
+        r.stderr
+    );
+    assert!(std::fs::symlink_metadata(env.app("v")).is_err());
     // An app path that is another program is never overwritten.
     let foreign = env.dir.path().join("ls");
     std::fs::write(&foreign, "a real program").unwrap();
@@ -591,4 +610,145 @@ fn an_attach_flake_attaches_a_second_call_to_the_running_instance() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
+
+/// The vm engine under QEMU (TCG here): the busybox application image booted with the Debian
+/// kernel, stamp-init as the guest agent. One boot per call, so the checks are combined into
+/// three calls.
+#[test]
+fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
+    let (Some(app), Some(kernel)) = (crate::qemu::app_oci(), debian_tar()) else {
+        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+        return;
+    };
+    if !crate::qemu::available() {
+        return;
+    }
+    let env = Env::new();
+    let cache = env.dir.path().join("cache");
+    let tmpdir = env.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let vars = |c: &mut Command| {
+        env.vars(c);
+        c.env("XDG_CACHE_HOME", &cache).env("TMPDIR", &tmpdir);
+    };
+    let bin = env.app("vsh");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
+    c.args(["app", "register", "--user", "--engine", "vm", "--no-net"])
+        .args(["--memory", "512M", "--app", s(&bin), "--target", "/bin/sh"])
+        .arg("--image")
+        .arg(format!("oci-archive:{}", s(&app)))
+        .arg("--kernel")
+        .arg(format!("rootfs:{}", s(&kernel)));
+    vars(&mut c);
+    let r: Run = c.output().unwrap().into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let show = env.stamp(&["app", "show", "vsh"]);
+    assert!(show.stdout.contains("kernel: rootfs:"), "{}", show.stdout);
+
+    let spawn = |args: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        vars(&mut c);
+        c.spawn().unwrap()
+    };
+    // 1: the first line comes while the app runs (it waits for stdin), stdin passes through,
+    // stdout and stderr stay two streams, the arguments arrive unchanged, exit status 3.
+    // The first call also builds the disk.
+    let t = Instant::now();
+    let mut child = spawn(&[
+        "-c",
+        "echo first; busybox cat; echo \"[$1]\"; echo to-err >&2; exit 3",
+        "sh",
+        "two words",
+    ]);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    eprintln!(
+        "vm engine, first call (disk built): first output after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first line came only at the end"
+    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"x\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "x\n[two words]\n", "stderr: {err}");
+    assert_eq!(err, "to-err\n");
+    assert_eq!(status.code(), Some(3));
+
+    // 2: exit status 0, no output, and no kernel message in either stream; the app runs with
+    // the image's User, WorkingDir and ENV, and --no-net leaves the guest without a NIC.
+    let t = Instant::now();
+    let out = spawn(&[
+        "-c",
+        "[ \"$(busybox id -u):$PWD:$GREETING\" = 1000:/srv:hello-from-stamp ] && ! busybox grep -q enp /proc/net/dev",
+    ])
+    .wait_with_output()
+    .unwrap();
+    eprintln!("vm engine, cached disk: whole call {:?}", t.elapsed());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b""[..], &b""[..])
+    );
+
+    // 3: on a terminal (script(1) gives the launcher one), the app gets a terminal of its own.
+    let mut c = Command::new("script");
+    c.arg("-qec")
+        .arg(format!(
+            "{} -c 'busybox tty; busybox stty size; echo to-err >&2; exit 4'",
+            s(&bin)
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null());
+    vars(&mut c);
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("to-err"), "{text}");
+    assert!(!text.contains("stamp-init"), "{text}");
+    assert_eq!(out.status.code(), Some(4), "{text}");
+
+    // 4: Ctrl-C (SIGINT to the launcher) reaches the app, which ends with 130.
+    let t = Instant::now();
+    let mut child = spawn(&["-c", "echo started; exec busybox sleep 600"]);
+    drop(child.stdin.take());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    eprintln!(
+        "vm engine, cached disk: call to first output {:?}",
+        t.elapsed()
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    // No temporary directory (QEMU's socket, console log, firmware variables) is left behind.
+    let left: Vec<_> = std::fs::read_dir(&tmpdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
