@@ -83,14 +83,9 @@ pub fn find_program(
     Err(format!("{argv0} was not found in PATH {path}"))
 }
 
-/// Starts the app: `program` with `config.argv`, the environment, working directory and
-/// credentials given.
-pub fn spawn(
-    config: &AppConfig,
-    program: &Path,
-    env: &[(String, String)],
-    ids: &Ids,
-) -> std::io::Result<Child> {
+/// The app's command: `program` with `config.argv` (its first word as argv[0]), the
+/// environment and working directory given.
+fn command(config: &AppConfig, program: &Path, env: &[(String, String)]) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
     if let Some(a0) = config.argv.first() {
@@ -104,6 +99,18 @@ pub fn spawn(
         } else {
             &config.workdir
         });
+    cmd
+}
+
+/// Starts the app: `program` with `config.argv`, the environment, working directory and
+/// credentials given.
+pub fn spawn(
+    config: &AppConfig,
+    program: &Path,
+    env: &[(String, String)],
+    ids: &Ids,
+) -> std::io::Result<Child> {
+    let mut cmd = command(config, program, env);
     sys::set_credentials(&mut cmd, ids.uid, ids.gid, ids.groups.clone());
     cmd.spawn()
 }
@@ -124,22 +131,8 @@ pub fn spawn_piped(
             None => Stdio::piped(),
         })
     };
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(program);
-    if let Some(a0) = config.argv.first() {
-        cmd.arg0(a0);
-    }
-    cmd.args(config.argv.iter().skip(1))
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(if config.workdir.is_empty() {
-            "/"
-        } else {
-            &config.workdir
-        })
-        .stdin(stdio()?)
-        .stdout(stdio()?)
-        .stderr(stdio()?);
+    let mut cmd = command(config, program, env);
+    cmd.stdin(stdio()?).stdout(stdio()?).stderr(stdio()?);
     if tty.is_some() {
         sys::controlling_terminal(&mut cmd);
     }
