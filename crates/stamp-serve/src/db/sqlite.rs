@@ -83,9 +83,22 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(e("busy_timeout"))?;
         stable_plans(&conn).map_err(e("query planner"))?;
         // WAL: readers never wait for the writer; FULL: a committed task survives power loss.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(e("journal_mode"))?;
+        // Switching to WAL takes the lock without SQLite's busy handler: when another process
+        // opens the file at the same moment it fails at once with "database is locked", so it
+        // is retried here for as long as the busy timeout.
+        let began = std::time::Instant::now();
+        loop {
+            match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy
+                        && began.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(other) => return Err(e("journal_mode")(other)),
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(e("synchronous"))?;
         let tx = conn
