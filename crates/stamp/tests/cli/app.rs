@@ -322,15 +322,7 @@ fn rootfs_tar(dir: &std::path::Path, name: &str, busybox: bool, files: &[(&str, 
         std::fs::write(p, content).unwrap();
     }
     let tar = dir.join(format!("{name}.tar"));
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    tar_dir(&root, &tar);
     tar
 }
 

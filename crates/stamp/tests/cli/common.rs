@@ -142,3 +142,16 @@ pub fn sha256(path: &Path) -> [u8; 32] {
     std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
     h.finalize().into()
 }
+
+/// `tar -C dir -cf out .`: a root filesystem tar of the directory; panics unless it succeeds.
+pub fn tar_dir(dir: &Path, out: &Path) {
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-cf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(ok.success(), "tar of {} failed", dir.display());
+}

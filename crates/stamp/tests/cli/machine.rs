@@ -422,15 +422,7 @@ fn a_container_image_becomes_firecrackers_kernel_and_ext4_root() {
     std::fs::write(root.join("boot/initrd.img-6.1.0-test"), b"initrd bytes").unwrap();
     std::fs::write(root.join("etc/hello"), b"hello from the image\n").unwrap();
     let tar = env.dir.path().join("rootfs.tar");
-    let ok = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    tar_dir(&root, &tar);
     env.ok(&["import", "--name", "localhost/fc-test:1", s(&tar)]);
     let path = format!(
         "{}:{}",
@@ -584,15 +576,7 @@ fn store_images_run_a_disk_under_qemu_and_a_container_under_podman() {
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
         std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
         let tar = env.dir.path().join("rootfs.tar");
-        let ok = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        tar_dir(&root, &tar);
         env.ok(&["import", "--name", "localhost/store-busybox:1", s(&tar)]);
         let r = env.stamp(&[
             "run",
