@@ -231,6 +231,64 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
+impl Flake {
+    /// A setting of flake-pilot's `runtime.firecracker:` block.
+    fn firecracker(&self, key: &str) -> Option<&Value> {
+        self.runtime.firecracker.as_ref()?.get(key)
+    }
+
+    /// The microVM's memory: `runtime.memory`, or flake-pilot's `firecracker.mem_size_mib`.
+    pub fn memory(&self) -> Option<String> {
+        self.runtime.memory.clone().or_else(|| {
+            self.firecracker("mem_size_mib")
+                .and_then(Value::as_u64)
+                .map(|m| format!("{m}M"))
+        })
+    }
+
+    /// The microVM's CPUs: `runtime.cpus`, or flake-pilot's `firecracker.vcpu_count`.
+    pub fn cpus(&self) -> Option<u32> {
+        self.runtime.cpus.or_else(|| {
+            self.firecracker("vcpu_count")
+                .and_then(Value::as_u64)
+                .and_then(|c| u32::try_from(c).ok())
+        })
+    }
+
+    /// The microVM's disk size: `runtime.overlay_size`, or flake-pilot's
+    /// `firecracker.overlay_size` (`20GiB` is read as `20G`).
+    pub fn overlay_size(&self) -> Option<String> {
+        self.runtime
+            .overlay_size
+            .clone()
+            .or_else(|| {
+                self.firecracker("overlay_size")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .map(|s| {
+                s.trim()
+                    .trim_end_matches("iB")
+                    .trim_end_matches('B')
+                    .to_string()
+            })
+    }
+}
+
+/// A name made of `[A-Za-z0-9_.-]` (other characters become `-`), for container, image and
+/// directory names derived from app and instance names.
+pub fn clean_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 /// Checks a merged file and turns it into a [`Flake`].
 pub fn resolve(name: &str, path: &Path, file: FlakeFile) -> Result<Flake> {
     let missing = |key: &str| Error::Config {

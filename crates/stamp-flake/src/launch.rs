@@ -151,17 +151,7 @@ fn user(flake: &Flake) -> Option<&str> {
 
 /// The container name of `flake`'s persistent instance for `call` (`stamp-app-NAME[-INSTANCE]`).
 pub fn instance_name(flake: &Flake, call: &Call) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect()
-    };
+    let clean = crate::config::clean_name;
     match &call.instance {
         Some(i) => format!("stamp-app-{}-{}", clean(&flake.name), clean(i)),
         None => format!("stamp-app-{}", clean(&flake.name)),
@@ -378,17 +368,7 @@ pub fn debug() -> bool {
 /// when the instance is removed afterwards (`%remove`).
 pub fn launch(flake: &Flake, call: &Call) -> Result<i32> {
     if flake.engine == Engine::Vm {
-        if flake.resume
-            || flake.attach
-            || call.instance.is_some()
-            || crate::provision::needed(flake)
-        {
-            return Err(Error::Engine(format!(
-                "{}: the vm engine runs one call per microVM of the app image itself (no resume, attach, @instance, base, layers or includes yet)",
-                flake.file.display()
-            )));
-        }
-        return crate::vm::run(flake, &call.args);
+        return crate::vm::run(flake, call);
     }
     let env = PodmanEnv::from_env();
     let term = Terminal::detect();

@@ -1,9 +1,10 @@
 //! Provisioning, rootless: a flake with a base image, layers or includes runs in an image
 //! composed from them. The base, the layers and the app image come from stamp's store and
 //! are stacked (their layers shared, not copied; later layers' files and whiteouts win), the
-//! includes become one more layer each; the result is loaded into podman once under a tag
-//! derived from everything that went in (`localhost/stamp-app-NAME:KEY`), so the next launch
-//! finds it and starts at once.
+//! includes become one more layer each. The result is named in the store after everything
+//! that went in (`localhost/stamp-app-NAME:KEY`) and, for the podman engine, loaded into
+//! podman once under the same name, so the next launch finds it and starts at once; the vm
+//! engine builds its disk from it (cached the same way). `stamp app remove` removes them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,14 +24,19 @@ pub fn needed(flake: &Flake) -> bool {
         || !flake.include_path.is_empty()
 }
 
-/// The image podman runs for `flake`: its own image, or the composed one (made now when it
-/// is not in podman yet). `store` is stamp's image store.
-pub fn image(flake: &Flake, store: &Path, env: &PodmanEnv) -> Result<String> {
-    if !needed(flake) {
-        return Ok(flake.image.clone());
-    }
-    let store =
-        Store::open(store).map_err(|e| Error::Engine(format!("cannot open stamp's store: {e}")))?;
+/// The store name of app `name`'s composed images (`localhost/stamp-app-NAME`; each is
+/// tagged with the key of what went into it).
+pub fn repository(name: &str) -> String {
+    format!("localhost/stamp-app-{}", clean(name))
+}
+
+/// Opens stamp's store at `root`.
+fn open(root: &Path) -> Result<Store> {
+    Store::open(root).map_err(|e| Error::Engine(format!("cannot open stamp's store: {e}")))
+}
+
+/// The images `flake` is composed from (base, layers, image), and the name of the result.
+fn inputs(flake: &Flake, store: &Store) -> Result<(Vec<Image>, String)> {
     let load = |r: &str, what: &str| -> Result<Image> {
         let d = store.resolve(r).map_err(|_| {
             Error::Engine(format!(
@@ -50,13 +56,14 @@ pub fn image(flake: &Flake, store: &Path, env: &PodmanEnv) -> Result<String> {
         images.push(load(l, "layer")?);
     }
     images.push(load(&flake.image, "image")?);
-    let tag = format!(
-        "localhost/stamp-app-{}:{}",
-        clean(&flake.name),
-        key(flake, &images)?
-    );
-    if exists(env, &tag)? {
-        return Ok(tag);
+    let tag = format!("{}:{}", repository(&flake.name), key(flake, &images)?);
+    Ok((images, tag))
+}
+
+/// Makes the composed image `tag` in the store unless it is there.
+fn compose_named(flake: &Flake, store: &Store, images: &[Image], tag: &str) -> Result<()> {
+    if store.resolve(tag).is_ok() {
+        return Ok(());
     }
     let work = tempfile::Builder::new()
         .prefix("stamp-app-")
@@ -68,22 +75,47 @@ pub fn image(flake: &Flake, store: &Path, env: &PodmanEnv) -> Result<String> {
         include_tar(&flake.include_path, &t)?;
         extra.push(t);
     }
-    let composed = stamp_oci::compose::stack(&store, &images, &extra).map_err(|e| {
+    let composed = stamp_oci::compose::stack(store, images, &extra).map_err(|e| {
         Error::Engine(format!(
             "{}: cannot compose its image: {e}",
             flake.file.display()
         ))
     })?;
-    // Named only while it is exported: the archive carries the tag podman loads it under.
     store
-        .set_name(&tag, &composed)
-        .map_err(|e| Error::Engine(format!("cannot name the composed image: {e}")))?;
+        .set_name(tag, &composed)
+        .map_err(|e| Error::Engine(format!("cannot name the composed image {tag}: {e}")))
+}
+
+/// The name in stamp's store of the image composed for `flake` (made now when it is not
+/// there): the vm engine builds its disk from it.
+pub fn compose(flake: &Flake, store: &Path) -> Result<String> {
+    let store = open(store)?;
+    let (images, tag) = inputs(flake, &store)?;
+    compose_named(flake, &store, &images, &tag)?;
+    Ok(tag)
+}
+
+/// The image podman runs for `flake`: its own image, or the composed one (made and loaded
+/// into podman now when podman does not have it yet). `store` is stamp's image store.
+pub fn image(flake: &Flake, store: &Path, env: &PodmanEnv) -> Result<String> {
+    if !needed(flake) {
+        return Ok(flake.image.clone());
+    }
+    let store = open(store)?;
+    let (images, tag) = inputs(flake, &store)?;
+    if exists(env, &tag)? {
+        return Ok(tag);
+    }
+    compose_named(flake, &store, &images, &tag)?;
+    let work = tempfile::Builder::new()
+        .prefix("stamp-app-")
+        .tempdir()
+        .map_err(|e| Error::io("create a temporary directory in", std::env::temp_dir(), e))?;
     let archive = work.path().join("image.tar");
-    let exported = store
+    store
         .resolve(&tag)
-        .and_then(|d| stamp_oci::archive::export(&store, &d, &archive));
-    let _ = store.remove_name(&tag);
-    exported.map_err(|e| Error::Engine(format!("cannot export the composed image: {e}")))?;
+        .and_then(|d| stamp_oci::archive::export(&store, &d, &archive))
+        .map_err(|e| Error::Engine(format!("cannot export the composed image: {e}")))?;
     let out = Command::new(&env.program)
         .arg("load")
         .arg("-q")
@@ -98,6 +130,50 @@ pub fn image(flake: &Flake, store: &Path, env: &PodmanEnv) -> Result<String> {
         )));
     }
     Ok(tag)
+}
+
+/// Removes app `name`'s composed images from stamp's store and from podman; their names.
+pub fn remove_images(name: &str, store: &Path, env: &PodmanEnv) -> Result<Vec<String>> {
+    let prefix = format!("{}:", repository(name));
+    let mut removed = Vec::new();
+    if store.join("oci-layout").is_file() {
+        let store = open(store)?;
+        let names = store
+            .list()
+            .map_err(|e| Error::Engine(format!("cannot list stamp's store: {e}")))?;
+        for n in names.into_iter().filter(|n| n.name.starts_with(&prefix)) {
+            store
+                .remove_name(&n.name)
+                .map_err(|e| Error::Engine(format!("cannot remove {}: {e}", n.name)))?;
+            removed.push(n.name);
+        }
+    }
+    let out = Command::new(&env.program)
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter"])
+        .arg(format!("reference={}", repository(name)))
+        .output()
+        .map_err(|e| Error::Engine(format!("cannot run podman: {e}")))?;
+    let tags: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    for t in tags {
+        let out = Command::new(&env.program)
+            .args(["rmi", "--force", &t])
+            .output()
+            .map_err(|e| Error::Engine(format!("cannot run podman: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::Engine(format!(
+                "cannot remove the composed image {t}: podman: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        if !removed.contains(&t) {
+            removed.push(t);
+        }
+    }
+    Ok(removed)
 }
 
 /// What the composed image depends on: the images' manifests, the include tars' and paths'
@@ -191,14 +267,5 @@ fn exists(env: &PodmanEnv, tag: &str) -> Result<bool> {
 
 /// A name made of `[a-z0-9_.-]` (podman's rule for repository names).
 fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
+    crate::config::clean_name(s).to_ascii_lowercase()
 }

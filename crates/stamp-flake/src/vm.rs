@@ -65,25 +65,37 @@ fn ref_key(r: &str) -> String {
     }
 }
 
-/// The cache key of the disk for `image` booted by `kernel`, with this stamp binary (its
-/// stamp-init is in the disk).
-pub fn disk_key(image: &str, kernel: &str, exe: &Path) -> String {
+/// The cache key of the disk for `image` booted by `kernel`, `size` bytes or more, with this
+/// stamp binary (its stamp-init is in the disk).
+pub fn disk_key(image: &str, kernel: &str, size: Option<&str>, exe: &Path) -> String {
     let mut h = Sha256::new();
     h.update(ref_key(image));
     h.update([0u8]);
     h.update(ref_key(kernel));
     h.update([0u8]);
+    h.update(size.unwrap_or(""));
+    h.update([0u8]);
     h.update(ref_key(&exe.display().to_string()));
     hex::encode(&h.finalize()[..16])
 }
 
-/// The bootable disk of `flake`, built once per inputs.
-fn disk(flake: &Flake, kernel: &str) -> Result<PathBuf> {
+/// Where the disks of app `name` are kept (`$XDG_CACHE_HOME/stamp/app-vm/NAME`);
+/// `stamp app remove` removes it.
+pub fn disk_dir(name: &str) -> Result<PathBuf> {
+    Ok(cache_dir()?
+        .join("app-vm")
+        .join(crate::config::clean_name(name)))
+}
+
+/// The bootable disk of `flake` made from `image` (its own, or the one composed for it),
+/// built once per inputs.
+fn disk(flake: &Flake, image: &str, kernel: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::Engine(format!("cannot find the stamp binary: {e}")))?;
-    let dir = cache_dir()?.join("app-vm");
+    let dir = disk_dir(&flake.name)?;
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-    let key = disk_key(&flake.image, kernel, &exe);
+    let size = flake.overlay_size();
+    let key = disk_key(image, kernel, size.as_deref(), &exe);
     let out = dir.join(format!("{key}.qcow2"));
     if out.is_file() {
         return Ok(out);
@@ -91,12 +103,15 @@ fn disk(flake: &Flake, kernel: &str) -> Result<PathBuf> {
     let tmp = dir.join(format!(".{key}.{}.qcow2", std::process::id()));
     let mut c = Command::new(&exe);
     c.arg("build")
-        .arg(&flake.image)
+        .arg(image)
         .arg("--kernel")
         .arg(kernel)
         .arg("-o")
         .arg(&tmp)
         .stdin(Stdio::null());
+    if let Some(size) = &size {
+        c.arg("--size").arg(size);
+    }
     if crate::launch::debug() {
         eprintln!("stamp: {}: building the disk: {c:?}", flake.file.display());
     }
@@ -106,9 +121,8 @@ fn disk(flake: &Flake, kernel: &str) -> Result<PathBuf> {
     if !res.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::Engine(format!(
-            "{}: cannot make the disk of {} with kernel {kernel}: {}",
+            "{}: cannot make the disk of {image} with kernel {kernel}: {}",
             flake.file.display(),
-            flake.image,
             String::from_utf8_lossy(&res.stderr).trim()
         )));
     }
@@ -135,8 +149,8 @@ pub fn qemu_command(
     ovmf_code: &Path,
 ) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    let memory = flake.runtime.memory.as_deref().unwrap_or("1G");
-    let cpus = flake.runtime.cpus.unwrap_or(1).max(1);
+    let memory = flake.memory().unwrap_or_else(|| "1G".into());
+    let cpus = flake.cpus().unwrap_or(1).max(1);
     c.args(["-accel", accel, "-machine", "q35", "-m"])
         .arg(memory.trim_end_matches(['B', 'b']))
         .arg("-smp")
@@ -209,51 +223,240 @@ fn console_tail(dir: &Path, n: usize) -> String {
         .to_string()
 }
 
-/// Runs `flake`'s app for `args` in a microVM; returns the app's exit status (128+N for a
-/// signal).
-pub fn run(flake: &Flake, args: &[std::ffi::OsString]) -> Result<i32> {
-    let kernel = flake.kernel.as_deref().ok_or_else(|| Error::Config {
-        path: flake.file.clone(),
-        message: "`vm.kernel` is missing: the image whose kernel boots the app".into(),
-    })?;
-    let (code, vars) = OVMF
-        .iter()
-        .map(|(c, v)| (Path::new(c), Path::new(v)))
+/// The UEFI firmware: code and variables template.
+fn firmware() -> Result<(&'static Path, &'static Path)> {
+    OVMF.iter()
+        .map(|(c, v)| (Path::new(*c), Path::new(*v)))
         .find(|(c, v)| c.is_file() && v.is_file())
         .ok_or_else(|| {
             Error::Engine(
                 "no UEFI firmware /usr/share/OVMF/OVMF_CODE.fd (apt-get install ovmf)".into(),
             )
-        })?;
-    let disk = disk(flake, kernel)?;
+        })
+}
+
+/// What a call needs to start a machine.
+struct Machine<'a> {
+    flake: &'a Flake,
+    disk: PathBuf,
+    code: &'static Path,
+    vars: &'static Path,
+}
+
+impl Machine<'_> {
+    /// The QEMU command of a machine whose files are in `dir` (the variables copied there).
+    fn command(&self, dir: &Path) -> Result<Command> {
+        std::fs::copy(self.vars, dir.join("vars.fd"))
+            .map_err(|e| Error::io("copy", self.vars, e))?;
+        let cache = cache_dir()?;
+        let _ = std::fs::create_dir_all(&cache);
+        let (accel, _) = stamp_machine::accel::choose(Path::new("qemu-system-x86_64"), &cache);
+        let c = qemu_command(self.flake, &self.disk, dir, accel.as_str(), self.code);
+        if crate::launch::debug() {
+            eprintln!("stamp: {}: {c:?}", self.flake.file.display());
+        }
+        Ok(c)
+    }
+}
+
+/// Runs `flake`'s app for `call` in a microVM; returns the app's exit status (128+N for a
+/// signal). A flake with a base, layers or includes boots the image composed for it. A
+/// resume or attach flake's machine is an instance that outlives the call (named by
+/// `@INSTANCE`); otherwise each call boots its own machine, removed at the end.
+pub fn run(flake: &Flake, call: &crate::launch::Call) -> Result<i32> {
+    let kernel = flake.kernel.as_deref().ok_or_else(|| Error::Config {
+        path: flake.file.clone(),
+        message: "`vm.kernel` is missing: the image whose kernel boots the app".into(),
+    })?;
+    let (code, vars) = firmware()?;
+    let image = if crate::provision::needed(flake) {
+        crate::provision::compose(flake, &stamp_oci::Store::default_root())?
+    } else {
+        flake.image.clone()
+    };
+    let machine = Machine {
+        flake,
+        disk: disk(flake, &image, kernel)?,
+        code,
+        vars,
+    };
+    let mode = if flake.attach {
+        wire::Mode::Attach
+    } else if flake.resume {
+        wire::Mode::Resume
+    } else {
+        wire::Mode::Once
+    };
+    // Signals are blocked before any thread starts, and taken by a thread of ours.
+    let signals = sig::block_signals();
+    if mode != wire::Mode::Once {
+        return instance::call(&machine, call, mode, signals);
+    }
     let dir = tempfile::Builder::new()
         .prefix("stamp-app-vm.")
         .tempdir()
         .map_err(|e| Error::Engine(format!("cannot make a temporary directory: {e}")))?;
-    std::fs::copy(vars, dir.path().join("vars.fd")).map_err(|e| Error::io("copy", vars, e))?;
-    let cache = cache_dir()?;
-    let _ = std::fs::create_dir_all(&cache);
-    let (accel, _) = stamp_machine::accel::choose(Path::new("qemu-system-x86_64"), &cache);
-    let mut c = qemu_command(flake, &disk, dir.path(), accel.as_str(), code);
-    if crate::launch::debug() {
-        eprintln!("stamp: {}: {c:?}", flake.file.display());
-    }
-    // Signals are blocked before any thread starts, and taken by a thread of ours.
-    let signals = sig::block_signals();
+    let mut c = machine.command(dir.path())?;
     sig::die_with_parent(&mut c);
-    let qemu = Qemu(c.spawn().map_err(|e| {
-        Error::Engine(format!(
-            "cannot run qemu-system-x86_64: {e} (apt-get install qemu-system-x86)"
-        ))
-    })?);
-    let result = call(flake, args, dir.path(), qemu, signals);
-    result.map_err(|e| {
-        Error::Engine(format!(
-            "{}: {e}; QEMU and the guest console said:\n{}",
-            flake.file.display(),
-            console_tail(dir.path(), 20)
-        ))
-    })
+    let mut qemu = Qemu(c.spawn().map_err(spawn_error)?);
+    let sock = dir.path().join("agent.sock");
+    let result = connect(&sock, || !matches!(qemu.0.try_wait(), Ok(Some(_))))
+        .and_then(|stream| talk(flake, &call.args, stream, mode, false, signals));
+    drop(qemu);
+    result.map_err(|e| failed(flake, dir.path(), &e))
+}
+
+/// The error of a call that failed, with what QEMU and the guest console said last.
+fn failed(flake: &Flake, dir: &Path, e: &str) -> Error {
+    Error::Engine(format!(
+        "{}: {e}; QEMU and the guest console said:\n{}",
+        flake.file.display(),
+        console_tail(dir, 20)
+    ))
+}
+
+fn spawn_error(e: std::io::Error) -> Error {
+    Error::Engine(format!(
+        "cannot run qemu-system-x86_64: {e} (apt-get install qemu-system-x86)"
+    ))
+}
+
+/// Persistent machines: a resume or attach flake's instance boots once and stays; each call
+/// connects to its agent socket. Calls to one instance are served one at a time (a lock in
+/// its directory); `%remove`, `stamp app remove` or the app's end (attach) stop it.
+pub mod instance {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+    use stamp_machine::status::Process;
+
+    /// What is recorded of an instance (`instance.json` in its directory).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Record {
+        /// The app's name.
+        pub app: String,
+        /// `@INSTANCE`, if named.
+        pub instance: Option<String>,
+        /// The QEMU process.
+        pub qemu: Process,
+    }
+
+    /// Where instances live: `$XDG_RUNTIME_DIR/stamp/app-vm` (or the cache's `app-vm/run`).
+    fn root() -> Result<PathBuf> {
+        Ok(
+            match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+                Some(r) if r.is_absolute() && r.is_dir() => r.join("stamp").join("app-vm"),
+                _ => cache_dir()?.join("app-vm").join("run"),
+            },
+        )
+    }
+
+    /// The live record of the instance in `dir`, if its QEMU runs.
+    fn live(dir: &Path) -> Option<Record> {
+        let text = std::fs::read(dir.join("instance.json")).ok()?;
+        let r: Record = serde_json::from_slice(&text).ok()?;
+        r.qemu.alive().then_some(r)
+    }
+
+    /// Stops the instance in `dir` (QEMU gets SIGTERM, SIGKILL after 5 s) and removes its
+    /// files.
+    fn stop(dir: &Path) {
+        if let Some(r) = live(dir) {
+            sig::kill(r.qemu.pid, libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while r.qemu.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if r.qemu.alive() {
+                sig::kill(r.qemu.pid, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// One call in `flake`'s instance for `call`, started first when it does not run.
+    pub(super) fn call(
+        machine: &Machine<'_>,
+        call: &crate::launch::Call,
+        mode: wire::Mode,
+        signals: libc::sigset_t,
+    ) -> Result<i32> {
+        let flake = machine.flake;
+        let dir = root()?.join(crate::launch::instance_name(flake, call));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let mut lock = Some(sig::lock(&dir.join("lock")).map_err(|e| Error::io("lock", &dir, e))?);
+        let running = live(&dir);
+        let join = running.is_some() && mode == wire::Mode::Attach;
+        let qemu = match running {
+            Some(r) => r.qemu,
+            None => {
+                for f in ["agent.sock", "instance.json", "console.log", "qemu.err"] {
+                    let _ = std::fs::remove_file(dir.join(f));
+                }
+                let child = machine.command(&dir)?.spawn().map_err(spawn_error)?;
+                let qemu = Process::of(child.id()).ok_or_else(|| {
+                    Error::Engine(format!("QEMU ended at once: {}", console_tail(&dir, 20)))
+                })?;
+                let record = Record {
+                    app: flake.name.clone(),
+                    instance: call.instance.clone(),
+                    qemu,
+                };
+                let json = serde_json::to_vec_pretty(&record)
+                    .map_err(|e| Error::Engine(format!("instance record: {e}")))?;
+                let path = dir.join("instance.json");
+                std::fs::write(&path, json).map_err(|e| Error::io("write", &path, e))?;
+                qemu
+            }
+        };
+        let result = connect(&dir.join("agent.sock"), || qemu.alive()).and_then(|stream| {
+            // An attach instance's app outlives its callers: the next one need not wait for
+            // this call to end (it is let in when this caller leaves).
+            if mode == wire::Mode::Attach {
+                lock.take();
+            }
+            talk(flake, &call.args, stream, mode, join, signals)
+        });
+        if call.remove || (mode == wire::Mode::Attach && result.is_ok()) {
+            // An attach instance ends with its app (the guest powers off).
+            if mode == wire::Mode::Attach && !call.remove {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while qemu.alive() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            stop(&dir);
+        }
+        result.map_err(|e| failed(flake, &dir, &e))
+    }
+
+    /// The live instances of app `name` (their directories' names).
+    pub fn list(name: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(root()?) else {
+            return Ok(out);
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            if live(&e.path()).is_some_and(|r| r.app == name) {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Stops and removes every instance of app `name`.
+    pub fn remove_all(name: &str) -> Result<()> {
+        let Ok(entries) = std::fs::read_dir(root()?) else {
+            return Ok(());
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let text = std::fs::read(e.path().join("instance.json")).unwrap_or_default();
+            if serde_json::from_slice::<Record>(&text).is_ok_and(|r| r.app == name) {
+                stop(&e.path());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Signal masks (the only unsafe code of the crate: libc calls on plain data).
@@ -329,6 +532,35 @@ mod sig {
         unsafe { libc::tcsetattr(fd, libc::TCSANOW, t) };
     }
 
+    /// Sends `sig` to `pid` (errors ignored: it may be gone).
+    pub fn kill(pid: u32, sig: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(pid) {
+            // SAFETY: no pointers.
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Takes an exclusive lock on file `path` (made if missing), waiting for it; held until
+    /// the file is dropped.
+    pub fn lock(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        loop {
+            // SAFETY: a valid descriptor, no pointers.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(f);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
     /// Waits for one of the blocked signals; None on error.
     pub fn wait(set: &libc::sigset_t) -> Option<libc::c_int> {
         let mut sig: libc::c_int = 0;
@@ -337,15 +569,19 @@ mod sig {
     }
 }
 
-/// Connects to the agent socket, retrying while QEMU starts.
-fn connect(sock: &Path, qemu: &mut Qemu) -> std::result::Result<UnixStream, String> {
+/// Connects to the agent socket, retrying while QEMU starts (as long as `alive` says it
+/// runs).
+fn connect(
+    sock: &Path,
+    mut alive: impl FnMut() -> bool,
+) -> std::result::Result<UnixStream, String> {
     let start = Instant::now();
     loop {
         if let Ok(s) = UnixStream::connect(sock) {
             return Ok(s);
         }
-        if let Ok(Some(st)) = qemu.0.try_wait() {
-            return Err(format!("QEMU ended ({st})"));
+        if !alive() {
+            return Err("QEMU ended".into());
         }
         if start.elapsed() > BOOT_TIMEOUT {
             return Err(format!(
@@ -355,6 +591,21 @@ fn connect(sock: &Path, qemu: &mut Qemu) -> std::result::Result<UnixStream, Stri
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A session's nonce: 16 random bytes.
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut n))
+        .is_err()
+    {
+        // Unique enough to tell this call's answer from an earlier connection's leftovers.
+        let mut h = Sha256::new();
+        h.update(format!("{:?}{}", Instant::now(), std::process::id()));
+        n.copy_from_slice(&h.finalize()[..16]);
+    }
+    n
 }
 
 /// The caller's terminal in raw mode while the app has it; restored when dropped.
@@ -368,15 +619,17 @@ impl Drop for RawTerminal {
     }
 }
 
-/// One call: connect, send the command, pump the streams, return the status.
-fn call(
+/// One call over the agent connection `stream`: a session, then the command (or, with
+/// `join`, joining the instance's running app), the streams pumped both ways, signals
+/// forwarded; the app's status.
+fn talk(
     flake: &Flake,
     args: &[std::ffi::OsString],
-    dir: &Path,
-    mut qemu: Qemu,
+    stream: UnixStream,
+    mode: wire::Mode,
+    join: bool,
     signals: libc::sigset_t,
 ) -> std::result::Result<i32, String> {
-    let stream = connect(&dir.join("agent.sock"), &mut qemu)?;
     let writer = Arc::new(Mutex::new(
         stream
             .try_clone()
@@ -399,12 +652,35 @@ fn call(
             .then(|| sig::winsize(1))
             .flatten()
             .filter(|_| crate::launch::Terminal::detect().stdout),
+        mode,
     };
+    let nonce = nonce();
+    let mut reader = stream;
+    {
+        let mut w = writer.lock().map_err(|_| "agent socket lock".to_string())?;
+        wire::write_frame(&mut *w, wire::SESSION, &nonce)
+            .map_err(|e| format!("starting the session: {e}"))?;
+    }
+    // The guest answers when it is up: a boot under TCG takes a while.
+    let _ = reader.set_read_timeout(Some(BOOT_TIMEOUT));
+    wire::await_session(&mut reader, &nonce, 64 << 20)
+        .map_err(|e| format!("waiting for the guest's agent: {e}"))?;
+    let _ = reader.set_read_timeout(None);
     let _raw = RawTerminal(if cmd.tty.is_some() { sig::raw(0) } else { None });
     {
         let mut w = writer.lock().map_err(|_| "agent socket lock".to_string())?;
-        wire::write_frame(&mut *w, wire::COMMAND, &wire::encode_command(&cmd))
-            .map_err(|e| format!("sending the command: {e}"))?;
+        let sent = if join {
+            wire::write_frame(&mut *w, wire::ATTACH, &[])
+        } else {
+            wire::write_frame(&mut *w, wire::COMMAND, &wire::encode_command(&cmd))
+        };
+        sent.map_err(|e| format!("sending the command: {e}"))?;
+        if join {
+            if let Some((rows, cols)) = cmd.tty {
+                let _ =
+                    wire::write_frame(&mut *w, wire::WINSIZE, &wire::encode_winsize(rows, cols));
+            }
+        }
     }
     // stdin → the app, then its end.
     let w = writer.clone();
@@ -447,7 +723,6 @@ fn call(
             }
         }
     });
-    let mut reader = stream;
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     loop {
@@ -465,7 +740,6 @@ fn call(
                     [k, a, b, c, d] => (*k, i32::from_be_bytes([*a, *b, *c, *d])),
                     _ => return Err(format!("exit frame of {} bytes, not 5", p.len())),
                 };
-                drop(qemu);
                 return Ok(if kind == 1 { 128 + value } else { value });
             }
             Ok(Some(_)) => {}
@@ -526,8 +800,12 @@ mod tests {
             assert!(line.contains(want), "no {want:?} in {line}");
         }
         assert_ne!(
-            disk_key("a", "k", Path::new("/x")),
-            disk_key("a", "k2", Path::new("/x"))
+            disk_key("a", "k", None, Path::new("/x")),
+            disk_key("a", "k2", None, Path::new("/x"))
+        );
+        assert_ne!(
+            disk_key("a", "k", None, Path::new("/x")),
+            disk_key("a", "k", Some("2G"), Path::new("/x"))
         );
     }
 }

@@ -11,8 +11,15 @@ pub const PORT_NAME: &str = "stamp.agent";
 /// Largest payload accepted.
 pub const MAX_FRAME: u32 = 1 << 20;
 
+/// Host → guest, first in every connection: a session's random nonce (16 bytes); the guest
+/// answers with the same frame once the session is its own. Everything the host reads
+/// before that answer is left over from an earlier connection and is skipped.
+pub const SESSION: u8 = b'N';
 /// Host → guest: the command (see [`encode_command`]).
 pub const COMMAND: u8 = b'C';
+/// Host → guest: join the app that runs in the instance (an attach flake's), instead of a
+/// command.
+pub const ATTACH: u8 = b'A';
 /// Host → guest: stdin bytes.
 pub const STDIN: u8 = b'I';
 /// Host → guest: stdin is at its end.
@@ -102,6 +109,69 @@ pub struct Command {
     pub user: String,
     /// A terminal for the app, of this size (rows, columns); pipes when `None`.
     pub tty: Option<(u16, u16)>,
+    /// What the instance does after the call.
+    pub mode: Mode,
+}
+
+/// What a guest does with its app's call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// One call, then the machine powers off; the caller hanging up ends the app.
+    #[default]
+    Once,
+    /// The machine stays for the next call; the caller hanging up ends the app.
+    Resume,
+    /// The app outlives its caller (later calls attach to it); the machine powers off when
+    /// the app ends.
+    Attach,
+}
+
+impl Mode {
+    fn byte(self) -> u8 {
+        match self {
+            Mode::Once => 0,
+            Mode::Resume => 1,
+            Mode::Attach => 2,
+        }
+    }
+}
+
+/// Reads until the guest's answer to session `nonce` (a [`SESSION`] frame with it), skipping
+/// what an earlier connection left (at most `limit` bytes).
+pub fn await_session(r: &mut impl Read, nonce: &[u8; 16], limit: u64) -> io::Result<()> {
+    let mut want = vec![SESSION];
+    want.extend_from_slice(&16u32.to_be_bytes());
+    want.extend_from_slice(nonce);
+    let mut window: Vec<u8> = Vec::with_capacity(want.len());
+    let mut skipped = 0u64;
+    let mut byte = [0u8; 1];
+    loop {
+        match r.read(&mut byte) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the guest closed the agent port before taking the call",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if window.len() == want.len() {
+            window.remove(0);
+            skipped += 1;
+            if skipped > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no answer to the session after {limit} bytes from the guest"),
+                ));
+            }
+        }
+        window.push(byte[0]);
+        if window == want {
+            return Ok(());
+        }
+    }
 }
 
 /// Encodes a command: fields of one tag byte (`a` arg, `e` env, `w` cwd, `u` user, `t` a
@@ -126,6 +196,7 @@ pub fn encode_command(c: &Command) -> Vec<u8> {
         size.extend_from_slice(&cols.to_be_bytes());
         field(b't', &size);
     }
+    field(b'm', &[c.mode.byte()]);
     out
 }
 
@@ -161,6 +232,14 @@ pub fn decode_command(b: &[u8]) -> Result<Command, String> {
                     ));
                 }
             },
+            b'm' => {
+                c.mode = match data {
+                    [0] => Mode::Once,
+                    [1] => Mode::Resume,
+                    [2] => Mode::Attach,
+                    _ => return Err(format!("command field at offset {i}: unknown mode")),
+                }
+            }
             b'a' => c.argv.push(s),
             b'e' => c.env.push(s),
             b'w' => c.cwd = s,
@@ -184,6 +263,7 @@ mod tests {
             cwd: "/srv".into(),
             user: "1000".into(),
             tty: Some((24, 80)),
+            mode: Mode::Resume,
         };
         let mut buf = Vec::new();
         write_frame(&mut buf, COMMAND, &encode_command(&c)).unwrap();
@@ -202,5 +282,22 @@ mod tests {
         assert!(decode_command(&[b'a', 0, 0, 0, 9, b'x']).is_err());
         assert!(decode_command(&[b'z', 0, 0, 0, 0]).is_err());
         assert!(decode_command(&[b't', 0, 0, 0, 1, 7]).is_err());
+        assert!(decode_command(&[b'm', 0, 0, 0, 1, 7]).is_err());
+    }
+
+    #[test]
+    fn the_session_answer_is_found_after_leftovers() {
+        let nonce = [7u8; 16];
+        let mut buf = b"leftover bytes of an earlier call".to_vec();
+        write_frame(&mut buf, SESSION, &[6u8; 16]).unwrap();
+        write_frame(&mut buf, SESSION, &nonce).unwrap();
+        write_frame(&mut buf, STDOUT, b"hi").unwrap();
+        let mut r = &buf[..];
+        await_session(&mut r, &nonce, 1 << 20).unwrap();
+        assert_eq!(read_frame(&mut r).unwrap(), Some((STDOUT, b"hi".to_vec())));
+        let mut r = &buf[..];
+        assert!(await_session(&mut r, &nonce, 10).is_err());
+        let mut r: &[u8] = b"no answer";
+        assert!(await_session(&mut r, &nonce, 1 << 20).is_err());
     }
 }

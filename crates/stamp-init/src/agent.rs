@@ -2,10 +2,15 @@
 //! `stamp.agent`, the app's command comes from the host over that port instead of
 //! `/.stamp/app.json`, and its stdin, stdout, stderr and exit status travel over it as frames
 //! (see stamp-flake's wire.rs). Kernel and init messages stay on the console.
+//!
+//! Every connection of the host starts a session (a nonce, answered); a resume flake's
+//! instance serves one session after another and keeps running between them, an attach
+//! flake's app outlives its caller and a later session joins it.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::config::AppConfig;
@@ -73,17 +78,115 @@ pub fn open_port() -> Result<File, String> {
     }
 }
 
-/// Copies `from` to the port as frames of `kind` until its end.
-fn pump(mut from: impl Read, port: Arc<Mutex<File>>, kind: u8) {
+/// The agent port. It is non-blocking: a write while no host listens (or after it hung up)
+/// is dropped rather than left to block, and frames are sent only for the session that
+/// listens now, so a caller never gets another call's output.
+struct Link {
+    file: File,
+    /// The session that listens (0: none).
+    session: AtomicU64,
+    /// Serialises frames.
+    write: Mutex<()>,
+}
+
+impl Link {
+    /// Writes all of `buf`, waiting while the port is full; an error when the host hangs up.
+    fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            match (&self.file).write(buf) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let ev = sys::poll(&self.file, libc::POLLOUT, 200)?;
+                    if ev & libc::POLLHUP != 0 && ev & libc::POLLOUT == 0 {
+                        return Err(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a frame to `session` if it still listens; false when dropped.
+    fn send(&self, session: u64, kind: u8, payload: &[u8]) -> bool {
+        let Ok(_g) = self.write.lock() else {
+            return false;
+        };
+        if session == 0 || self.session.load(Ordering::SeqCst) != session {
+            return false;
+        }
+        let mut frame = Vec::with_capacity(5 + payload.len());
+        if wire::write_frame(&mut frame, kind, payload).is_err() || self.write_all(&frame).is_err()
+        {
+            self.session.store(0, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Takes a new session: answers its nonce; its number.
+    fn accept(&self, nonce: &[u8], next: u64) -> u64 {
+        let Ok(_g) = self.write.lock() else {
+            return 0;
+        };
+        let mut frame = Vec::new();
+        let _ = wire::write_frame(&mut frame, wire::SESSION, nonce);
+        if self.write_all(&frame).is_err() {
+            self.session.store(0, Ordering::SeqCst);
+            return 0;
+        }
+        self.session.store(next, Ordering::SeqCst);
+        next
+    }
+
+    /// Waits until a host is connected again.
+    fn await_host(&self) {
+        while sys::poll(&self.file, libc::POLLIN, 0).is_ok_and(|ev| ev & libc::POLLHUP != 0) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// Reads the non-blocking port, waiting for data; the end (0) when the host hangs up.
+struct PortReader<'a>(&'a File);
+
+impl Read for PortReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    sys::poll(self.0, libc::POLLIN, -1)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+}
+
+/// The app that runs, as the port's reader reaches it.
+struct Running {
+    pid: i32,
+    /// The session its output goes to (an attach joins a new one).
+    session: Arc<AtomicU64>,
+    stdin: Option<Box<dyn Write + Send>>,
+    tty: Option<File>,
+    mode: wire::Mode,
+}
+
+type Current = Arc<Mutex<Option<Running>>>;
+
+/// Copies `from` to the port as frames of `kind` for the app's session until its end (what
+/// nobody listens to is read and dropped, so the app never blocks on it).
+fn pump(mut from: impl Read, link: Arc<Link>, session: Arc<AtomicU64>, kind: u8) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
-                let Ok(mut p) = port.lock() else { return };
-                if wire::write_frame(&mut *p, kind, &buf[..n]).is_err() {
-                    return;
-                }
+                link.send(session.load(Ordering::SeqCst), kind, &buf[..n]);
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,
@@ -91,42 +194,194 @@ fn pump(mut from: impl Read, port: Arc<Mutex<File>>, kind: u8) {
     }
 }
 
-/// Runs one call from the host: reads the command, starts it with pipes, pumps the streams,
-/// forwards signals, and sends the exit status. Returns the app's argv[0] and how it ended.
-pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
-    let mut reader = match port.try_clone() {
-        Ok(r) => r,
-        Err(e) => {
-            say!("agent port: {e}");
-            return ("app".into(), sys::Exit::Code(crate::NOT_STARTED));
-        }
+/// The exit frame's payload.
+fn exit_payload(exit: sys::Exit) -> Vec<u8> {
+    let (kind, v) = match exit {
+        sys::Exit::Code(c) => (0u8, c),
+        sys::Exit::Signal(s) => (1u8, s),
     };
-    let port = Arc::new(Mutex::new(port));
-    let send_exit = |exit: sys::Exit| {
-        let (kind, v) = match exit {
-            sys::Exit::Code(c) => (0u8, c),
-            sys::Exit::Signal(s) => (1u8, s),
+    let mut p = vec![kind];
+    p.extend_from_slice(&v.to_be_bytes());
+    p
+}
+
+/// A command taken from a session.
+struct Request {
+    session: u64,
+    command: wire::Command,
+}
+
+/// Reads the port for the machine's life: sessions, commands (to `requests`), and the
+/// running app's stdin, window size and signals. A caller hanging up ends its app (SIGHUP,
+/// then SIGKILL), unless the app is an attach flake's, which runs on for the next caller.
+fn read_port(link: Arc<Link>, current: Current, requests: std::sync::mpsc::Sender<Request>) {
+    let mut sessions = 0u64;
+    let mut session = 0u64;
+    loop {
+        let frame = wire::read_frame(&mut PortReader(&link.file));
+        let (kind, payload) = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) | Err(_) => {
+                link.session.store(0, Ordering::SeqCst);
+                session = 0;
+                hang_up(&current);
+                link.await_host();
+                continue;
+            }
         };
-        let mut p = vec![kind];
-        p.extend_from_slice(&v.to_be_bytes());
-        if let Ok(mut port) = port.lock() {
-            let _ = wire::write_frame(&mut *port, wire::EXIT, &p);
+        if kind == wire::SESSION {
+            sessions += 1;
+            session = link.accept(&payload, sessions);
+            continue;
         }
+        if session == 0 {
+            continue;
+        }
+        let Ok(mut cur) = current.lock() else { return };
+        match kind {
+            wire::COMMAND => match wire::decode_command(&payload) {
+                Ok(command) => {
+                    if requests.send(Request { session, command }).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    say!("agent: {e}");
+                    link.send(
+                        session,
+                        wire::STDERR,
+                        format!("stamp-init: {e}\n").as_bytes(),
+                    );
+                    link.send(
+                        session,
+                        wire::EXIT,
+                        &exit_payload(sys::Exit::Code(crate::NOT_STARTED)),
+                    );
+                }
+            },
+            wire::ATTACH => match cur.as_ref() {
+                Some(app) => app.session.store(session, Ordering::SeqCst),
+                None => {
+                    link.send(
+                        session,
+                        wire::STDERR,
+                        b"stamp-init: no app runs in this instance\n",
+                    );
+                    link.send(
+                        session,
+                        wire::EXIT,
+                        &exit_payload(sys::Exit::Code(crate::NOT_STARTED)),
+                    );
+                }
+            },
+            _ => {
+                if let Some(app) = cur
+                    .as_mut()
+                    .filter(|a| a.session.load(Ordering::SeqCst) == session)
+                {
+                    deliver(app, kind, &payload);
+                }
+            }
+        }
+    }
+}
+
+/// Applies a host frame to the running app.
+fn deliver(app: &mut Running, kind: u8, payload: &[u8]) {
+    match kind {
+        wire::STDIN => {
+            if let Some(s) = app.stdin.as_mut() {
+                if s.write_all(payload).is_err() {
+                    app.stdin = None;
+                }
+            }
+        }
+        // A terminal has no end of input (its ^D is a byte the app reads).
+        wire::STDIN_EOF if app.tty.is_none() => app.stdin = None,
+        wire::WINSIZE => {
+            if let (Some(t), Some((rows, cols))) = (app.tty.as_ref(), wire::decode_winsize(payload))
+            {
+                // The kernel sends SIGWINCH to the terminal's foreground group.
+                let _ = sys::set_winsize(t, rows, cols);
+            }
+        }
+        wire::SIGNAL => {
+            if let Ok(b) = <[u8; 4]>::try_from(payload) {
+                let sig = i32::from_be_bytes(b);
+                if (1..65).contains(&sig) {
+                    sys::kill(app.pid, sig);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The caller of the running app hung up: unless it is an attach flake's app, it gets SIGHUP,
+/// and SIGKILL if it is still there after [`DRAIN_WAIT`].
+fn hang_up(current: &Current) {
+    let Ok(cur) = current.lock() else { return };
+    let Some(app) = cur.as_ref().filter(|a| a.mode != wire::Mode::Attach) else {
+        return;
     };
-    let cmd = match wire::read_frame(&mut reader) {
-        Ok(Some((wire::COMMAND, p))) => wire::decode_command(&p),
-        Ok(Some((k, _))) => Err(format!("expected the command, got a frame of kind {k}")),
-        Ok(None) => Err("the host closed the port before sending the command".into()),
-        Err(e) => Err(format!("reading the command: {e}")),
-    };
-    let cmd = match cmd {
-        Ok(c) => c,
-        Err(e) => {
-            say!("agent: {e}");
-            send_exit(sys::Exit::Code(crate::NOT_STARTED));
+    let pid = app.pid;
+    sys::kill(pid, libc::SIGHUP);
+    let current = current.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(DRAIN_WAIT);
+        if current
+            .lock()
+            .is_ok_and(|c| c.as_ref().is_some_and(|a| a.pid == pid))
+        {
+            sys::kill(pid, libc::SIGKILL);
+        }
+    });
+}
+
+/// Serves the host's calls: each session's command runs with pipes (or a terminal), its
+/// streams, signals and exit status relayed. Returns after a call whose mode is not
+/// [`wire::Mode::Resume`] (the machine then powers off), with the app's argv[0] and how it
+/// ended.
+pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
+    if let Err(e) = sys::set_nonblocking(&port) {
+        say!("agent port: {e}");
+        return ("app".into(), sys::Exit::Code(crate::NOT_STARTED));
+    }
+    let link = Arc::new(Link {
+        file: port,
+        session: AtomicU64::new(0),
+        write: Mutex::new(()),
+    });
+    let current: Current = Arc::new(Mutex::new(None));
+    let (tx, requests) = std::sync::mpsc::channel();
+    {
+        let (link, current) = (link.clone(), current.clone());
+        std::thread::spawn(move || read_port(link, current, tx));
+    }
+    loop {
+        let Ok(req) = requests.recv() else {
             return ("app".into(), sys::Exit::Code(crate::NOT_STARTED));
+        };
+        // A command whose caller hung up before it started is not run.
+        if link.session.load(Ordering::SeqCst) != req.session {
+            continue;
         }
-    };
+        let mode = req.command.mode;
+        let (name, exit) = call(&link, &current, image, req);
+        if mode != wire::Mode::Resume {
+            return (name, exit);
+        }
+    }
+}
+
+/// Runs one command: starts it, pumps its streams, waits for it and sends its exit status.
+fn call(
+    link: &Arc<Link>,
+    current: &Current,
+    image: &AppConfig,
+    req: Request,
+) -> (String, sys::Exit) {
+    let cmd = req.command;
     let name = cmd.argv.first().cloned().unwrap_or_else(|| "app".into());
     let mut cfg = image.clone();
     if !cmd.argv.is_empty() {
@@ -147,96 +402,75 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
             None
         }
     };
+    let session = Arc::new(AtomicU64::new(req.session));
+    // The current app is recorded before it starts, so that a hang-up in between reaches it.
+    let mut cur = match current.lock() {
+        Ok(c) => c,
+        Err(_) => return (name, sys::Exit::Code(crate::NOT_STARTED)),
+    };
     let started = start(&cfg, pty.as_ref().map(|(_, slave)| slave));
     // The app holds the slave now: the master reads its end when the app's side closes.
     let master = pty.map(|(master, _)| master);
     let mut child = match started {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("stamp: {name}: {e}\n");
-            if let Ok(mut p) = port.lock() {
-                let _ = wire::write_frame(&mut *p, wire::STDERR, msg.as_bytes());
-            }
+            drop(cur);
+            link.send(
+                req.session,
+                wire::STDERR,
+                format!("stamp: {name}: {e}\n").as_bytes(),
+            );
             say!("{e}");
-            send_exit(sys::Exit::Code(crate::NOT_STARTED));
-            return (name, sys::Exit::Code(crate::NOT_STARTED));
+            let exit = sys::Exit::Code(crate::NOT_STARTED);
+            link.send(req.session, wire::EXIT, &exit_payload(exit));
+            return (name, exit);
         }
     };
     let pid = child.id() as i32;
     let (done, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
-    let mut tty_in = None;
+    let mut outputs: Vec<(Box<dyn Read + Send>, u8)> = Vec::new();
+    let mut tty = None;
     if let Some(m) = master {
         match m.try_clone() {
-            Ok(w) => tty_in = Some(w),
+            Ok(w) => tty = Some(w),
             Err(e) => say!("agent: the terminal: {e}"),
         }
-        let p = port.clone();
-        let done = done.clone();
-        pumps += 1;
-        std::thread::spawn(move || {
-            pump(m, p, wire::STDOUT);
-            let _ = done.send(());
-        });
+        outputs.push((Box::new(m), wire::STDOUT));
     }
     if let Some(out) = child.stdout.take() {
-        let p = port.clone();
-        let done = done.clone();
-        pumps += 1;
-        std::thread::spawn(move || {
-            pump(out, p, wire::STDOUT);
-            let _ = done.send(());
-        });
+        outputs.push((Box::new(out), wire::STDOUT));
     }
     if let Some(err) = child.stderr.take() {
-        let p = port.clone();
-        let done = done.clone();
+        outputs.push((Box::new(err), wire::STDERR));
+    }
+    for (from, kind) in outputs {
+        let (link, session, done) = (link.clone(), session.clone(), done.clone());
         pumps += 1;
         std::thread::spawn(move || {
-            pump(err, p, wire::STDERR);
+            pump(from, link, session, kind);
             let _ = done.send(());
         });
     }
-    let mut stdin: Option<Box<dyn Write + Send>> = match child.stdin.take() {
+    let stdin: Option<Box<dyn Write + Send>> = match child.stdin.take() {
         Some(s) => Some(Box::new(s)),
-        None => tty_in
+        None => tty
             .as_ref()
             .and_then(|t| t.try_clone().ok())
             .map(|t| Box::new(t) as _),
     };
-    let is_tty = tty_in.is_some();
-    std::thread::spawn(move || {
-        while let Ok(Some((kind, payload))) = wire::read_frame(&mut reader) {
-            match kind {
-                wire::STDIN => {
-                    if let Some(s) = stdin.as_mut() {
-                        if s.write_all(&payload).is_err() {
-                            stdin = None;
-                        }
-                    }
-                }
-                // A terminal has no end of input (its ^D is a byte the app reads).
-                wire::STDIN_EOF if !is_tty => stdin = None,
-                wire::WINSIZE => {
-                    if let (Some(t), Some((rows, cols))) =
-                        (tty_in.as_ref(), wire::decode_winsize(&payload))
-                    {
-                        // The kernel sends SIGWINCH to the terminal's foreground group.
-                        let _ = sys::set_winsize(t, rows, cols);
-                    }
-                }
-                wire::SIGNAL => {
-                    if let Ok(b) = <[u8; 4]>::try_from(payload.as_slice()) {
-                        let sig = i32::from_be_bytes(b);
-                        if (1..65).contains(&sig) {
-                            sys::kill(pid, sig);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+    *cur = Some(Running {
+        pid,
+        session: session.clone(),
+        stdin,
+        tty,
+        mode: cmd.mode,
     });
+    drop(cur);
+    // The caller may have hung up while the app started.
+    if link.session.load(Ordering::SeqCst) != req.session {
+        hang_up(current);
+    }
     // The child is reaped by the supervisor loop (PID 1 reaps everything).
     std::mem::forget(child);
     let exit = crate::supervise(pid);
@@ -250,7 +484,14 @@ pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
             break;
         }
     }
-    send_exit(exit);
+    if let Ok(mut c) = current.lock() {
+        *c = None;
+    }
+    link.send(
+        session.load(Ordering::SeqCst),
+        wire::EXIT,
+        &exit_payload(exit),
+    );
     (name, exit)
 }
 

@@ -434,3 +434,37 @@ pub fn controlling_terminal(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Makes `fd` non-blocking (for every descriptor that shares its open file).
+pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: no pointers.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    check(flags)?;
+    // SAFETY: no pointers.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })
+}
+
+/// `poll(2)` on one descriptor: the events that happened (0 on timeout); `timeout_ms` -1
+/// waits for ever.
+pub fn poll(
+    fd: &impl AsRawFd,
+    events: libc::c_short,
+    timeout_ms: libc::c_int,
+) -> io::Result<libc::c_short> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `p` is one valid pollfd.
+        let rc = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if rc >= 0 {
+            return Ok(if rc == 0 { 0 } else { p.revents });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

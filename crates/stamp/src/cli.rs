@@ -975,7 +975,7 @@ pub struct AppNameArgs {
     /// Print JSON (show).
     #[arg(long)]
     pub json: bool,
-    /// Keep the image (remove; images are never removed by stamp app).
+    /// Keep the images composed for the app and its vm disks (remove).
     #[arg(long)]
     pub keep_image: bool,
 }

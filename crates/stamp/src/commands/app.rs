@@ -245,12 +245,14 @@ fn list(a: AppListArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// The persistent instances of a podman flake (none when podman cannot say).
+/// The persistent instances of an app (none when podman cannot say).
 fn instances(f: &Flake) -> Vec<String> {
-    if f.engine != stamp_flake::Engine::Podman {
-        return Vec::new();
+    match f.engine {
+        stamp_flake::Engine::Podman => {
+            launch::instances(&f.name, &launch::PodmanEnv::from_env()).unwrap_or_default()
+        }
+        stamp_flake::Engine::Vm => stamp_flake::vm::instance::list(&f.name).unwrap_or_default(),
     }
-    launch::instances(&f.name, &launch::PodmanEnv::from_env()).unwrap_or_default()
 }
 
 fn find(name: &str) -> Result<(Registry, Flake)> {
@@ -278,10 +280,33 @@ fn show(a: AppNameArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// Removes an app: its instances, then (unless `--keep-image`) the images composed for it
+/// and its vm disks, then its registration and host command.
 fn remove(a: AppNameArgs) -> Result<u8> {
     let (r, f) = find(&a.name)?;
-    if f.engine == stamp_flake::Engine::Podman {
-        launch::remove_instances(&f.name, &launch::PodmanEnv::from_env())?;
+    let env = launch::PodmanEnv::from_env();
+    match f.engine {
+        stamp_flake::Engine::Podman => launch::remove_instances(&f.name, &env)?,
+        stamp_flake::Engine::Vm => stamp_flake::vm::instance::remove_all(&f.name)?,
+    }
+    if !a.keep_image {
+        let composed =
+            stamp_flake::provision::remove_images(&f.name, &stamp_oci::Store::default_root(), &env);
+        // A vm app never loaded anything into podman, and may run where podman is missing.
+        match composed {
+            Ok(names) => {
+                for n in names {
+                    eprintln!("removed image {n}");
+                }
+            }
+            Err(e) if f.engine == stamp_flake::Engine::Podman => return Err(e.into()),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+        let disks = stamp_flake::vm::disk_dir(&f.name)?;
+        if disks.is_dir() {
+            std::fs::remove_dir_all(&disks)
+                .with_context(|| format!("cannot remove {}", disks.display()))?;
+        }
     }
     let f = r.remove(&a.name, &launcher()?)?;
     println!("{}", f.name);

@@ -744,3 +744,208 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The vm engine's provisioning and instances: a flake composed from a base, a layer and a
+/// host file boots the composed image; `--resume` keeps one machine per instance name across
+/// calls; `%remove` and `stamp app remove` take everything away; an `--attach` flake's app
+/// outlives its caller and the next call joins it.
+#[test]
+fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
+    let (Some(app), Some(kernel)) = (crate::qemu::app_oci(), debian_tar()) else {
+        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+        return;
+    };
+    if !crate::qemu::available() {
+        return;
+    }
+    let env = Env::new();
+    let d = env.dir.path();
+    let (cache, runtime) = (d.join("cache"), d.join("run"));
+    std::fs::create_dir_all(&runtime).unwrap();
+    let vars = |c: &mut Command| {
+        env.vars(c);
+        c.env("XDG_CACHE_HOME", &cache)
+            .env("XDG_RUNTIME_DIR", &runtime);
+    };
+    let stamp = |args: &[&str]| -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
+        c.args(args);
+        vars(&mut c);
+        c.output().unwrap().into()
+    };
+    let call = |name: &str, args: &[&str], stdin: &[u8]| -> Run {
+        let mut c = Command::new(env.app(name));
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        vars(&mut c);
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap().into()
+    };
+    let layer = rootfs_tar(d, "layer", false, &[("etc/override", "from-layer\n")]);
+    let top = rootfs_tar(d, "top", false, &[("app-file", "app\n")]);
+    for (name, src) in [("vbase", &app), ("vlayer", &layer), ("vtop", &top)] {
+        let r = stamp(&["import", "--name", &format!("localhost/{name}:1"), s(src)]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    // Not under /tmp, which is a tmpfs in the machine.
+    let host_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let host_file = host_dir.path().join("host-file");
+    std::fs::write(&host_file, "host\n").unwrap();
+    let kernel_ref = format!("rootfs:{}", s(&kernel));
+    let r = stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--engine",
+        "vm",
+        "--no-net",
+        "--memory",
+        "512M",
+        "--resume",
+        "--app",
+        s(&env.app("vres")),
+        "--target",
+        "/bin/sh",
+        "--image",
+        "localhost/vtop:1",
+        "--base",
+        "localhost/vbase:1",
+        "--layer",
+        "localhost/vlayer:1",
+        "--include-path",
+        s(&host_file),
+        "--kernel",
+        &kernel_ref,
+        "--overlay-size",
+        "1G",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // The composed root: the base's programs, the layer's file, the image's and the host's.
+    let t = Instant::now();
+    let script = format!(
+        "busybox cat /app-file /etc/override {}; echo kept > /state; echo err >&2; exit 3",
+        host_file.display()
+    );
+    let r = call("vres", &["-c", &script], b"");
+    let first = t.elapsed();
+    assert_eq!(
+        (r.code, r.stdout.as_str(), r.stderr.as_str()),
+        (3, "app\nfrom-layer\nhost\n", "err\n")
+    );
+    // --overlay-size makes the machine's disk that large.
+    let disks: Vec<_> = std::fs::read_dir(cache.join("stamp/app-vm/vres"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let info = stamp(&["info", "--json", s(&disks[0])]);
+    assert!(info.stdout.contains("1073741824"), "{}", info.stdout);
+
+    // The second call runs in the same machine: it sees the first call's file, and boots
+    // nothing.
+    let t = Instant::now();
+    let r = call("vres", &["-c", "busybox cat /state"], b"");
+    let second = t.elapsed();
+    assert_eq!((r.code, r.stdout.as_str()), (0, "kept\n"), "{}", r.stderr);
+    eprintln!("vm resume: first call (composes, builds, boots) {first:?}, second call {second:?}");
+    let list = stamp(&["app", "list", "--json"]);
+    assert!(
+        list.stdout.contains("\"stamp-app-vres\""),
+        "{}",
+        list.stdout
+    );
+
+    // @b is another machine, and %remove stops it after the call.
+    let r = call(
+        "vres",
+        &["@b", "%remove", "-c", "test ! -e /state && echo fresh"],
+        b"",
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "fresh\n"), "{}", r.stderr);
+    let instances = std::fs::read_dir(runtime.join("stamp/app-vm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(instances, ["stamp-app-vres"]);
+
+    // `stamp app remove` stops the instance and removes the composed image and the disks.
+    let record =
+        std::fs::read_to_string(runtime.join("stamp/app-vm/stamp-app-vres/instance.json")).unwrap();
+    let pid = serde_json::from_str::<serde_json::Value>(&record).unwrap()["qemu"]["pid"]
+        .as_u64()
+        .unwrap();
+    let r = stamp(&["app", "remove", "vres"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("removed image localhost/stamp-app-vres:"),
+        "{}",
+        r.stderr
+    );
+    let gone = |p: &std::path::Path| !p.exists();
+    assert!(
+        gone(&PathBuf::from(format!("/proc/{pid}/cmdline"))) || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        }
+    );
+    assert!(gone(&runtime.join("stamp/app-vm/stamp-app-vres")));
+    assert!(gone(&cache.join("stamp/app-vm/vres")));
+    assert!(gone(&env.app("vres")));
+    let images = stamp(&["images"]);
+    assert!(
+        !images.stdout.contains("stamp-app-vres"),
+        "{}",
+        images.stdout
+    );
+
+    // --attach: the app outlives a caller that goes away; the next call joins it, gives it
+    // input and gets its output and exit status; then the machine is gone.
+    let r = stamp(&[
+        "app",
+        "register",
+        "--user",
+        "--engine",
+        "vm",
+        "--no-net",
+        "--memory",
+        "512M",
+        "--attach",
+        "--app",
+        s(&env.app("vatt")),
+        "--target",
+        "/bin/sh",
+        "--image",
+        "localhost/vbase:1",
+        "--kernel",
+        &kernel_ref,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mut c = Command::new(env.app("vatt"));
+    c.args(["-c", "echo started; read x; echo \"got $x\"; exit 5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    vars(&mut c);
+    let mut first = c.spawn().unwrap();
+    let mut out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "started\n");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let r = call("vatt", &[], b"hello\n");
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (5, "got hello\n"),
+        "{}",
+        r.stderr
+    );
+    let left = std::fs::read_dir(runtime.join("stamp/app-vm"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(left.is_empty(), "{left:?}");
+}
