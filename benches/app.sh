@@ -6,7 +6,8 @@
 # Then the vm engine (when the busybox application image and the Debian tar of
 # scripts/debian-image.sh are there): a flake of the app image booted with the Debian kernel
 # under QEMU (TCG without KVM), the time from the call to the app's first output line, mean of
-# M calls (-m, default 3) after a first call that builds the disk.
+# M calls (-m, default 3) after a first call that builds the disk; then the same flake with
+# --resume: the mean of N calls into its running instance (one machine, booted by the first).
 #
 # usage: benches/app.sh [-n N] [-m M]
 # env:   STAMP_BIN=path uses that stamp binary instead of building target/release/stamp;
@@ -30,7 +31,7 @@ else
 fi
 export STAMP_PODMAN_RUNTIME=${STAMP_PODMAN_RUNTIME:-runc}
 work=$(mktemp -d /tmp/stamp-bench-app.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap '[[ -x ${stamp:-} ]] && "$stamp" app remove vres >/dev/null 2>&1; rm -rf "$work"' EXIT
 printf '[containers]\ndefault_ulimits = []\n' >"$work/containers.conf"
 export CONTAINERS_CONF=$work/containers.conf XDG_DATA_HOME=$work/data
 image=localhost/stamp-test-busybox:1
@@ -57,14 +58,15 @@ if [[ ! -f $app_oci || ! -f $debian ]]; then
   echo "vm engine: skipped (no $app_oci or $debian: scripts/debian-image.sh and --app make them)"
   exit 0
 fi
-export XDG_CACHE_HOME=$work/cache
+export XDG_CACHE_HOME=$work/cache XDG_RUNTIME_DIR=$work/run
+mkdir -p "$work/run"
 "$stamp" app register --user --engine vm --no-net --memory 512M --app "$work/bin/vsh" \
   --image "oci-archive:$app_oci" --kernel "rootfs:$debian" --target /bin/sh >/dev/null
 # Time from the call to the first line the app writes (the disk is built by the first call).
 first_output() {
   local t0 t1
   t0=$(date +%s%N)
-  t1=$("$work/bin/vsh" -c 'echo ready' </dev/null | { read -r _; date +%s%N; cat >/dev/null; })
+  t1=$("$work/bin/${1:-vsh}" -c 'echo ready' </dev/null | { read -r _; date +%s%N; cat >/dev/null; })
   echo $((t1 - t0))
 }
 build=$(first_output)
@@ -73,3 +75,10 @@ for _ in $(seq "$m"); do vm=$((vm + $(first_output))); done
 printf 'vm engine, first call (builds the disk): %.1f s to the first output\n' "$(echo "$build / 1000000000" | bc -l)"
 printf 'vm engine (%s): %.1f s from the call to the first output (mean of %s)\n' \
   "$(sed -n 2p "$work/cache/stamp/kvm-probe" 2>/dev/null | grep -qx ok && echo KVM || echo TCG)" "$(echo "$vm / $m / 1000000000" | bc -l)" "$m"
+"$stamp" app register --user --engine vm --no-net --memory 512M --app "$work/bin/vres" --resume \
+  --image "oci-archive:$app_oci" --kernel "rootfs:$debian" --target /bin/sh >/dev/null
+boot=$(first_output vres)
+resume=0
+for _ in $(seq "$n"); do resume=$((resume + $(first_output vres))); done
+printf 'vm engine, --resume: first call (builds the disk, boots) %.1f s; then %.1f ms a call (mean of %s)\n' \
+  "$(echo "$boot / 1000000000" | bc -l)" "$(echo "$resume / $n / 1000000" | bc -l)" "$n"

@@ -429,6 +429,30 @@ include:
     }
 
     #[test]
+    fn flake_pilot_firecracker_settings_size_the_machine() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("fc.yaml"),
+            "vm:\n  name: img\n  host_app_path: /usr/bin/fc\n  runtime:\n    firecracker:\n      mem_size_mib: 4096\n      vcpu_count: 2\n      overlay_size: 20GiB\n",
+        )
+        .unwrap();
+        let f = load(d.path(), "fc").unwrap();
+        assert_eq!(
+            (f.memory(), f.cpus(), f.overlay_size()),
+            (Some("4096M".into()), Some(2), Some("20G".into()))
+        );
+        // stamp's own keys win.
+        let mut f = f;
+        f.runtime.memory = Some("1G".into());
+        f.runtime.overlay_size = Some("5G".into());
+        assert_eq!(
+            (f.memory(), f.overlay_size()),
+            (Some("1G".into()), Some("5G".into()))
+        );
+        assert_eq!(clean_name("a b/c@d"), "a-b-c-d");
+    }
+
+    #[test]
     fn target_slash_means_the_host_path() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(

@@ -285,6 +285,18 @@ mod tests {
         assert!(decode_command(&[b'm', 0, 0, 0, 1, 7]).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_from_a_guest_are_frames_or_errors_never_a_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut r = &data[..];
+            while let Ok(Some((_, p))) = read_frame(&mut r) {
+                let _ = decode_command(&p);
+            }
+            let _ = decode_command(&data);
+            let _ = await_session(&mut &data[..], &[1; 16], 256);
+        }
+    }
+
     #[test]
     fn the_session_answer_is_found_after_leftovers() {
         let nonce = [7u8; 16];

@@ -762,6 +762,7 @@ fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
     let d = env.dir.path();
     let (cache, runtime) = (d.join("cache"), d.join("run"));
     std::fs::create_dir_all(&runtime).unwrap();
+    let _machines = Instances(runtime.join("stamp/app-vm"));
     let vars = |c: &mut Command| {
         env.vars(c);
         c.env("XDG_CACHE_HOME", &cache)
@@ -948,4 +949,23 @@ fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect::<Vec<_>>();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Kills the QEMU of every vm instance recorded under a directory when dropped (a failed test
+/// leaves no machine running).
+struct Instances(PathBuf);
+
+impl Drop for Instances {
+    fn drop(&mut self) {
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            let record =
+                std::fs::read_to_string(e.path().join("instance.json")).unwrap_or_default();
+            let pid = serde_json::from_str::<serde_json::Value>(&record)
+                .ok()
+                .and_then(|v| v["qemu"]["pid"].as_u64());
+            if let Some(pid) = pid {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
 }
