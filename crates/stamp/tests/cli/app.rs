@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use crate::common::*;
 
-/// A private flakes directory ($XDG_DATA_HOME/flakes) and bin directory.
+/// A private flakes directory ($XDG_DATA_HOME/flakes) and bin directory, and more variables
+/// for every command.
 struct Env {
     dir: tempfile::TempDir,
+    extra: Vec<(&'static str, PathBuf)>,
 }
 
 impl Env {
@@ -21,7 +23,18 @@ impl Env {
             "[containers]\ndefault_ulimits = []\n",
         )
         .unwrap();
-        Env { dir }
+        Env {
+            dir,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Sets `var` to the directory `name` in the environment's directory (made here).
+    fn with_dir(mut self, var: &'static str, name: &str) -> Env {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        self.extra.push((var, p));
+        self
     }
 
     fn vars(&self, c: &mut Command) {
@@ -30,6 +43,9 @@ impl Env {
             .env("STAMP_PODMAN_RUNTIME", "runc")
             .env_remove("STAMP_DEBUG")
             .env_remove("PILOT_DEBUG");
+        for (k, v) in &self.extra {
+            c.env(k, v);
+        }
     }
 
     fn stamp(&self, args: &[&str]) -> Run {
@@ -604,26 +620,28 @@ fn an_attach_flake_attaches_a_second_call_to_the_running_instance() {
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
 }
 
+/// The application image and the Debian tar the vm tests boot, when they and QEMU are there.
+fn vm_inputs() -> Option<(PathBuf, PathBuf)> {
+    let (Some(app), Some(kernel)) = (crate::qemu::app_oci(), debian_tar()) else {
+        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+        return None;
+    };
+    crate::qemu::available().then_some((app, kernel))
+}
+
 /// The vm engine under QEMU (TCG here): the busybox application image booted with the Debian
 /// kernel, stamp-init as the guest agent. One boot per call, so the checks are combined into
 /// three calls.
 #[test]
 fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
-    let (Some(app), Some(kernel)) = (crate::qemu::app_oci(), debian_tar()) else {
-        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+    let Some((app, kernel)) = vm_inputs() else {
         return;
     };
-    if !crate::qemu::available() {
-        return;
-    }
-    let env = Env::new();
-    let cache = env.dir.path().join("cache");
+    let env = Env::new()
+        .with_dir("XDG_CACHE_HOME", "cache")
+        .with_dir("TMPDIR", "tmp");
     let tmpdir = env.dir.path().join("tmp");
-    std::fs::create_dir_all(&tmpdir).unwrap();
-    let vars = |c: &mut Command| {
-        env.vars(c);
-        c.env("XDG_CACHE_HOME", &cache).env("TMPDIR", &tmpdir);
-    };
+    let vars = |c: &mut Command| env.vars(c);
     let bin = env.app("vsh");
     let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
     c.args(["app", "register", "--user", "--engine", "vm", "--no-net"])
@@ -751,40 +769,18 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
 /// outlives its caller and the next call joins it.
 #[test]
 fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
-    let (Some(app), Some(kernel)) = (crate::qemu::app_oci(), debian_tar()) else {
-        eprintln!("skipped: no application image (scripts/debian-image.sh --app) or Debian tar");
+    let Some((app, kernel)) = vm_inputs() else {
         return;
     };
-    if !crate::qemu::available() {
-        return;
-    }
-    let env = Env::new();
+    let env = Env::new()
+        .with_dir("XDG_CACHE_HOME", "cache")
+        .with_dir("XDG_RUNTIME_DIR", "run");
     let d = env.dir.path();
     let (cache, runtime) = (d.join("cache"), d.join("run"));
-    std::fs::create_dir_all(&runtime).unwrap();
     let _machines = Instances(runtime.join("stamp/app-vm"));
-    let vars = |c: &mut Command| {
-        env.vars(c);
-        c.env("XDG_CACHE_HOME", &cache)
-            .env("XDG_RUNTIME_DIR", &runtime);
-    };
-    let stamp = |args: &[&str]| -> Run {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_stamp"));
-        c.args(args);
-        vars(&mut c);
-        c.output().unwrap().into()
-    };
-    let call = |name: &str, args: &[&str], stdin: &[u8]| -> Run {
-        let mut c = Command::new(env.app(name));
-        c.args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        vars(&mut c);
-        let mut child = c.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap().into()
-    };
+    let vars = |c: &mut Command| env.vars(c);
+    let stamp = |args: &[&str]| env.stamp(args);
+    let call = |name: &str, args: &[&str], stdin: &[u8]| env.call(name, args, stdin);
     let layer = rootfs_tar(d, "layer", false, &[("etc/override", "from-layer\n")]);
     let top = rootfs_tar(d, "top", false, &[("app-file", "app\n")]);
     for (name, src) in [("vbase", &app), ("vlayer", &layer), ("vtop", &top)] {
@@ -796,34 +792,30 @@ fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
     let host_file = host_dir.path().join("host-file");
     std::fs::write(&host_file, "host\n").unwrap();
     let kernel_ref = format!("rootfs:{}", s(&kernel));
-    let r = stamp(&[
-        "app",
-        "register",
-        "--user",
-        "--engine",
-        "vm",
-        "--no-net",
-        "--memory",
-        "512M",
-        "--resume",
-        "--app",
-        s(&env.app("vres")),
-        "--target",
-        "/bin/sh",
-        "--image",
+    let register = |name: &str, image: &str, more: &[&str]| {
+        let app = env.app(name);
+        let mut args = vec!["app", "register", "--user", "--engine", "vm", "--no-net"];
+        args.extend(["--memory", "512M", "--app", s(&app), "--target", "/bin/sh"]);
+        args.extend(["--image", image, "--kernel", &kernel_ref]);
+        args.extend(more);
+        let r = stamp(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    };
+    register(
+        "vres",
         "localhost/vtop:1",
-        "--base",
-        "localhost/vbase:1",
-        "--layer",
-        "localhost/vlayer:1",
-        "--include-path",
-        s(&host_file),
-        "--kernel",
-        &kernel_ref,
-        "--overlay-size",
-        "1G",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+        &[
+            "--resume",
+            "--base",
+            "localhost/vbase:1",
+            "--layer",
+            "localhost/vlayer:1",
+            "--include-path",
+            s(&host_file),
+            "--overlay-size",
+            "1G",
+        ],
+    );
 
     // The composed root: the base's programs, the layer's file, the image's and the host's.
     let t = Instant::now();
@@ -904,26 +896,7 @@ fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
 
     // --attach: the app outlives a caller that goes away; the next call joins it, gives it
     // input and gets its output and exit status; then the machine is gone.
-    let r = stamp(&[
-        "app",
-        "register",
-        "--user",
-        "--engine",
-        "vm",
-        "--no-net",
-        "--memory",
-        "512M",
-        "--attach",
-        "--app",
-        s(&env.app("vatt")),
-        "--target",
-        "/bin/sh",
-        "--image",
-        "localhost/vbase:1",
-        "--kernel",
-        &kernel_ref,
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    register("vatt", "localhost/vbase:1", &["--attach"]);
     let mut c = Command::new(env.app("vatt"));
     c.args(["-c", "echo started; read x; echo \"got $x\"; exit 5"])
         .stdin(Stdio::piped())
