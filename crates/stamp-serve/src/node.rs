@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub retention: Duration,
     /// Let URL sources name private addresses (tests, private clouds).
     pub allow_private_urls: bool,
+    /// Most bytes per second one conversion reads (none: no limit).
+    pub convert_rate: Option<u64>,
     /// TLS certificate chain and private key (PEM files); plain HTTP without.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -154,6 +156,7 @@ pub fn run(cfg: &NodeConfig, stop: Arc<AtomicBool>, ready: &dyn Fn(SocketAddr)) 
                 } else {
                     UrlPolicy::PublicOnly
                 },
+                convert_rate: cfg.convert_rate,
                 ..Limits::default()
             },
             threads: cfg.threads,

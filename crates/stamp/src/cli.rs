@@ -731,6 +731,10 @@ pub struct ServeArgs {
     /// Seconds a claimed task stays with this process without a heartbeat.
     #[arg(long, value_name = "SECS")]
     pub lease: Option<u64>,
+    /// Most bytes per second one conversion reads (`200M`), to leave the storage to others;
+    /// no limit by default.
+    #[arg(long, value_name = "SIZE")]
+    pub convert_rate: Option<String>,
     /// Days finished tasks are kept (AWS: 7).
     #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u64>,

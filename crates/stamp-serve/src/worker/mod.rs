@@ -99,6 +99,8 @@ pub struct Limits {
     pub max_disk: u64,
     /// Which hosts URL sources and manifest parts may name.
     pub urls: UrlPolicy,
+    /// Most bytes per second one conversion reads (none: no limit).
+    pub convert_rate: Option<u64>,
 }
 
 impl Default for Limits {
@@ -107,6 +109,7 @@ impl Default for Limits {
             max_source: 1 << 40,
             max_disk: 16 << 40,
             urls: UrlPolicy::PublicOnly,
+            convert_rate: None,
         }
     }
 }
@@ -527,6 +530,8 @@ struct Tracker<'a> {
     from: u8,
     to: u8,
     last: AtomicU64,
+    /// When the conversion started (for `--convert-rate`).
+    started: std::time::Instant,
 }
 
 impl<'a> Tracker<'a> {
@@ -539,6 +544,7 @@ impl<'a> Tracker<'a> {
             from,
             to,
             last: AtomicU64::new(u64::MAX),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -559,6 +565,17 @@ impl stamp_disk::Progress for Tracker<'_> {
                 bytes_converted: Some(self.base + done),
                 ..Default::default()
             });
+        }
+        // The rate limit: a conversion ahead of `rate` bytes per second waits (in short
+        // sleeps, so that a cancel is seen).
+        if let Some(rate) = self.env.limits.convert_rate {
+            let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+            while self.started.elapsed() < due && !self.env.cancelled() {
+                std::thread::sleep(
+                    due.saturating_sub(self.started.elapsed())
+                        .min(std::time::Duration::from_millis(100)),
+                );
+            }
         }
     }
 

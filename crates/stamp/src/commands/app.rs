@@ -229,16 +229,22 @@ fn list(a: AppListArgs) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{:<16} {:<7} {:<7} {:<40} TARGET",
-        "NAME", "ENGINE", "SCOPE", "IMAGE"
+        "{:<16} {:<7} {:<7} {:<40} {:<24} INSTANCES",
+        "NAME", "ENGINE", "SCOPE", "IMAGE", "TARGET"
     );
     for (f, scope) in apps {
         let engine = match f.engine {
             stamp_flake::Engine::Podman => "podman",
             stamp_flake::Engine::Vm => "vm",
         };
+        let running = instances(&f);
+        let running = if running.is_empty() {
+            "-".to_string()
+        } else {
+            running.join(",")
+        };
         println!(
-            "{:<16} {engine:<7} {scope:<7} {:<40} {}",
+            "{:<16} {engine:<7} {scope:<7} {:<40} {:<24} {running}",
             f.name, f.image, f.target
         );
     }

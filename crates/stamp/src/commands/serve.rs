@@ -24,6 +24,7 @@ struct FileConfig {
     scratch: Option<PathBuf>,
     scratch_quota: Option<String>,
     lease: Option<u64>,
+    convert_rate: Option<String>,
     retention_days: Option<u64>,
     allow_private_urls: Option<bool>,
     rate_limit: Option<f64>,
@@ -85,6 +86,14 @@ pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
         .unwrap_or_else(|| "20G".into());
     let scratch_quota = stamp_disk::parse_size(&quota)
         .map_err(|e| anyhow::anyhow!("--scratch-quota {quota}: {e}"))?;
+    let convert_rate = match a.convert_rate.or(f.convert_rate) {
+        Some(r) => Some(
+            stamp_disk::parse_size(&r)
+                .map_err(|e| anyhow::anyhow!("--convert-rate {r}: {e}"))?
+                .max(1),
+        ),
+        None => None,
+    };
     let cfg = NodeConfig {
         listen,
         db,
@@ -102,6 +111,7 @@ pub fn run(mut a: ServeArgs, cancel: &CancelFlag) -> Result<u8> {
         lease: Duration::from_secs(a.lease.or(f.lease).unwrap_or(30).max(1)),
         retention: Duration::from_secs(a.retention_days.or(f.retention_days).unwrap_or(7) * 86_400),
         allow_private_urls: a.allow_private_urls || f.allow_private_urls.unwrap_or(false),
+        convert_rate,
         tls: match (a.tls_cert.or(f.tls_cert), a.tls_key.or(f.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,

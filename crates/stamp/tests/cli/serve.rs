@@ -865,9 +865,11 @@ fn finishes_after_kill_9(db: &str) {
     let _one_at_a_time = heavy();
     let rig = Rig::new();
     let raw = rig.path("objects/src/big.raw");
-    big_raw(&raw, 1280);
-    // A 1 s lease: heartbeats (with the progress) every 250 ms, a quick takeover.
-    let first = rig.serve(db, &["--lease", "1"]);
+    big_raw(&raw, 512);
+    // A 1 s lease: heartbeats (with the progress) every 250 ms, a quick takeover; the
+    // conversion held to 100 MB/s, so that it is surely caught midway (unthrottled it takes
+    // a fraction of a second here).
+    let first = rig.serve(db, &["--lease", "1", "--convert-rate", "100M"]);
     let got = py(
         SUBMIT_UNTIL_CONVERTING,
         &serde_json::json!({"ep": first.url, "key": "big.raw"}),
@@ -940,10 +942,10 @@ fn serve_cancels_a_running_conversion() {
     let _one_at_a_time = heavy();
     let rig = Rig::new();
     let raw = rig.path("objects/src/big.raw");
-    // Big enough that the cancel (seen by the worker within a heartbeat, 0.5 s here) comes
-    // well before the end of the conversion.
-    big_raw(&raw, 1280);
-    let serve = rig.serve(&rig.sqlite(), &["--lease", "1"]);
+    // Held to 100 MB/s, the conversion lasts long enough that the cancel (seen by the worker
+    // within a heartbeat, 0.25 s here) comes well before its end.
+    big_raw(&raw, 512);
+    let serve = rig.serve(&rig.sqlite(), &["--lease", "1", "--convert-rate", "100M"]);
     let d = py(
         CANCEL_RUNNING,
         &serde_json::json!({"ep": serve.url, "key": "big.raw"}),
@@ -996,7 +998,8 @@ fn serve_scales_out_on_one_postgres_database() {
     std::fs::create_dir_all(&made).unwrap();
     let vmdk = shared_fixture("vmdk/vmware-ws-streamOptimized.vmdk", &made);
     rig.put("ws.vmdk", &vmdk);
-    let a = rig.serve(&db, &["--lease", "3"]);
+    // `a` converts at 100 MB/s at most, so that the big task below is surely caught midway.
+    let a = rig.serve(&db, &["--lease", "3", "--convert-rate", "100M"]);
     let b = rig.serve(&db, &["--lease", "3"]);
     // One import first, through `a` while `b` is stopped: the bytes one conversion counts.
     b.signal("STOP");
@@ -1046,7 +1049,7 @@ done(wait_snap(c, t)["SnapshotTaskDetail"])
     // mid-conversion, and b finishes it once a's lease lapses.
     let _one_at_a_time = heavy();
     let raw = rig.path("objects/src/big.raw");
-    big_raw(&raw, 1280);
+    big_raw(&raw, 512);
     b.signal("STOP");
     let got = py(
         SUBMIT_UNTIL_CONVERTING,
