@@ -251,7 +251,8 @@ impl Machine<'_> {
         let cache = cache_dir()?;
         let _ = std::fs::create_dir_all(&cache);
         let (accel, _) = stamp_machine::accel::choose(Path::new("qemu-system-x86_64"), &cache);
-        let c = qemu_command(self.flake, &self.disk, dir, accel.as_str(), self.code);
+        let mut c = qemu_command(self.flake, &self.disk, dir, accel.as_str(), self.code);
+        sig::unblock_in_child(&mut c);
         if crate::launch::debug() {
             eprintln!("stamp: {}: {c:?}", self.flake.file.display());
         }
@@ -485,6 +486,22 @@ mod sig {
         // SAFETY: `set` is initialised; the old mask is not wanted.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         set
+    }
+
+    /// Gives the command's process an empty signal mask (the launcher blocks the signals it
+    /// forwards, and a mask is inherited across exec: QEMU would ignore SIGTERM).
+    pub fn unblock_in_child(c: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe; `set` is on the
+        // child's stack.
+        unsafe {
+            c.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
     }
 
     /// Makes the command's process get SIGKILL when this process dies (QEMU never outlives

@@ -871,6 +871,18 @@ fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
     let pid = serde_json::from_str::<serde_json::Value>(&record).unwrap()["qemu"]["pid"]
         .as_u64()
         .unwrap();
+    // QEMU does not inherit the launcher's blocked signals: SIGTERM stops it.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(
+        blocked & (1 << (15 - 1)),
+        0,
+        "SIGTERM blocked in QEMU: {blocked:x}"
+    );
     let r = stamp(&["app", "remove", "vres"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
