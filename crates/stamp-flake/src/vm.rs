@@ -386,6 +386,7 @@ pub mod instance {
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let mut lock = Some(sig::lock(&dir.join("lock")).map_err(|e| Error::io("lock", &dir, e))?);
         let running = live(&dir);
+        let started_now = running.is_none();
         let join = running.is_some() && mode == wire::Mode::Attach;
         let qemu = match running {
             Some(r) => r.qemu,
@@ -417,9 +418,12 @@ pub mod instance {
             }
             talk(flake, &call.args, stream, mode, join, signals)
         });
-        if call.remove || (mode == wire::Mode::Attach && result.is_ok()) {
-            // An attach instance ends with its app (the guest powers off).
-            if mode == wire::Mode::Attach && !call.remove {
+        let result = result.map_err(|e| failed(flake, &dir, &e));
+        // An attach instance ends with its app (the guest powers off); a machine this call
+        // started and could not use is not left behind.
+        let ended = mode == wire::Mode::Attach && result.is_ok();
+        if call.remove || ended || (started_now && result.is_err()) {
+            if ended && !call.remove {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while qemu.alive() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
@@ -427,7 +431,7 @@ pub mod instance {
             }
             stop(&dir);
         }
-        result.map_err(|e| failed(flake, &dir, &e))
+        result
     }
 
     /// The live instances of app `name` (their directories' names).
@@ -678,10 +682,50 @@ fn talk(
         wire::write_frame(&mut *w, wire::SESSION, &nonce)
             .map_err(|e| format!("starting the session: {e}"))?;
     }
+    // Signals → the app, once the session is the guest's; one that would end the app before
+    // that (Ctrl-C while the machine boots) ends the call instead.
+    let established = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let early = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    {
+        let (w, established, early) = (writer.clone(), established.clone(), early.clone());
+        let socket = reader
+            .try_clone()
+            .map_err(|e| format!("agent socket: {e}"))?;
+        std::thread::spawn(move || {
+            loop {
+                let Some(sig) = sig::wait(&signals) else {
+                    return;
+                };
+                if !established.load(std::sync::atomic::Ordering::SeqCst) {
+                    if sig != libc::SIGWINCH {
+                        early.store(sig, std::sync::atomic::Ordering::SeqCst);
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                    }
+                    continue;
+                }
+                let frame = if sig == libc::SIGWINCH {
+                    match sig::winsize(1) {
+                        Some((rows, cols)) => (wire::WINSIZE, wire::encode_winsize(rows, cols)),
+                        None => continue,
+                    }
+                } else {
+                    (wire::SIGNAL, sig.to_be_bytes())
+                };
+                let Ok(mut w) = w.lock() else { return };
+                if wire::write_frame(&mut *w, frame.0, &frame.1).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     // The guest answers when it is up: a boot under TCG takes a while.
     let _ = reader.set_read_timeout(Some(BOOT_TIMEOUT));
-    wire::await_session(&mut reader, &nonce, 64 << 20)
-        .map_err(|e| format!("waiting for the guest's agent: {e}"))?;
+    let answered = wire::await_session(&mut reader, &nonce, 64 << 20);
+    let sig = early.load(std::sync::atomic::Ordering::SeqCst);
+    if sig != 0 {
+        return Ok(128 + sig);
+    }
+    answered.map_err(|e| format!("waiting for the guest's agent: {e}"))?;
     let _ = reader.set_read_timeout(None);
     let _raw = RawTerminal(if cmd.tty.is_some() { sig::raw(0) } else { None });
     {
@@ -692,6 +736,7 @@ fn talk(
             wire::write_frame(&mut *w, wire::COMMAND, &wire::encode_command(&cmd))
         };
         sent.map_err(|e| format!("sending the command: {e}"))?;
+        established.store(true, std::sync::atomic::Ordering::SeqCst);
         if join {
             if let Some((rows, cols)) = cmd.tty {
                 let _ =
@@ -719,27 +764,6 @@ fn talk(
             let _ = wire::write_frame(&mut *w, wire::STDIN_EOF, &[]);
         }
     });
-    // Signals → the app.
-    let w = writer.clone();
-    std::thread::spawn(move || {
-        loop {
-            let Some(sig) = sig::wait(&signals) else {
-                return;
-            };
-            let frame = if sig == libc::SIGWINCH {
-                match sig::winsize(1) {
-                    Some((rows, cols)) => (wire::WINSIZE, wire::encode_winsize(rows, cols)),
-                    None => continue,
-                }
-            } else {
-                (wire::SIGNAL, sig.to_be_bytes())
-            };
-            let Ok(mut w) = w.lock() else { return };
-            if wire::write_frame(&mut *w, frame.0, &frame.1).is_err() {
-                return;
-            }
-        }
-    });
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     loop {
@@ -760,6 +784,10 @@ fn talk(
                 return Ok(if kind == 1 { 128 + value } else { value });
             }
             Ok(Some(_)) => {}
+            // Interrupted while the command was on its way.
+            Ok(None) | Err(_) if early.load(std::sync::atomic::Ordering::SeqCst) != 0 => {
+                return Ok(128 + early.load(std::sync::atomic::Ordering::SeqCst));
+            }
             Ok(None) => {
                 return Err("the guest closed the agent port before the app's exit status".into());
             }

@@ -755,6 +755,19 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
         .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
+    // 5: Ctrl-C while the machine still boots ends the call at once with 130.
+    let mut child = spawn(&["-c", "echo never"]);
+    drop(child.stdin.take());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(out.stdout.is_empty());
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
     // No temporary directory (QEMU's socket, console log, firmware variables) is left behind.
     let left: Vec<_> = std::fs::read_dir(&tmpdir)
         .unwrap()
