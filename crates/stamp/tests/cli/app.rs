@@ -767,7 +767,11 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert!(out.stdout.is_empty());
-    assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
     // No temporary directory (QEMU's socket, console log, firmware variables) is left behind.
     let left: Vec<_> = std::fs::read_dir(&tmpdir)
         .unwrap()
