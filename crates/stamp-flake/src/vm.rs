@@ -744,8 +744,13 @@ fn talk(
             }
         }
     }
-    // stdin → the app, then its end.
+    // stdin → the app, within the credit the guest grants, then its end.
     let w = writer.clone();
+    let credit = Arc::new((
+        Mutex::new(u64::from(wire::STDIN_WINDOW)),
+        std::sync::Condvar::new(),
+    ));
+    let granted = credit.clone();
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; 64 * 1024];
@@ -753,6 +758,14 @@ fn talk(
             match stdin.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let (lock, more) = &*granted;
+                    let Ok(mut left) = lock.lock() else { return };
+                    while *left < n as u64 {
+                        let Ok(l) = more.wait(left) else { return };
+                        left = l;
+                    }
+                    *left -= n as u64;
+                    drop(left);
                     let Ok(mut w) = w.lock() else { return };
                     if wire::write_frame(&mut *w, wire::STDIN, &buf[..n]).is_err() {
                         return;
@@ -775,6 +788,15 @@ fn talk(
             Ok(Some((wire::STDERR, p))) => {
                 let _ = stderr.write_all(&p);
                 let _ = stderr.flush();
+            }
+            Ok(Some((wire::CREDIT, p))) => {
+                if let Ok(b) = <[u8; 4]>::try_from(p.as_slice()) {
+                    let (lock, more) = &*credit;
+                    if let Ok(mut left) = lock.lock() {
+                        *left = left.saturating_add(u64::from(u32::from_be_bytes(b)));
+                        more.notify_all();
+                    }
+                }
             }
             Ok(Some((wire::EXIT, p))) => {
                 let (kind, value) = match p.as_slice() {

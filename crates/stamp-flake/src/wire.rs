@@ -46,6 +46,13 @@ pub fn encode_winsize(rows: u16, cols: u16) -> [u8; 4] {
 pub const STDOUT: u8 = b'O';
 /// Guest → host: stderr bytes.
 pub const STDERR: u8 = b'E';
+/// Guest → host: this many more stdin bytes may be sent (a big-endian u32), granted as the
+/// app's stdin takes them. The host starts with [`STDIN_WINDOW`] and never has more in flight,
+/// so the guest's port reader never waits on an app that does not read its input (a signal
+/// behind it would wait too) and never holds more than the window.
+pub const CREDIT: u8 = b'K';
+/// The stdin bytes the host may send before the guest grants more.
+pub const STDIN_WINDOW: u32 = 256 * 1024;
 /// Guest → host: the app ended (kind 0 = exit code, 1 = signal; then a big-endian i32).
 pub const EXIT: u8 = b'X';
 

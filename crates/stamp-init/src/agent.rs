@@ -171,7 +171,8 @@ struct Running {
     pid: i32,
     /// The session its output goes to (an attach joins a new one).
     session: Arc<AtomicU64>,
-    stdin: Option<Box<dyn Write + Send>>,
+    /// To the app's stdin writer: bytes, or `None` for the end.
+    stdin: Option<std::sync::mpsc::Sender<Option<Vec<u8>>>>,
     tty: Option<File>,
     mode: wire::Mode,
 }
@@ -191,6 +192,27 @@ fn pump(mut from: impl Read, link: Arc<Link>, session: Arc<AtomicU64>, kind: u8)
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Writes what the host sends for the app's stdin, granting the host more as it goes (see
+/// [`wire::CREDIT`]); ends at the input's end or when the app stops reading.
+fn feed(
+    mut to: Box<dyn Write + Send>,
+    from: std::sync::mpsc::Receiver<Option<Vec<u8>>>,
+    link: &Link,
+    session: &AtomicU64,
+) {
+    while let Ok(Some(bytes)) = from.recv() {
+        if to.write_all(&bytes).is_err() {
+            return;
+        }
+        let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        link.send(
+            session.load(Ordering::SeqCst),
+            wire::CREDIT,
+            &n.to_be_bytes(),
+        );
     }
 }
 
@@ -290,14 +312,18 @@ fn read_port(link: Arc<Link>, current: Current, requests: std::sync::mpsc::Sende
 fn deliver(app: &mut Running, kind: u8, payload: &[u8]) {
     match kind {
         wire::STDIN => {
-            if let Some(s) = app.stdin.as_mut() {
-                if s.write_all(payload).is_err() {
+            if let Some(s) = app.stdin.as_ref() {
+                if s.send(Some(payload.to_vec())).is_err() {
                     app.stdin = None;
                 }
             }
         }
         // A terminal has no end of input (its ^D is a byte the app reads).
-        wire::STDIN_EOF if app.tty.is_none() => app.stdin = None,
+        wire::STDIN_EOF if app.tty.is_none() => {
+            if let Some(s) = app.stdin.take() {
+                let _ = s.send(None);
+            }
+        }
         wire::WINSIZE => {
             if let (Some(t), Some((rows, cols))) = (app.tty.as_ref(), wire::decode_winsize(payload))
             {
@@ -452,13 +478,19 @@ fn call(
             let _ = done.send(());
         });
     }
-    let stdin: Option<Box<dyn Write + Send>> = match child.stdin.take() {
+    let input: Option<Box<dyn Write + Send>> = match child.stdin.take() {
         Some(s) => Some(Box::new(s)),
         None => tty
             .as_ref()
             .and_then(|t| t.try_clone().ok())
             .map(|t| Box::new(t) as _),
     };
+    let stdin = input.map(|to| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (link, session) = (link.clone(), session.clone());
+        std::thread::spawn(move || feed(to, rx, &link, &session));
+        tx
+    });
     *cur = Some(Running {
         pid,
         session: session.clone(),

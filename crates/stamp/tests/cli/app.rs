@@ -136,7 +136,17 @@ fn a_busybox_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGINT did not end the app within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(status.code(), Some(130));
 
     // list and remove.
@@ -739,8 +749,13 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
 
     // 4: Ctrl-C (SIGINT to the launcher) reaches the app, which ends with 130.
     let t = Instant::now();
+    // Its stdin gets endless input the app never reads: the signal still gets through.
     let mut child = spawn(&["-c", "echo started; exec busybox sleep 600"]);
-    drop(child.stdin.take());
+    let mut input = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![b'y'; 64 * 1024];
+        while input.write_all(&chunk).is_ok() {}
+    });
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -753,7 +768,17 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = child.wait().unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGINT did not end the app within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(status.code(), Some(130));
     // 5: Ctrl-C while the machine still boots ends the call at once with 130.
     let mut child = spawn(&["-c", "echo never"]);
