@@ -1,6 +1,7 @@
 //! The essential filesystems: proc, sysfs, devtmpfs, devpts, shm, /run, /tmp, cgroup2. What is
 //! mounted already (the initramfs moves /dev, /proc, /sys and /run into the root) is kept; a
-//! mount point that cannot be created (read-only root) is skipped with a warning.
+//! mount point that cannot be created (read-only root) is skipped with a warning. An image that
+//! ships files in /tmp (a flake's `--include-path /tmp/...`) keeps them: no tmpfs hides them.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -46,13 +47,18 @@ fn is_mount_point(path: &Path) -> bool {
     m.dev() != pm.dev() || m.ino() == pm.ino()
 }
 
+/// Returns true if and only if `dir` is a directory with at least one entry.
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// Mounts what is missing. Returns the warnings (printed by the caller once the console is
 /// usable).
 pub fn mount_all() -> Vec<String> {
     let mut warnings = Vec::new();
     for (src, target, fstype, flags, data) in MOUNTS {
         let t = Path::new(target);
-        if is_mount_point(t) {
+        if is_mount_point(t) || (target == "/tmp" && has_entries(t)) {
             continue;
         }
         if fstype == "cgroup2" && !t.is_dir() {

@@ -132,21 +132,7 @@ fn a_busybox_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
     );
     eprintln!("first line after {:?}", started.elapsed());
     std::thread::sleep(std::time::Duration::from_millis(300));
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("SIGINT did not end the app within 60 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = interrupt(&mut child);
     assert_eq!(status.code(), Some(130));
 
     // list and remove.
@@ -329,6 +315,25 @@ fn a_resume_flake_runs_calls_in_one_instance_per_name() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&left.stdout).trim(), "");
+}
+
+/// Sends SIGINT to a launcher (Ctrl-C) and waits for it to end (a minute at most).
+fn interrupt(child: &mut std::process::Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGINT did not end the app within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// A root filesystem tar with busybox's sh and cat and `files` (path, content).
@@ -764,21 +769,7 @@ fn a_vm_flake_keeps_its_streams_apart_streams_them_and_exits_as_the_app() {
         "vm engine, cached disk: call to first output {:?}",
         t.elapsed()
     );
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("SIGINT did not end the app within 60 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = interrupt(&mut child);
     assert_eq!(status.code(), Some(130));
     // 5: Ctrl-C while the machine still boots ends the call at once with 130.
     let mut child = spawn(&["-c", "echo never"]);
@@ -829,8 +820,8 @@ fn a_vm_flake_is_provisioned_resumes_in_its_instance_and_attaches() {
         let r = stamp(&["import", "--name", &format!("localhost/{name}:1"), s(src)]);
         assert_eq!(r.code, 0, "{}", r.stderr);
     }
-    // Not under /tmp, which is a tmpfs in the machine.
-    let host_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // Under /tmp, which the guest's init would otherwise hide under a tmpfs.
+    let host_dir = tempfile::tempdir_in("/tmp").unwrap();
     let host_file = host_dir.path().join("host-file");
     std::fs::write(&host_file, "host\n").unwrap();
     let kernel_ref = format!("rootfs:{}", s(&kernel));
