@@ -163,10 +163,31 @@ pub struct Flake {
     pub runtime: Runtime,
 }
 
+/// Largest flake file read (flake-pilot's are a few hundred bytes).
+pub const MAX_FILE: u64 = 1 << 20;
+
 /// Reads one flake file, checking it against the schema; errors name the file, the line and
 /// the key.
 pub fn read_file(path: &Path) -> Result<(FlakeFile, Value)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| Error::io("read", path, e))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE + 1), &mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_FILE} bytes; is this a flake file?"),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses the text of flake file `path`: the typed file and the raw value (for merging).
+pub fn parse(path: &Path, text: &str) -> Result<(FlakeFile, Value)> {
     let bad = |e: serde_yaml_ng::Error| Error::Config {
         path: path.to_path_buf(),
         message: match e.location() {
@@ -174,16 +195,11 @@ pub fn read_file(path: &Path) -> Result<(FlakeFile, Value)> {
             None => e.to_string(),
         },
     };
-    let value: Value = if text.trim().is_empty() {
-        Value::Mapping(Default::default())
-    } else {
-        serde_yaml_ng::from_str(&text).map_err(bad)?
-    };
-    let file: FlakeFile = if text.trim().is_empty() {
-        FlakeFile::default()
-    } else {
-        serde_yaml_ng::from_str(&text).map_err(bad)?
-    };
+    if text.trim().is_empty() {
+        return Ok((FlakeFile::default(), Value::Mapping(Default::default())));
+    }
+    let value: Value = serde_yaml_ng::from_str(text).map_err(bad)?;
+    let file: FlakeFile = serde_yaml_ng::from_str(text).map_err(bad)?;
     Ok((file, value))
 }
 
@@ -461,6 +477,40 @@ include:
         )
         .unwrap();
         assert_eq!(load(d.path(), "a").unwrap().target, "/usr/bin/a");
+    }
+
+    #[test]
+    fn every_cut_and_flipped_byte_of_a_pilot_file_is_an_error_or_a_flake() {
+        let path = Path::new("/usr/share/flakes/joe.yaml");
+        let b = PILOT.as_bytes();
+        let flips = (0..b.len()).map(|i| {
+            let mut v = b.to_vec();
+            v[i] ^= 0x20;
+            v
+        });
+        for v in (0..b.len()).map(|n| b[..n].to_vec()).chain(flips) {
+            if let Ok(text) = std::str::from_utf8(&v) {
+                if let Ok((file, _)) = parse(path, text) {
+                    let _ = resolve("joe", path, file);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_or_binary_file_is_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let big = d.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE as usize + 1]).unwrap();
+        let e = read_file(&big).unwrap_err().to_string();
+        assert!(e.contains("big.yaml") && e.contains("larger than"), "{e}");
+        let bin = d.path().join("bin.yaml");
+        std::fs::write(&bin, b"container:\n  name: \xff\n").unwrap();
+        let e = read_file(&bin).unwrap_err().to_string();
+        assert!(
+            e.contains("bin.yaml") && e.contains("not UTF-8 text (byte 19)"),
+            "{e}"
+        );
     }
 
     proptest::proptest! {
