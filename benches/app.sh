@@ -7,7 +7,9 @@
 # scripts/debian-image.sh are there): a flake of the app image booted with the Debian kernel
 # under QEMU (TCG without KVM), the time from the call to the app's first output line, mean of
 # M calls (-m, default 3) after a first call that builds the disk; then the same flake with
-# --resume: the mean of N calls into its running instance (one machine, booted by the first).
+# --resume: the mean of N calls into its running instance (one machine, booted by the first);
+# and, when vhost-device-vsock is on PATH, the same over the vsock transport (Firecracker's
+# hybrid vsock protocol), with the ratio vsock/virtio-serial.
 #
 # usage: benches/app.sh [-n N] [-m M]
 # env:   STAMP_BIN=path uses that stamp binary instead of building target/release/stamp;
@@ -31,7 +33,7 @@ else
 fi
 export STAMP_PODMAN_RUNTIME=${STAMP_PODMAN_RUNTIME:-runc}
 work=$(mktemp -d /tmp/stamp-bench-app.XXXXXX)
-trap '[[ -x ${stamp:-} ]] && "$stamp" app remove vres >/dev/null 2>&1; rm -rf "$work"' EXIT
+trap '[[ -x ${stamp:-} ]] && for a in vres vsres; do "$stamp" app remove $a >/dev/null 2>&1; done; rm -rf "$work"' EXIT
 printf '[containers]\ndefault_ulimits = []\n' >"$work/containers.conf"
 export CONTAINERS_CONF=$work/containers.conf XDG_DATA_HOME=$work/data
 image=localhost/stamp-test-busybox:1
@@ -82,3 +84,16 @@ resume=0
 for _ in $(seq "$n"); do resume=$((resume + $(first_output vres))); done
 printf 'vm engine, --resume: first call (builds the disk, boots) %.1f s; then %.1f ms a call (mean of %s)\n' \
   "$(echo "$boot / 1000000000" | bc -l)" "$(echo "$resume / $n / 1000000" | bc -l)" "$n"
+if ! command -v vhost-device-vsock >/dev/null; then
+  echo "vm engine over vsock: skipped (no vhost-device-vsock: cargo install vhost-device-vsock)"
+  exit 0
+fi
+"$stamp" app register --user --engine vm --no-net --memory 512M --app "$work/bin/vsres" --resume \
+  --transport vsock --image "oci-archive:$app_oci" --kernel "rootfs:$debian" --target /bin/sh >/dev/null
+vboot=$(first_output vsres)
+vresume=0
+for _ in $(seq "$n"); do vresume=$((vresume + $(first_output vsres))); done
+printf 'vm engine over vsock, --resume: first call (boots) %.1f s; then %.1f ms a call (mean of %s)\n' \
+  "$(echo "$vboot / 1000000000" | bc -l)" "$(echo "$vresume / $n / 1000000" | bc -l)" "$n"
+printf 'ratio vsock/virtio-serial: first call %.3f, resumed call %.3f\n' \
+  "$(echo "$vboot / $boot" | bc -l)" "$(echo "$vresume / $resume" | bc -l)"

@@ -63,3 +63,10 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     echo "warning: postgresql could not be installed; the PostgreSQL tests will skip" >&2
 fi
 command -v cargo >/dev/null || { echo "error: cargo is not installed (install Rust with rustup)" >&2; exit 1; }
+# stamp app's vsock transport: vhost-device-vsock, a user-space virtio-vsock device for QEMU
+# that speaks Firecracker's hybrid vsock protocol (about 45 s to build, once).
+if ! command -v vhost-device-vsock >/dev/null; then
+  cargo install --quiet --locked vhost-device-vsock@0.3.0
+  command -v vhost-device-vsock >/dev/null ||
+    { echo "error: vhost-device-vsock was installed off PATH (add cargo's bin directory)" >&2; exit 1; }
+fi

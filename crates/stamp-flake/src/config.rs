@@ -101,6 +101,21 @@ pub struct Runtime {
     /// No network in the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_net: Option<bool>,
+    /// How the launcher talks to the guest agent (vm): `serial` (virtio-serial, the default)
+    /// or `vsock` (Firecracker's transport; under QEMU through `vhost-device-vsock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+}
+
+/// `runtime.transport`: the vm engine's channel to the guest agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// A virtio-serial port (QEMU).
+    #[default]
+    Serial,
+    /// virtio-vsock, spoken through a Unix socket with Firecracker's `CONNECT PORT` handshake.
+    Vsock,
 }
 
 /// `include:`.
@@ -251,6 +266,11 @@ impl Flake {
     /// A setting of flake-pilot's `runtime.firecracker:` block.
     fn firecracker(&self, key: &str) -> Option<&Value> {
         self.runtime.firecracker.as_ref()?.get(key)
+    }
+
+    /// The vm engine's channel to the guest agent.
+    pub fn transport(&self) -> Transport {
+        self.runtime.transport.unwrap_or_default()
     }
 
     /// The microVM's memory: `runtime.memory`, or flake-pilot's `firecracker.mem_size_mib`.

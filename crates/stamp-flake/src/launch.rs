@@ -8,7 +8,7 @@
 //! stay two streams unless the caller is on a terminal, and podman's exit status is the app's.
 //!
 //! The vm engine ([`crate::vm`]) boots the app image under QEMU for each call and relays the
-//! streams, signals and exit status over a virtio-serial port.
+//! streams, signals and exit status over a virtio-serial port (or vsock).
 
 use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;

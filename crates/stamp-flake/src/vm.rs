@@ -1,10 +1,11 @@
 //! The vm engine: the app image made bootable with a kernel image (`stamp build IMAGE --kernel
 //! KREF`, cached by its inputs), booted under QEMU with `-snapshot`, its stamp-init in agent
-//! mode talking to this launcher over a virtio-serial port (see [`crate::wire`]): the command
+//! mode talking to this launcher over a virtio-serial port, or over vsock through
+//! vhost-device-vsock with Firecracker's handshake (see [`crate::wire`]): the command
 //! goes in, stdin goes in as it comes, signals are forwarded, stdout and stderr come back as
 //! two streams, and the app's exit status ends the call. Kernel and init messages go to a
-//! console log file, never into the app's output. QEMU is killed and its temporary directory
-//! removed at the end in every case.
+//! console log file, never into the app's output. QEMU (and the vsock device) is killed and its
+//! temporary directory removed at the end in every case.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::Flake;
+use crate::config::{Flake, Transport};
 use crate::wire;
 use crate::{Error, Result};
 
@@ -33,6 +34,16 @@ const OVMF: [(&str, &str); 2] = [
 
 /// How long the guest may take to connect and ask for the command (a TCG boot is slow).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The agent's socket in a machine's directory: QEMU's end of the virtio-serial port, or
+/// vhost-device-vsock's end of the vsock device (Firecracker's hybrid vsock protocol).
+const AGENT_SOCKET: &str = "agent.sock";
+
+/// vhost-device-vsock's vhost-user socket, which QEMU connects to.
+const VHOST_SOCKET: &str = "vhost.sock";
+
+/// The device process of the vsock transport.
+const VSOCK_DEVICE: &str = "vhost-device-vsock";
 
 /// `$XDG_CACHE_HOME/stamp` (or `~/.cache/stamp`).
 fn cache_dir() -> Result<PathBuf> {
@@ -130,10 +141,10 @@ fn disk(flake: &Flake, image: &str, kernel: &str) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Kills QEMU when dropped.
-struct Qemu(Child);
+/// A child process (QEMU, its vsock device) killed and reaped when dropped.
+struct Killed(Child);
 
-impl Drop for Qemu {
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -172,17 +183,33 @@ pub fn qemu_command(
         .arg(format!(
             "file={},if=virtio,format=qcow2,snapshot=on",
             disk.display()
-        ))
-        .args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
-        .arg(format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            dir.join("agent.sock").display()
-        ))
-        .arg("-device")
-        .arg(format!(
-            "virtserialport,bus=vser0.0,chardev=agent,name={}",
-            wire::PORT_NAME
         ));
+    if flake.transport() == Transport::Vsock {
+        // vhost-user needs the guest's memory shared with the device process.
+        c.arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={},share=on",
+                memory.trim_end_matches(['B', 'b'])
+            ))
+            .args(["-machine", "memory-backend=mem", "-chardev"])
+            .arg(format!(
+                "socket,id=vsock,path={}",
+                dir.join(VHOST_SOCKET).display()
+            ))
+            .args(["-device", "vhost-user-vsock-pci,chardev=vsock", "-fw_cfg"])
+            .arg(format!("name={},string=vsock", wire::FW_CFG_AGENT));
+    } else {
+        c.args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
+            .arg(format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                dir.join(AGENT_SOCKET).display()
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,bus=vser0.0,chardev=agent,name={}",
+                wire::PORT_NAME
+            ));
+    }
     if flake.runtime.no_net == Some(true) {
         c.args(["-nic", "none"]);
     } else {
@@ -258,6 +285,58 @@ impl Machine<'_> {
         }
         Ok(c)
     }
+
+    /// Starts the vsock device process of a machine whose files are in `dir`, when its
+    /// transport is vsock, once its vhost-user socket is there for QEMU. With `tied`, it dies
+    /// with this process.
+    fn vsock_device(&self, dir: &Path, tied: bool) -> Result<Option<Child>> {
+        if self.flake.transport() != Transport::Vsock {
+            return Ok(None);
+        }
+        let vhost = dir.join(VHOST_SOCKET);
+        let mut c = Command::new(VSOCK_DEVICE);
+        c.arg("--socket")
+            .arg(&vhost)
+            .arg("--uds-path")
+            .arg(dir.join(AGENT_SOCKET))
+            .args(["--guest-cid", "3"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c.stderr(match std::fs::File::create(dir.join("vsock.err")) {
+            Ok(f) => Stdio::from(f),
+            Err(_) => Stdio::null(),
+        });
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        sig::unblock_in_child(&mut c);
+        if tied {
+            sig::die_with_parent(&mut c);
+        }
+        if crate::launch::debug() {
+            eprintln!("stamp: {}: {c:?}", self.flake.file.display());
+        }
+        let mut child = c.spawn().map_err(|e| {
+            Error::Engine(format!(
+                "{}: `runtime.transport: vsock` needs {VSOCK_DEVICE}: {e} (cargo install {VSOCK_DEVICE})",
+                self.flake.file.display()
+            ))
+        })?;
+        let start = Instant::now();
+        while !vhost.exists() {
+            if !matches!(child.try_wait(), Ok(None)) || start.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Engine(format!(
+                    "{VSOCK_DEVICE} did not make {}: {}",
+                    vhost.display(),
+                    std::fs::read_to_string(dir.join("vsock.err"))
+                        .unwrap_or_default()
+                        .trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Some(child))
+    }
 }
 
 /// Runs `flake`'s app for `call` in a microVM; returns the app's exit status (128+N for a
@@ -297,13 +376,16 @@ pub fn run(flake: &Flake, call: &crate::launch::Call) -> Result<i32> {
         .prefix("stamp-app-vm.")
         .tempdir()
         .map_err(|e| Error::Engine(format!("cannot make a temporary directory: {e}")))?;
+    let device = machine.vsock_device(dir.path(), true)?.map(Killed);
     let mut c = machine.command(dir.path())?;
     sig::die_with_parent(&mut c);
-    let mut qemu = Qemu(c.spawn().map_err(spawn_error)?);
-    let sock = dir.path().join("agent.sock");
-    let result = connect(&sock, || !matches!(qemu.0.try_wait(), Ok(Some(_))))
-        .and_then(|stream| talk(flake, &call.args, stream, mode, false, signals));
+    let mut qemu = Killed(c.spawn().map_err(spawn_error)?);
+    let result = connect(dir.path(), flake.transport(), signals, || {
+        !matches!(qemu.0.try_wait(), Ok(Some(_)))
+    })
+    .and_then(|c| c.talk(flake, &call.args, mode, false, signals));
     drop(qemu);
+    drop(device);
     result.map_err(|e| failed(flake, dir.path(), &e))
 }
 
@@ -339,6 +421,9 @@ pub mod instance {
         pub instance: Option<String>,
         /// The QEMU process.
         pub qemu: Process,
+        /// The vsock device process (vsock transport).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub vsock: Option<Process>,
     }
 
     /// Where instances live: `$XDG_RUNTIME_DIR/stamp/app-vm` (or the cache's `app-vm/run`).
@@ -358,18 +443,27 @@ pub mod instance {
         r.qemu.alive().then_some(r)
     }
 
-    /// Stops the instance in `dir` (QEMU gets SIGTERM, SIGKILL after 5 s) and removes its
-    /// files.
+    /// Ends `p` if it runs: SIGTERM, SIGKILL after 5 s.
+    fn end(p: &Process) {
+        if !p.alive() {
+            return;
+        }
+        sig::kill(p.pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while p.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if p.alive() {
+            sig::kill(p.pid, libc::SIGKILL);
+        }
+    }
+
+    /// Stops the instance in `dir` (QEMU, then its vsock device) and removes its files.
     fn stop(dir: &Path) {
-        if let Some(r) = live(dir) {
-            sig::kill(r.qemu.pid, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while r.qemu.alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if r.qemu.alive() {
-                sig::kill(r.qemu.pid, libc::SIGKILL);
-            }
+        let text = std::fs::read(dir.join("instance.json")).unwrap_or_default();
+        if let Ok(r) = serde_json::from_slice::<Record>(&text) {
+            end(&r.qemu);
+            r.vsock.iter().for_each(end);
         }
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -391,17 +485,43 @@ pub mod instance {
         let qemu = match running {
             Some(r) => r.qemu,
             None => {
-                for f in ["agent.sock", "instance.json", "console.log", "qemu.err"] {
+                // What a machine that ended left (its device process too).
+                let text = std::fs::read(dir.join("instance.json")).unwrap_or_default();
+                if let Ok(old) = serde_json::from_slice::<Record>(&text) {
+                    old.vsock.iter().for_each(end);
+                }
+                for f in [
+                    AGENT_SOCKET,
+                    VHOST_SOCKET,
+                    "instance.json",
+                    "console.log",
+                    "qemu.err",
+                    "vsock.err",
+                ] {
                     let _ = std::fs::remove_file(dir.join(f));
                 }
-                let child = machine.command(&dir)?.spawn().map_err(spawn_error)?;
-                let qemu = Process::of(child.id()).ok_or_else(|| {
-                    Error::Engine(format!("QEMU ended at once: {}", console_tail(&dir, 20)))
-                })?;
+                let device = machine.vsock_device(&dir, false)?;
+                let vsock = device.as_ref().and_then(|d| Process::of(d.id()));
+                let child = machine.command(&dir)?.spawn();
+                let child = match child {
+                    Ok(c) => c,
+                    Err(e) => {
+                        vsock.iter().for_each(end);
+                        return Err(spawn_error(e));
+                    }
+                };
+                let Some(qemu) = Process::of(child.id()) else {
+                    vsock.iter().for_each(end);
+                    return Err(Error::Engine(format!(
+                        "QEMU ended at once: {}",
+                        console_tail(&dir, 20)
+                    )));
+                };
                 let record = Record {
                     app: flake.name.clone(),
                     instance: call.instance.clone(),
                     qemu,
+                    vsock,
                 };
                 let json = serde_json::to_vec_pretty(&record)
                     .map_err(|e| Error::Engine(format!("instance record: {e}")))?;
@@ -410,13 +530,13 @@ pub mod instance {
                 qemu
             }
         };
-        let result = connect(&dir.join("agent.sock"), || qemu.alive()).and_then(|stream| {
-            // An attach instance's app outlives its callers: the next one need not wait for
-            // this call to end (it is let in when this caller leaves).
+        let result = connect(&dir, flake.transport(), signals, || qemu.alive()).and_then(|c| {
+            // An attach instance's app outlives its callers: the next one need not wait
+            // for this call to end (it is let in when this caller leaves).
             if mode == wire::Mode::Attach {
                 lock.take();
             }
-            talk(flake, &call.args, stream, mode, join, signals)
+            c.talk(flake, &call.args, mode, join, signals)
         });
         let result = result.map_err(|e| failed(flake, &dir, &e));
         // An attach instance ends with its app (the guest powers off); a machine this call
@@ -582,6 +702,17 @@ mod sig {
         }
     }
 
+    /// Takes one of the blocked signals if one is pending, without waiting.
+    pub fn take(set: &libc::sigset_t) -> Option<libc::c_int> {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `set` and `zero` are valid; the siginfo is not wanted.
+        let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &zero) };
+        (sig > 0).then_some(sig)
+    }
+
     /// Waits for one of the blocked signals; None on error.
     pub fn wait(set: &libc::sigset_t) -> Option<libc::c_int> {
         let mut sig: libc::c_int = 0;
@@ -590,28 +721,87 @@ mod sig {
     }
 }
 
-/// Connects to the agent socket, retrying while QEMU starts (as long as `alive` says it
-/// runs).
+/// A connection attempt's outcome.
+enum Connected {
+    /// The stream to the guest agent.
+    Stream(UnixStream),
+    /// A signal that would end the app came first (Ctrl-C while the machine boots).
+    Interrupted(libc::c_int),
+}
+
+impl Connected {
+    /// The call over this connection (see [`talk`]); 128+N when signal N came first.
+    fn talk(
+        self,
+        flake: &Flake,
+        args: &[std::ffi::OsString],
+        mode: wire::Mode,
+        join: bool,
+        signals: libc::sigset_t,
+    ) -> std::result::Result<i32, String> {
+        match self {
+            Connected::Stream(s) => talk(flake, args, s, mode, join, signals),
+            Connected::Interrupted(sig) => Ok(128 + sig),
+        }
+    }
+}
+
+/// Connects to the agent socket in `dir`, retrying while the machine starts (as long as
+/// `alive` says it runs). Over vsock, each attempt is Firecracker's hybrid vsock handshake
+/// (`CONNECT PORT\n`, answered `OK N\n` once the guest listens).
 fn connect(
-    sock: &Path,
+    dir: &Path,
+    transport: Transport,
+    signals: libc::sigset_t,
     mut alive: impl FnMut() -> bool,
-) -> std::result::Result<UnixStream, String> {
+) -> std::result::Result<Connected, String> {
+    let sock = dir.join(AGENT_SOCKET);
     let start = Instant::now();
     loop {
-        if let Ok(s) = UnixStream::connect(sock) {
-            return Ok(s);
+        if let Some(sig) = sig::take(&signals).filter(|s| *s != libc::SIGWINCH) {
+            return Ok(Connected::Interrupted(sig));
+        }
+        if let Ok(s) = UnixStream::connect(&sock) {
+            match transport {
+                Transport::Serial => return Ok(Connected::Stream(s)),
+                Transport::Vsock => {
+                    if hybrid_handshake(&s, wire::VSOCK_PORT) {
+                        return Ok(Connected::Stream(s));
+                    }
+                }
+            }
         }
         if !alive() {
             return Err("QEMU ended".into());
         }
         if start.elapsed() > BOOT_TIMEOUT {
             return Err(format!(
-                "no agent socket {} after {BOOT_TIMEOUT:?}",
+                "no agent at {} after {BOOT_TIMEOUT:?}",
                 sock.display()
             ));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Firecracker's hybrid vsock handshake on `s`: asks for guest port `port`; true once the
+/// guest accepted (`OK N`), false when it did not (yet).
+fn hybrid_handshake(mut s: &UnixStream, port: u32) -> bool {
+    if s.write_all(format!("CONNECT {port}\n").as_bytes()).is_err() {
+        return false;
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 64 {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            _ => return false,
+        }
+    }
+    let _ = s.set_read_timeout(None);
+    line.starts_with(b"OK ")
 }
 
 /// A session's nonce: 16 random bytes.
@@ -824,6 +1014,30 @@ mod tests {
     use crate::config::{FlakeFile, Runtime, Section, resolve};
 
     #[test]
+    fn the_hybrid_handshake_asks_for_the_port_and_needs_ok() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("v.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            // The guest does not listen yet: the device closes the connection; then it does.
+            for answer in [&b""[..], b"OK 1073741824\n"] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut line = [0u8; 13];
+                s.read_exact(&mut line).unwrap();
+                asked.push(String::from_utf8(line.to_vec()).unwrap());
+                s.write_all(answer).unwrap();
+            }
+            asked
+        });
+        let first = UnixStream::connect(&sock).unwrap();
+        assert!(!hybrid_handshake(&first, 1024));
+        let second = UnixStream::connect(&sock).unwrap();
+        assert!(hybrid_handshake(&second, 1024));
+        assert_eq!(server.join().unwrap(), ["CONNECT 1024\n", "CONNECT 1024\n"]);
+    }
+
+    #[test]
     fn qemu_line_has_the_snapshot_the_agent_port_and_no_net() {
         let file = FlakeFile {
             vm: Some(Section {
@@ -842,18 +1056,20 @@ mod tests {
         };
         let f = resolve("app", Path::new("/f/app.yaml"), file).unwrap();
         assert_eq!(f.kernel.as_deref(), Some("debian"));
-        let c = qemu_command(
-            &f,
-            Path::new("/c/d.qcow2"),
-            Path::new("/t"),
-            "tcg",
-            Path::new("/o"),
-        );
-        let a: Vec<String> = c
+        let line = |f: &Flake| {
+            qemu_command(
+                f,
+                Path::new("/c/d.qcow2"),
+                Path::new("/t"),
+                "tcg",
+                Path::new("/o"),
+            )
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let line = a.join(" ");
+            .collect::<Vec<_>>()
+            .join(" ")
+        };
+        let serial = line(&f);
         for want in [
             "-accel tcg",
             "-m 512M",
@@ -864,8 +1080,22 @@ mod tests {
             "-serial file:/t/console.log",
             "-nic none",
         ] {
+            assert!(serial.contains(want), "no {want:?} in {serial}");
+        }
+        assert!(!serial.contains("vhost-user-vsock"), "{serial}");
+        let mut vsock = f.clone();
+        vsock.runtime.transport = Some(Transport::Vsock);
+        let line = line(&vsock);
+        for want in [
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-machine memory-backend=mem",
+            "socket,id=vsock,path=/t/vhost.sock",
+            "-device vhost-user-vsock-pci,chardev=vsock",
+            "-fw_cfg name=opt/org.stamp/agent,string=vsock",
+        ] {
             assert!(line.contains(want), "no {want:?} in {line}");
         }
+        assert!(!line.contains("virtserialport"), "{line}");
         assert_ne!(
             disk_key("a", "k", None, Path::new("/x")),
             disk_key("a", "k2", None, Path::new("/x"))

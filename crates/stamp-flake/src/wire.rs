@@ -1,5 +1,6 @@
 //! The framed protocol between the vm engine's launcher (host) and stamp-init's agent mode
-//! (guest) over the virtio-serial port named [`PORT_NAME`].
+//! (guest) over the virtio-serial port named [`PORT_NAME`], or over vsock port [`VSOCK_PORT`]
+//! (Firecracker's transport; QEMU's with a vhost-user vsock device).
 //!
 //! A frame is one kind byte, a big-endian u32 payload length and the payload; a length above
 //! [`MAX_FRAME`] is an error (never allocated). std only: stamp-init includes this file too.
@@ -8,6 +9,11 @@ use std::io::{self, Read, Write};
 
 /// The virtio-serial port's name.
 pub const PORT_NAME: &str = "stamp.agent";
+/// The guest's vsock port.
+pub const VSOCK_PORT: u32 = 1024;
+/// QEMU's firmware configuration item that asks stamp-init to serve over vsock (value
+/// `vsock`): a disk booted by UEFI has a fixed kernel command line.
+pub const FW_CFG_AGENT: &str = "opt/org.stamp/agent";
 /// Largest payload accepted.
 pub const MAX_FRAME: u32 = 1 << 20;
 

@@ -1,17 +1,21 @@
 //! Agent mode (the vm engine of `stamp app`): when the machine has a virtio-serial port named
-//! `stamp.agent`, the app's command comes from the host over that port instead of
-//! `/.stamp/app.json`, and its stdin, stdout, stderr and exit status travel over it as frames
-//! (see stamp-flake's wire.rs). Kernel and init messages stay on the console.
+//! `stamp.agent` (QEMU), or the host asks for vsock (`stamp.agent=vsock` on the kernel command
+//! line, as Firecracker's boot arguments can say, or QEMU's firmware configuration item
+//! [`wire::FW_CFG_AGENT`] saying `vsock`, with a vsock device), the app's command comes from
+//! the host over that port instead of `/.stamp/app.json`, and its stdin, stdout, stderr and
+//! exit status travel over it as frames (see stamp-flake's wire.rs). Kernel and init messages
+//! stay on the console.
 //!
 //! Every connection of the host starts a session (a nonce, answered); a resume flake's
 //! instance serves one session after another and keeps running between them, an attach
-//! flake's app outlives its caller and a later session joins it.
+//! flake's app outlives its caller and a later session joins it. Over virtio-serial a
+//! connection is the host opening the port's socket; over vsock it is one accepted stream.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::AppConfig;
 use crate::wire;
@@ -23,20 +27,48 @@ const PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long the output pipes may stay open after the app ended (held by its leftovers).
 const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// True if the kernel command line asks for agent mode or a virtio console device (id 3) is
-/// present.
-pub fn wanted() -> bool {
-    if std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|c| c.split_whitespace().any(|w| w == "stamp.agent"))
-    {
-        return true;
-    }
+/// The kernel command line's words.
+fn cmdline() -> Vec<String> {
+    std::fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// True if a virtio device of type `id` (`0x0003` console, `0x0013` vsock) is present.
+fn has_device(id: &str) -> bool {
     let Ok(dir) = std::fs::read_dir("/sys/bus/virtio/devices") else {
         return false;
     };
-    dir.filter_map(|e| e.ok()).take(256).any(|e| {
-        std::fs::read_to_string(e.path().join("device")).is_ok_and(|d| d.trim() == "0x0003")
-    })
+    dir.filter_map(|e| e.ok())
+        .take(256)
+        .any(|e| std::fs::read_to_string(e.path().join("device")).is_ok_and(|d| d.trim() == id))
+}
+
+/// True if the host asks for the agent over vsock: on the kernel command line, or (with a
+/// vsock device, so that a machine without one does not load modules for nothing) in QEMU's
+/// firmware configuration.
+fn vsock_wanted() -> bool {
+    if cmdline().iter().any(|w| w == "stamp.agent=vsock") {
+        return true;
+    }
+    if !has_device("0x0013") {
+        return false;
+    }
+    let item = Path::new("/sys/firmware/qemu_fw_cfg/by_name")
+        .join(wire::FW_CFG_AGENT)
+        .join("raw");
+    if !item.exists() {
+        let _ = modules::load("qemu_fw_cfg");
+    }
+    crate::read_bounded(&item.to_string_lossy(), 64).is_ok_and(|v| v.trim_ascii() == b"vsock")
+}
+
+/// True if the kernel command line asks for agent mode, a virtio console device is present,
+/// or the host asks for the agent over vsock.
+pub fn wanted() -> bool {
+    cmdline().iter().any(|w| w == "stamp.agent") || has_device("0x0003") || vsock_wanted()
 }
 
 /// The device of the port named [`wire::PORT_NAME`] (`/dev/vportNpM`), if present.
@@ -51,8 +83,27 @@ fn find_port() -> Option<PathBuf> {
     None
 }
 
-/// Opens the agent port, loading virtio_console when needed.
-pub fn open_port() -> Result<File, String> {
+/// Where the host's connections come from.
+pub enum Port {
+    /// The virtio-serial port: one stream for the machine's life, which the host opens and
+    /// closes.
+    Serial(File),
+    /// A vsock socket listening on [`wire::VSOCK_PORT`]: each connection is a stream.
+    Vsock(File),
+}
+
+/// Opens the agent port: the vsock listener when the host asks for it, else the virtio-serial
+/// port (loading virtio_console when needed).
+pub fn open_port() -> Result<Port, String> {
+    if vsock_wanted() {
+        if let Err(e) = modules::load_for_devices() {
+            say!("loading modules for the devices: {e}");
+        }
+        let _ = modules::load("vmw_vsock_virtio_transport");
+        return sys::vsock_listen(wire::VSOCK_PORT)
+            .map(Port::Vsock)
+            .map_err(|e| format!("listening on vsock port {}: {e}", wire::VSOCK_PORT));
+    }
     if find_port().is_none() {
         if let Err(e) = modules::load_for_devices() {
             say!("loading modules for the devices: {e}");
@@ -66,6 +117,7 @@ pub fn open_port() -> Result<File, String> {
                 .read(true)
                 .write(true)
                 .open(&p)
+                .map(Port::Serial)
                 .map_err(|e| format!("{}: {e}", p.display()));
         }
         if start.elapsed() > PORT_WAIT {
@@ -78,11 +130,13 @@ pub fn open_port() -> Result<File, String> {
     }
 }
 
-/// The agent port. It is non-blocking: a write while no host listens (or after it hung up)
-/// is dropped rather than left to block, and frames are sent only for the session that
-/// listens now, so a caller never gets another call's output.
+/// The agent port. The stream is non-blocking: a write while no host listens (or after it
+/// hung up) is dropped rather than left to block, and frames are sent only for the session
+/// that listens now, so a caller never gets another call's output.
 struct Link {
-    file: File,
+    port: Port,
+    /// The stream of the host's connection (the port itself over virtio-serial).
+    conn: RwLock<Arc<File>>,
     /// The session that listens (0: none).
     session: AtomicU64,
     /// Serialises frames.
@@ -90,14 +144,38 @@ struct Link {
 }
 
 impl Link {
+    /// The link of `port`, once the host's first connection is there.
+    fn new(port: Port) -> std::io::Result<Link> {
+        let conn = match &port {
+            Port::Serial(f) => f.try_clone()?,
+            Port::Vsock(listener) => sys::accept(listener)?,
+        };
+        sys::set_nonblocking(&conn)?;
+        Ok(Link {
+            port,
+            conn: RwLock::new(Arc::new(conn)),
+            session: AtomicU64::new(0),
+            write: Mutex::new(()),
+        })
+    }
+
+    /// The current connection's stream.
+    fn conn(&self) -> Arc<File> {
+        match self.conn.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     /// Writes all of `buf`, waiting while the port is full; an error when the host hangs up.
     fn write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
+        let file = self.conn();
         while !buf.is_empty() {
-            match (&self.file).write(buf) {
+            match (&*file).write(buf) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(n) => buf = &buf[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let ev = sys::poll(&self.file, libc::POLLOUT, 200)?;
+                    let ev = sys::poll(&*file, libc::POLLOUT, 200)?;
                     if ev & libc::POLLHUP != 0 && ev & libc::POLLOUT == 0 {
                         return Err(std::io::ErrorKind::BrokenPipe.into());
                     }
@@ -141,10 +219,26 @@ impl Link {
         next
     }
 
-    /// Waits until a host is connected again.
-    fn await_host(&self) {
-        while sys::poll(&self.file, libc::POLLIN, 0).is_ok_and(|ev| ev & libc::POLLHUP != 0) {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+    /// Waits until a host is connected again; the stream to read then.
+    fn reconnect(&self) -> std::io::Result<Arc<File>> {
+        match &self.port {
+            Port::Serial(_) => {
+                let file = self.conn();
+                while sys::poll(&*file, libc::POLLIN, 0).is_ok_and(|ev| ev & libc::POLLHUP != 0) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Ok(file)
+            }
+            Port::Vsock(listener) => {
+                let conn = sys::accept(listener)?;
+                sys::set_nonblocking(&conn)?;
+                let conn = Arc::new(conn);
+                match self.conn.write() {
+                    Ok(mut c) => *c = conn.clone(),
+                    Err(p) => *p.into_inner() = conn.clone(),
+                }
+                Ok(conn)
+            }
         }
     }
 }
@@ -239,15 +333,22 @@ struct Request {
 fn read_port(link: Arc<Link>, current: Current, requests: std::sync::mpsc::Sender<Request>) {
     let mut sessions = 0u64;
     let mut session = 0u64;
+    let mut conn = link.conn();
     loop {
-        let frame = wire::read_frame(&mut PortReader(&link.file));
+        let frame = wire::read_frame(&mut PortReader(&conn));
         let (kind, payload) = match frame {
             Ok(Some(f)) => f,
             Ok(None) | Err(_) => {
                 link.session.store(0, Ordering::SeqCst);
                 session = 0;
                 hang_up(&current);
-                link.await_host();
+                match link.reconnect() {
+                    Ok(c) => conn = c,
+                    Err(e) => {
+                        say!("agent: waiting for the host: {e}");
+                        return;
+                    }
+                }
                 continue;
             }
         };
@@ -368,16 +469,14 @@ fn hang_up(current: &Current) {
 /// streams, signals and exit status relayed. Returns after a call whose mode is not
 /// [`wire::Mode::Resume`] (the machine then powers off), with the app's argv[0] and how it
 /// ended.
-pub fn serve(port: File, image: &AppConfig) -> (String, sys::Exit) {
-    if let Err(e) = sys::set_nonblocking(&port) {
-        say!("agent port: {e}");
-        return ("app".into(), sys::Exit::Code(crate::NOT_STARTED));
-    }
-    let link = Arc::new(Link {
-        file: port,
-        session: AtomicU64::new(0),
-        write: Mutex::new(()),
-    });
+pub fn serve(port: Port, image: &AppConfig) -> (String, sys::Exit) {
+    let link = match Link::new(port) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            say!("agent port: {e}");
+            return ("app".into(), sys::Exit::Code(crate::NOT_STARTED));
+        }
+    };
     let current: Current = Arc::new(Mutex::new(None));
     let (tx, requests) = std::sync::mpsc::channel();
     {

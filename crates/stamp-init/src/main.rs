@@ -9,7 +9,7 @@
 //! the app starts is printed and reported as status 127.
 //!
 //! Agent mode (`stamp app`'s vm engine): when the machine has a virtio-serial port named
-//! `stamp.agent`, the command comes from the host over it, and the app's stdin, stdout,
+//! `stamp.agent` (or the host asks for vsock), the command comes from the host over it, and the app's stdin, stdout,
 //! stderr, signals and exit status travel over it as frames (see `agent`).
 //!
 //! std and libc only, built as a static executable so it runs in any image.
@@ -96,7 +96,7 @@ fn main() {
 }
 
 /// Agent mode: the network only when the machine has a NIC, then one call from the host.
-fn agent_call(port: std::fs::File, hostname: &str) -> (String, sys::Exit) {
+fn agent_call(port: agent::Port, hostname: &str) -> (String, sys::Exit) {
     let _ = modules::load("virtio_net");
     let has_nic = std::fs::read_dir("/sys/class/net").is_ok_and(|d| {
         d.filter_map(|e| e.ok())

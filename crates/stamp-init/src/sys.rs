@@ -468,3 +468,54 @@ pub fn poll(
         }
     }
 }
+
+/// A vsock stream socket listening on `port` of any CID (the agent's port under Firecracker,
+/// or QEMU with a vhost-user vsock device).
+pub fn vsock_listen(port: u32) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    check(fd)?;
+    // SAFETY: `fd` is a new descriptor this function owns.
+    let sock = unsafe { std::fs::File::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; zero is a valid value of every field.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    // SAFETY: the pointer and length describe `addr`.
+    check(unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: no pointers.
+    check(unsafe { libc::listen(sock.as_raw_fd(), 4) })?;
+    Ok(sock)
+}
+
+/// Accepts a connection on listening socket `sock`, waiting for one.
+pub fn accept(sock: &impl AsRawFd) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    loop {
+        // SAFETY: null address pointers are allowed (the peer's address is not wanted).
+        let fd = unsafe {
+            libc::accept4(
+                sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: `fd` is a new descriptor the caller owns.
+            return Ok(unsafe { std::fs::File::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -955,6 +955,10 @@ pub struct AppRegisterArgs {
     /// No network inside.
     #[arg(long)]
     pub no_net: bool,
+    /// The channel to the guest agent (vm): serial (virtio-serial) or vsock (through
+    /// vhost-device-vsock, as Firecracker's hybrid vsock).
+    #[arg(long, value_name = "KIND", value_parser = ["serial", "vsock"])]
+    pub transport: Option<String>,
     /// Register for this user ($XDG_DATA_HOME/flakes) rather than system-wide (/usr/share/flakes).
     #[arg(long)]
     pub user: bool,

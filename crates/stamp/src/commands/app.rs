@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use stamp_flake::config::{FlakeFile, Include, Runtime, Section};
+use stamp_flake::config::{FlakeFile, Include, Runtime, Section, Transport};
 use stamp_flake::{Flake, Registry, launch};
 
 use crate::cli::{AppCommand, AppListArgs, AppNameArgs, AppRegisterArgs};
@@ -109,6 +109,11 @@ fn register(a: AppRegisterArgs) -> Result<u8> {
         cpus: a.cpus,
         overlay_size: a.overlay_size.clone(),
         no_net: a.no_net.then_some(true),
+        transport: match a.transport.as_deref() {
+            Some("vsock") => Some(Transport::Vsock),
+            Some(_) => Some(Transport::Serial),
+            None => None,
+        },
         firecracker: None,
     };
     let section = Section {
