@@ -436,11 +436,15 @@ pub mod instance {
         )
     }
 
+    /// The record of the instance in `dir`, whether its QEMU runs or not.
+    fn record(dir: &Path) -> Option<Record> {
+        let text = std::fs::read(dir.join("instance.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     /// The live record of the instance in `dir`, if its QEMU runs.
     fn live(dir: &Path) -> Option<Record> {
-        let text = std::fs::read(dir.join("instance.json")).ok()?;
-        let r: Record = serde_json::from_slice(&text).ok()?;
-        r.qemu.alive().then_some(r)
+        record(dir).filter(|r| r.qemu.alive())
     }
 
     /// Ends `p` if it runs: SIGTERM, SIGKILL after 5 s.
@@ -460,8 +464,7 @@ pub mod instance {
 
     /// Stops the instance in `dir` (QEMU, then its vsock device) and removes its files.
     fn stop(dir: &Path) {
-        let text = std::fs::read(dir.join("instance.json")).unwrap_or_default();
-        if let Ok(r) = serde_json::from_slice::<Record>(&text) {
+        if let Some(r) = record(dir) {
             end(&r.qemu);
             r.vsock.iter().for_each(end);
         }
@@ -479,15 +482,15 @@ pub mod instance {
         let dir = root()?.join(crate::launch::instance_name(flake, call));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let mut lock = Some(sig::lock(&dir.join("lock")).map_err(|e| Error::io("lock", &dir, e))?);
-        let running = live(&dir);
+        let recorded = record(&dir);
+        let running = recorded.as_ref().filter(|r| r.qemu.alive());
         let started_now = running.is_none();
         let join = running.is_some() && mode == wire::Mode::Attach;
         let qemu = match running {
             Some(r) => r.qemu,
             None => {
                 // What a machine that ended left (its device process too).
-                let text = std::fs::read(dir.join("instance.json")).unwrap_or_default();
-                if let Ok(old) = serde_json::from_slice::<Record>(&text) {
+                if let Some(old) = &recorded {
                     old.vsock.iter().for_each(end);
                 }
                 for f in [
@@ -502,21 +505,14 @@ pub mod instance {
                 }
                 let device = machine.vsock_device(&dir, false)?;
                 let vsock = device.as_ref().and_then(|d| Process::of(d.id()));
-                let child = machine.command(&dir)?.spawn();
-                let child = match child {
-                    Ok(c) => c,
-                    Err(e) => {
-                        vsock.iter().for_each(end);
-                        return Err(spawn_error(e));
-                    }
-                };
-                let Some(qemu) = Process::of(child.id()) else {
-                    vsock.iter().for_each(end);
-                    return Err(Error::Engine(format!(
-                        "QEMU ended at once: {}",
-                        console_tail(&dir, 20)
-                    )));
-                };
+                let started = machine.command(&dir).and_then(|mut c| {
+                    let child = c.spawn().map_err(spawn_error)?;
+                    Process::of(child.id()).ok_or_else(|| {
+                        Error::Engine(format!("QEMU ended at once: {}", console_tail(&dir, 20)))
+                    })
+                });
+                // A machine that did not start leaves no device process behind.
+                let qemu = started.inspect_err(|_| vsock.iter().for_each(end))?;
                 let record = Record {
                     app: flake.name.clone(),
                     instance: call.instance.clone(),
@@ -575,8 +571,7 @@ pub mod instance {
             return Ok(());
         };
         for e in entries.filter_map(|e| e.ok()) {
-            let text = std::fs::read(e.path().join("instance.json")).unwrap_or_default();
-            if serde_json::from_slice::<Record>(&text).is_ok_and(|r| r.app == name) {
+            if record(&e.path()).is_some_and(|r| r.app == name) {
                 stop(&e.path());
             }
         }

@@ -65,10 +65,26 @@ fn vsock_wanted() -> bool {
     crate::read_bounded(&item.to_string_lossy(), 64).is_ok_and(|v| v.trim_ascii() == b"vsock")
 }
 
-/// True if the kernel command line asks for agent mode, a virtio console device is present,
-/// or the host asks for the agent over vsock.
-pub fn wanted() -> bool {
-    cmdline().iter().any(|w| w == "stamp.agent") || has_device("0x0003") || vsock_wanted()
+/// How the host reaches the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The virtio-serial port named [`wire::PORT_NAME`].
+    Serial,
+    /// A vsock stream on [`wire::VSOCK_PORT`].
+    Vsock,
+}
+
+/// The transport the host asks for, if it wants agent mode: vsock when asked for (see
+/// `vsock_wanted`), virtio-serial when the kernel command line says `stamp.agent` or a virtio
+/// console device is present.
+pub fn wanted() -> Option<Transport> {
+    if vsock_wanted() {
+        Some(Transport::Vsock)
+    } else if cmdline().iter().any(|w| w == "stamp.agent") || has_device("0x0003") {
+        Some(Transport::Serial)
+    } else {
+        None
+    }
 }
 
 /// The device of the port named [`wire::PORT_NAME`] (`/dev/vportNpM`), if present.
@@ -92,10 +108,10 @@ pub enum Port {
     Vsock(File),
 }
 
-/// Opens the agent port: the vsock listener when the host asks for it, else the virtio-serial
-/// port (loading virtio_console when needed).
-pub fn open_port() -> Result<Port, String> {
-    if vsock_wanted() {
+/// Opens the agent port of `transport`: the vsock listener, or the virtio-serial port (loading
+/// virtio_console when needed).
+pub fn open_port(transport: Transport) -> Result<Port, String> {
+    if transport == Transport::Vsock {
         if let Err(e) = modules::load_for_devices() {
             say!("loading modules for the devices: {e}");
         }
@@ -147,10 +163,13 @@ impl Link {
     /// The link of `port`, once the host's first connection is there.
     fn new(port: Port) -> std::io::Result<Link> {
         let conn = match &port {
-            Port::Serial(f) => f.try_clone()?,
+            Port::Serial(f) => {
+                let conn = f.try_clone()?;
+                sys::set_nonblocking(&conn)?;
+                conn
+            }
             Port::Vsock(listener) => sys::accept(listener)?,
         };
-        sys::set_nonblocking(&conn)?;
         Ok(Link {
             port,
             conn: RwLock::new(Arc::new(conn)),
@@ -230,9 +249,7 @@ impl Link {
                 Ok(file)
             }
             Port::Vsock(listener) => {
-                let conn = sys::accept(listener)?;
-                sys::set_nonblocking(&conn)?;
-                let conn = Arc::new(conn);
+                let conn = Arc::new(sys::accept(listener)?);
                 match self.conn.write() {
                     Ok(mut c) => *c = conn.clone(),
                     Err(p) => *p.into_inner() = conn.clone(),

@@ -9,8 +9,9 @@
 //! the app starts is printed and reported as status 127.
 //!
 //! Agent mode (`stamp app`'s vm engine): when the machine has a virtio-serial port named
-//! `stamp.agent` (or the host asks for vsock), the command comes from the host over it, and the app's stdin, stdout,
-//! stderr, signals and exit status travel over it as frames (see `agent`).
+//! `stamp.agent` (or the host asks for vsock), the command comes from the host over it, and
+//! the app's stdin, stdout, stderr, signals and exit status travel over it as frames (see
+//! `agent`).
 //!
 //! std and libc only, built as a static executable so it runs in any image.
 
@@ -65,13 +66,11 @@ fn main() {
     if let Err(e) = sys::sethostname(&hostname) {
         say!("warning: cannot set the hostname {hostname}: {e}");
     }
-    let port = if agent::wanted() {
-        agent::open_port()
+    let port = agent::wanted().and_then(|transport| {
+        agent::open_port(transport)
             .map_err(|e| say!("agent: {e}; running the image's entrypoint on the console"))
             .ok()
-    } else {
-        None
-    };
+    });
     if let Some(port) = port {
         let (name, exit) = agent_call(port, &hostname);
         match exit {

@@ -496,7 +496,8 @@ pub fn vsock_listen(port: u32) -> io::Result<std::fs::File> {
     Ok(sock)
 }
 
-/// Accepts a connection on listening socket `sock`, waiting for one.
+/// Accepts a connection on listening socket `sock`, waiting for one; the connection is
+/// non-blocking.
 pub fn accept(sock: &impl AsRawFd) -> io::Result<std::fs::File> {
     use std::os::fd::FromRawFd;
     loop {
@@ -506,7 +507,7 @@ pub fn accept(sock: &impl AsRawFd) -> io::Result<std::fs::File> {
                 sock.as_raw_fd(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             )
         };
         if fd >= 0 {
